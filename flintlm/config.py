@@ -1,0 +1,151 @@
+"""The one typed configuration tree, built once (by the CLI or the Python API) and passed down.
+
+Each component takes only its own frozen sub-config. Values decided at run time (the number of
+KV blocks, a resolved "auto" dtype) are returned by the component that knows them and folded in
+with `dataclasses.replace`; nothing here is ever mutated after construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a byte size such as "512MiB", "2G" or "1073741824" into bytes."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(i?B)?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise ValueError(f"cannot read size {text!r}; write it like 512MiB, 2GiB or 1073741824")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = "default"
+    """Model to serve: "default" (the embedded SmolLM2-135M-Instruct), a .gguf file, or an HF folder."""
+    served_model_name: str | None = None
+    """Name clients use in the `model` field; defaults to "default" or the file/folder name."""
+    dtype: str = "auto"
+    """Compute dtype: auto, float32, bfloat16 or float16 (auto: bfloat16 on CUDA, float32 on CPU)."""
+    device: str = "auto"
+    """Device: auto, cpu or cuda (auto picks cuda when available)."""
+    max_model_len: int | None = None
+    """Longest prompt + completion in tokens; defaults to the model's context length."""
+    seed: int = 0
+    """Seed for requests that give none, so unseeded sampling is still reproducible per run."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype={self.dtype!r} is not one of auto, float32, bfloat16, float16")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device={self.device!r} is not one of auto, cpu, cuda")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len={self.max_model_len} must be a positive token count")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int = 16
+    """Tokens per KV-cache block."""
+    kv_cache_memory: int | None = None
+    """KV-cache budget in bytes; None uses `kv_cache_fraction` of free memory."""
+    kv_cache_fraction: float = 0.25
+    """Fraction of free device memory given to the KV cache when no byte budget is set."""
+    max_kv_cache_memory: int = 4 << 30
+    """Upper bound on the automatic KV budget, so a big host does not pin memory it never uses."""
+    enable_prefix_caching: bool = True
+    """Reuse full KV blocks across requests that share a prompt prefix (and cache salt)."""
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size={self.block_size} must be a power of two")
+        if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
+            raise ValueError(f"kv_cache_memory={self.kv_cache_memory} must be a positive byte count")
+        if not 0.0 < self.kv_cache_fraction <= 0.95:
+            raise ValueError(f"kv_cache_fraction={self.kv_cache_fraction} must be in (0, 0.95]")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    """Most requests in the running batch at once."""
+    max_num_batched_tokens: int = 512
+    """Token budget of one step; longer prompts are prefilled in chunks of at most this size."""
+    max_waiting: int = 1024
+    """Most requests queued before new ones are refused with 503."""
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs={self.max_num_seqs} must be at least 1")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens={self.max_num_batched_tokens} must be >= 1")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8000
+    """TCP port to listen on."""
+    api_key: str | None = None
+    """If set, every /v1 request must send `Authorization: Bearer <api_key>`."""
+    drain_timeout_s: float = 30.0
+    """On SIGTERM, how long in-flight requests may run before the server exits."""
+    log_level: str = "info"
+    """Log level of the server."""
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    data_dir: str | None = None
+    """Folder for the SQLite database and other state; defaults to the user's data dir."""
+    database_url: str | None = None
+    """SQLAlchemy URL of the store (e.g. postgresql+psycopg://...); defaults to SQLite in data_dir."""
+    redis_url: str | None = None
+    """Redis URL for rate limits shared by several servers; in-process limits when unset."""
+    admin_key: str | None = None
+    """Key that guards /admin; the admin API is off when unset."""
+    prices_file: str | None = None
+    """TOML file of prices per model per 1M tokens; built-in defaults when unset."""
+    ledger_flush_interval_s: float = 1.0
+    """How often buffered usage rows are written to the database."""
+
+
+@dataclass(frozen=True)
+class FlintConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    platform: PlatformConfig = field(default_factory=PlatformConfig)
+
+    def replace(self, **sections: Any) -> FlintConfig:
+        """Return a copy with whole sections replaced, e.g. `cfg.replace(cache=new_cache)`."""
+        return dataclasses.replace(self, **sections)
+
+
+def field_docs(config_class: type) -> dict[str, str]:
+    """Attribute docstrings of a config dataclass, used as `--help` text by the CLI."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(config_class)))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, following in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+        ):
+            docs[node.target.id] = str(following.value.value).strip()
+    known = {f.name for f in fields(config_class)}
+    return {name: text for name, text in docs.items() if name in known}
