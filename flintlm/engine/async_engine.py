@@ -1,0 +1,200 @@
+"""The asyncio face of the engine: the step loop runs on its own thread; callers await streams.
+
+Commands (add, abort) cross into the loop thread through a queue; outputs cross back with
+`call_soon_threadsafe` into one asyncio.Queue per request. The event loop never runs a model step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flintlm.engine.engine import Engine, EngineStats
+from flintlm.engine.request import (
+    EngineOverloadedError, FinishReason, InvalidRequestError, RequestOutput, SamplingParams,
+)
+
+if TYPE_CHECKING:
+    from flintlm.config import FlintConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    outputs: asyncio.Queue[RequestOutput | BaseException]
+    finished: bool = False
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine, model_name: str, max_waiting: int = 1024):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.model_name = model_name
+        self.max_model_len = engine.max_model_len
+        self.max_waiting = max_waiting
+        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._accepting = True
+
+    @classmethod
+    def from_config(cls, config: FlintConfig, progress: bool = False) -> AsyncEngine:
+        from flintlm.loading import load_checkpoint
+        from flintlm.engine.model_runner import resolve_device, resolve_dtype
+
+        model_config = config.model
+        device = resolve_device(model_config.device)
+        dtype = resolve_dtype(model_config.dtype, device)
+        if progress:
+            from tqdm import tqdm
+            with tqdm(total=2, desc="Loading model", unit="step") as bar:
+                checkpoint = load_checkpoint(model_config.model, dtype)
+                bar.update(1)
+                engine = Engine(config, checkpoint)
+                bar.update(1)
+        else:
+            engine = Engine(config, load_checkpoint(model_config.model, dtype))
+        name = model_config.served_model_name or served_name_for(model_config.model)
+        return cls(engine, name, config.scheduler.max_waiting)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run_loop, name="flintlm-engine",
+                                            daemon=True)
+            self._thread.start()
+
+    async def shutdown(self, drain_timeout_s: float | None = None) -> None:
+        """Stop accepting; let in-flight requests finish up to the timeout; abort the rest."""
+        self._accepting = False
+        deadline = time.monotonic() + (drain_timeout_s or 0.0)
+        while self._streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for request_id in list(self._streams):
+            self.abort(request_id)
+        abort_deadline = time.monotonic() + 5.0
+        while self._streams and time.monotonic() < abort_deadline:  # aborts reach their streams
+            await asyncio.sleep(0.02)
+        self._stopping = True
+        self._wakeup.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10.0)
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._streams)
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    # -- requests --------------------------------------------------------------------------------
+
+    async def generate(self, request_id: str, prompt_token_ids: list[int],
+                       params: SamplingParams, *, priority: int = 0,
+                       cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Stream a request's outputs. Errors in the input raise on the first `anext()`, before
+        any output; leaving the iteration early (client gone, cancelled) aborts the request."""
+        if params.n != 1:
+            raise InvalidRequestError("the engine takes n=1; fan out n>1 above it", "n")
+        self.engine.validate(prompt_token_ids, params)
+        if not self._accepting:
+            raise EngineOverloadedError("the server is shutting down")
+        if self.engine.scheduler.num_waiting >= self.max_waiting:
+            raise EngineOverloadedError("too many requests are waiting; retry shortly")
+        if request_id in self._streams:
+            raise InvalidRequestError(f"request id {request_id!r} is already in flight", "id")
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._streams[request_id] = stream
+        arrival = time.monotonic()
+        self._send("add", (request_id, prompt_token_ids, params, priority, cache_salt, arrival))
+        try:
+            while True:
+                item = await stream.outputs.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.finished:
+                    stream.finished = True
+                yield item
+                if stream.finished:
+                    return
+        finally:
+            if not stream.finished:
+                self.abort(request_id)
+            self._streams.pop(request_id, None)
+
+    def abort(self, request_id: str) -> None:
+        self._send("abort", request_id)
+
+    # -- the loop thread -------------------------------------------------------------------------
+
+    def _send(self, command: str, payload: Any) -> None:
+        self._commands.put((command, payload))
+        self._wakeup.set()
+
+    def _run_loop(self) -> None:
+        engine = self.engine
+        while not self._stopping:
+            self._apply_commands()
+            if not engine.has_unfinished:
+                self._wakeup.wait(timeout=1.0)
+                self._wakeup.clear()
+                continue
+            try:
+                outputs = engine.step()
+            except Exception as exc:  # never let one bad step kill the server's only engine
+                logger.exception("engine step failed")
+                outputs = [out for rid in list(engine.requests)
+                           if (out := engine.abort(rid)) is not None]
+                for out in outputs:
+                    out.finish_reason, out.error = FinishReason.ERROR, f"engine error: {exc}"
+            self._deliver(outputs)
+
+    def _apply_commands(self) -> None:
+        while True:
+            try:
+                command, payload = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command == "add":
+                request_id, prompt, params, priority, salt, arrival = payload
+                try:
+                    self.engine.add_request(request_id, prompt, params, priority=priority,
+                                            cache_salt=salt, arrival_time=arrival)
+                except Exception as exc:
+                    self._deliver_error(request_id, exc)
+            elif command == "abort":
+                output = self.engine.abort(payload)
+                if output is not None:
+                    self._deliver([output])
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is not None:
+                stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, output)
+
+    def _deliver_error(self, request_id: str, exc: BaseException) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, exc)
+
+
+def served_name_for(model: str) -> str:
+    """"default" stays "default"; a path is served under its file or folder name."""
+    import os
+
+    if model == "default":
+        return "default"
+    name = os.path.basename(os.path.normpath(model))
+    return name[:-5] if name.endswith(".gguf") else name

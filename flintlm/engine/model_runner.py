@@ -1,0 +1,254 @@
+"""SchedulerOutput -> model inputs -> logits -> sampled tokens. Owns the model and the KV tensors.
+
+Per step: one Python list per input field, one tensor per field, one forward pass over the flat
+batch [decode tokens | prefill chunks], logits only for the rows that need them, one host sync
+when the sampled ids come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from flintlm.engine.outputs import RunnerOutput
+from flintlm.engine.request import Logprob, TokenLogprobs
+from flintlm.engine.sampler import Sampler, SamplerOutput
+from flintlm.models.attention import AttentionMetadata, PrefillSpan
+from flintlm.models.registry import model_class_for
+
+if TYPE_CHECKING:
+    from flintlm.config import CacheConfig, ModelConfig
+    from flintlm.engine.outputs import ScheduledRequest, SchedulerOutput
+    from flintlm.loading import LoadedCheckpoint
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} asked for, but CUDA is not available here; use cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+@dataclass(frozen=True)
+class KVCacheLayout:
+    num_blocks: int
+    block_size: int
+    bytes_per_block: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+
+class ModelRunner:
+    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
+                 checkpoint: LoadedCheckpoint, max_model_len: int):
+        self.device = resolve_device(model_config.device)
+        self.dtype = resolve_dtype(model_config.dtype, self.device)
+        self.arch = checkpoint.arch
+        self.block_size = cache_config.block_size
+        with torch.device("meta"):
+            model = model_class_for(self.arch)(self.arch, max_positions=max_model_len)
+        # NOTE: weights are cast one by one and the model only moved, never cast as a whole:
+        # the rotary cos/sin tables must stay float32.
+        model.load_weights({name: w.to(self.dtype) for name, w in checkpoint.weights.items()})
+        self.model = model.to(device=self.device).eval()
+        self.kv_layout = self._plan_kv_cache(cache_config)
+        self.kv_caches = self._allocate_kv_cache(self.kv_layout.num_blocks)
+        self.sampler = Sampler(self.arch.vocab_size, self.device, seed=model_config.seed)
+
+    # -- KV cache --------------------------------------------------------------------------------
+
+    def _plan_kv_cache(self, config: CacheConfig) -> KVCacheLayout:
+        arch = self.arch
+        elem = torch.finfo(self.dtype).bits // 8
+        bytes_per_block = 2 * arch.num_layers * config.block_size * arch.kv_size * elem
+        budget = config.kv_cache_memory
+        if budget is None:
+            budget = min(int(available_memory_bytes(self.device) * config.kv_cache_fraction),
+                         config.max_kv_cache_memory)
+        num_blocks = budget // bytes_per_block
+        if num_blocks < 1:
+            raise ValueError(f"a KV-cache budget of {budget} bytes holds no block of "
+                             f"{bytes_per_block} bytes; raise --kv-cache-memory")
+        return KVCacheLayout(num_blocks, config.block_size, bytes_per_block)
+
+    def _allocate_kv_cache(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        arch = self.arch
+        shape = (num_blocks, self.block_size, arch.num_kv_heads, arch.head_dim)
+        # NOTE: torch.empty, not zeros: on the CPU untouched pages cost no resident memory.
+        return [(torch.empty(shape, dtype=self.dtype, device=self.device),
+                 torch.empty(shape, dtype=self.dtype, device=self.device))
+                for _ in range(arch.num_layers)]
+
+    # -- the step --------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def execute(self, scheduler_output: SchedulerOutput) -> RunnerOutput:
+        decodes = [s for s in scheduler_output.scheduled if s.num_scheduled_tokens == 1]
+        prefills = [s for s in scheduler_output.scheduled if s.num_scheduled_tokens > 1]
+        ordered = decodes + prefills
+        input_ids, positions, meta = self._prepare_inputs(decodes, prefills)
+        hidden = self.model(input_ids, positions, self.kv_caches, meta)
+
+        # Rows whose logits are needed: the last row of each sampling request, and every row of
+        # a chunk whose prompt logprobs were asked for.
+        sample_rows, sampling = [], []
+        prompt_lp_requests: list[tuple[ScheduledRequest, int, int]] = []
+        row = 0
+        for scheduled in ordered:
+            n = scheduled.num_scheduled_tokens
+            if scheduled.is_sampling:
+                sample_rows.append(row + n - 1)
+                sampling.append(scheduled.request)
+            if self._wants_prompt_logprobs(scheduled):
+                prompt_lp_requests.append((scheduled, row, n))
+            row += n
+
+        output = RunnerOutput()
+        if prompt_lp_requests:
+            self._prompt_logprobs(hidden, input_ids, prompt_lp_requests, output)
+        if sampling:
+            logits = self.model.compute_logits(hidden[torch.tensor(sample_rows,
+                                                                   device=self.device)])
+            batch = self.sampler.prepare(sampling)
+            sampled = self.sampler.sample(logits, batch)
+            self._collect_samples(sampling, sampled, output)
+        return output
+
+    def _prepare_inputs(self, decodes: list[ScheduledRequest], prefills: list[ScheduledRequest],
+                        ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        block_size = self.block_size
+        token_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        for scheduled in decodes:
+            request, position = scheduled.request, scheduled.num_computed_tokens
+            token_ids.append(_token_at(request, position))
+            positions.append(position)
+            slots.append(request.block_ids[position // block_size] * block_size +
+                         position % block_size)
+        decode_tables = decode_mask = None
+        if decodes:
+            max_blocks = max(len(s.request.block_ids) for s in decodes)
+            decode_tables = torch.tensor(
+                [s.request.block_ids + [0] * (max_blocks - len(s.request.block_ids))
+                 for s in decodes], dtype=torch.long)
+            context_lens = torch.tensor([s.num_computed_tokens + 1 for s in decodes])
+            span = torch.arange(max_blocks * block_size)
+            decode_mask = (span.unsqueeze(0) < context_lens.unsqueeze(1))[:, None, None, :]
+
+        spans = []
+        row = len(decodes)
+        for scheduled in prefills:
+            request, start = scheduled.request, scheduled.num_computed_tokens
+            end = start + scheduled.num_scheduled_tokens
+            token_ids += _token_slice(request, start, end)
+            block_ids = torch.tensor(request.block_ids[:-(-end // block_size)], dtype=torch.long)
+            chunk_positions = torch.arange(start, end)
+            positions += chunk_positions.tolist()
+            slots += (block_ids[chunk_positions // block_size] * block_size +
+                      chunk_positions % block_size).tolist()
+            mask = None
+            if start > 0:  # query i sits at position start + i and sees keys 0..start + i
+                mask = torch.arange(end).unsqueeze(0) <= chunk_positions.unsqueeze(1)
+            spans.append(PrefillSpan(
+                row, row + end - start, end,
+                block_ids.to(self.device) if start > 0 else None,
+                mask.to(self.device) if mask is not None else None))
+            row += end - start
+
+        device = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True),
+            num_decode_tokens=len(decodes),
+            decode_block_tables=None if decode_tables is None else decode_tables.to(device),
+            decode_mask=None if decode_mask is None else decode_mask.to(device),
+            prefills=spans)
+        return (torch.tensor(token_ids, dtype=torch.long).to(device, non_blocking=True),
+                torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True), meta)
+
+    # -- outputs ---------------------------------------------------------------------------------
+
+    def _collect_samples(self, requests: list, sampled: SamplerOutput,
+                         output: RunnerOutput) -> None:
+        token_ids = sampled.token_ids.tolist()  # the step's one host sync
+        chosen = sampled.chosen_logprobs.tolist() if sampled.chosen_logprobs is not None else None
+        top_lps = sampled.top_logprobs.tolist() if sampled.top_logprobs is not None else None
+        top_ids = sampled.top_token_ids.tolist() if sampled.top_token_ids is not None else None
+        for i, request in enumerate(requests):
+            output.sampled_token_ids[request.request_id] = token_ids[i]
+            k = request.params.logprobs
+            if k is None or chosen is None:
+                continue
+            top = tuple(Logprob(t, lp) for t, lp in zip(top_ids[i][:k], top_lps[i][:k])) \
+                if k and top_ids is not None else ()
+            output.logprobs[request.request_id] = TokenLogprobs(
+                Logprob(token_ids[i], chosen[i]), top)
+
+    def _wants_prompt_logprobs(self, scheduled: ScheduledRequest) -> bool:
+        request = scheduled.request
+        return (request.params.prompt_logprobs is not None
+                and scheduled.num_computed_tokens < request.num_prompt_tokens
+                and request.num_preemptions == 0)
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, input_ids: torch.Tensor,
+                         chunks: list[tuple[ScheduledRequest, int, int]],
+                         output: RunnerOutput) -> None:
+        """Logprob of each prompt token given the ones before it (rows predict the next token)."""
+        for scheduled, row, n in chunks:
+            request = scheduled.request
+            start = scheduled.num_computed_tokens
+            # positions start..start+n-1 predict tokens start+1..start+n (prompt tokens only)
+            num_targets = min(n, request.num_prompt_tokens - 1 - start)
+            entries: list[TokenLogprobs] = []
+            if num_targets > 0:
+                logprobs = self.model.compute_logits(hidden[row:row + num_targets]).log_softmax(-1)
+                targets = torch.tensor(request.prompt_token_ids[start + 1:start + 1 + num_targets],
+                                       device=self.device)
+                chosen = logprobs.gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
+                k = request.params.prompt_logprobs
+                top_lp, top_ids = logprobs.topk(max(k, 1), dim=-1)
+                top_lp, top_ids = top_lp.tolist(), top_ids.tolist()
+                for i, target in enumerate(targets.tolist()):
+                    top = tuple(Logprob(t, lp) for t, lp in zip(top_ids[i][:k], top_lp[i][:k]))
+                    entries.append(TokenLogprobs(Logprob(target, chosen[i]), top))
+            output.prompt_logprobs[request.request_id] = entries
+
+
+def _token_at(request, position: int) -> int:
+    num_prompt = len(request.prompt_token_ids)
+    if position < num_prompt:
+        return request.prompt_token_ids[position]
+    return request.output_token_ids[position - num_prompt]
+
+
+def _token_slice(request, start: int, end: int) -> list[int]:
+    num_prompt = len(request.prompt_token_ids)
+    if end <= num_prompt:
+        return request.prompt_token_ids[start:end]
+    return request.all_token_ids[start:end]

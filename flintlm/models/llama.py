@@ -1,0 +1,128 @@
+"""The Llama-family decoder: Llama 3.x, SmolLM2, Mistral, Qwen2 (qkv bias), Qwen3 (q/k norm).
+
+One model, differences as `ModelArch` flags. Tokens of all requests in a step are one flat batch
+([num_tokens, hidden]); attention reads and writes the paged cache through `AttentionMetadata`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flintlm.models.arch import ModelArch
+from flintlm.models.attention import AttentionMetadata, paged_attention
+from flintlm.models.layers import GatedMLP, RMSNorm, RotaryEmbedding
+
+KVCache = tuple[torch.Tensor, torch.Tensor]  # each [num_blocks, block_size, num_kv_heads, head_dim]
+
+
+class Attention(nn.Module):
+    def __init__(self, arch: ModelArch, rotary: RotaryEmbedding):
+        super().__init__()
+        self.arch = arch
+        self.rotary = rotary  # shared by all layers; not a parameter
+        self.qkv_proj = nn.Linear(arch.hidden_size, arch.q_size + 2 * arch.kv_size,
+                                  bias=arch.attention_bias)
+        self.o_proj = nn.Linear(arch.q_size, arch.hidden_size, bias=False)
+        if arch.qk_norm:
+            self.q_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps)
+            self.k_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps)
+        self.scale = arch.head_dim ** -0.5
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache,
+                meta: AttentionMetadata) -> torch.Tensor:
+        arch = self.arch
+        num_tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([arch.q_size, arch.kv_size, arch.kv_size], dim=-1)
+        q = q.view(num_tokens, arch.num_heads, arch.head_dim)  # [T, H, D]
+        k = k.view(num_tokens, arch.num_kv_heads, arch.head_dim)  # [T, KVH, D]
+        v = v.view(num_tokens, arch.num_kv_heads, arch.head_dim)  # [T, KVH, D]
+        if arch.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(positions, q, k)
+        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
+        return self.o_proj(out.view(num_tokens, arch.q_size))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, arch: ModelArch, rotary: RotaryEmbedding):
+        super().__init__()
+        self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.self_attn = Attention(arch, rotary)
+        self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.mlp = GatedMLP(arch.hidden_size, arch.intermediate_size)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache,
+                meta: AttentionMetadata) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, kv_cache, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, arch: ModelArch, max_positions: int | None = None):
+        super().__init__()
+        self.arch = arch
+        rotary = RotaryEmbedding(arch.head_dim, max_positions or arch.max_position_embeddings,
+                                 arch.rope_theta, arch.rope_scaling)
+        self.rotary = rotary
+        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(arch, rotary) for _ in range(arch.num_layers))
+        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        if not arch.tie_word_embeddings:
+            self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                kv_caches: list[KVCache], meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions [T] -> final hidden states [T, hidden] (normed)."""
+        x = self.embed_tokens(input_ids)
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            x = layer(x, positions, kv_cache, meta)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [R, hidden] -> float32 logits [R, vocab]."""
+        weight = self.embed_tokens.weight if self.arch.tie_word_embeddings else self.lm_head.weight
+        return torch.matmul(hidden, weight.t()).float()
+
+    @torch.no_grad()
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Take HF-named tensors, fuse q/k/v and gate/up, and assign them (no copies kept)."""
+        used: set[str] = set()
+
+        def take(name: str) -> torch.Tensor:
+            if name not in weights:
+                raise KeyError(f"checkpoint has no tensor {name!r}")
+            used.add(name)
+            return weights[name]
+
+        state = {"embed_tokens.weight": take("model.embed_tokens.weight"),
+                 "norm.weight": take("model.norm.weight")}
+        if not self.arch.tie_word_embeddings:
+            state["lm_head.weight"] = take("lm_head.weight")
+        for i in range(self.arch.num_layers):
+            src, dst = f"model.layers.{i}.", f"layers.{i}."
+            attn = src + "self_attn."
+            state[dst + "self_attn.qkv_proj.weight"] = torch.cat(
+                [take(attn + f"{p}_proj.weight") for p in "qkv"])
+            if self.arch.attention_bias:
+                state[dst + "self_attn.qkv_proj.bias"] = torch.cat(
+                    [take(attn + f"{p}_proj.bias") for p in "qkv"])
+            state[dst + "self_attn.o_proj.weight"] = take(attn + "o_proj.weight")
+            if self.arch.qk_norm:
+                state[dst + "self_attn.q_norm.weight"] = take(attn + "q_norm.weight")
+                state[dst + "self_attn.k_norm.weight"] = take(attn + "k_norm.weight")
+            state[dst + "mlp.gate_up_proj.weight"] = torch.cat(
+                [take(src + "mlp.gate_proj.weight"), take(src + "mlp.up_proj.weight")])
+            state[dst + "mlp.down_proj.weight"] = take(src + "mlp.down_proj.weight")
+            state[dst + "input_layernorm.weight"] = take(src + "input_layernorm.weight")
+            state[dst + "post_attention_layernorm.weight"] = take(
+                src + "post_attention_layernorm.weight")
+        unused = set(weights) - used - {"lm_head.weight"}
+        if unused:
+            raise KeyError(f"checkpoint tensors not used by the model: {sorted(unused)[:5]}")
+        expected = {name: p.shape for name, p in self.named_parameters()}
+        for name, tensor in state.items():
+            if tensor.shape != expected[name]:
+                raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != "
+                                 f"model shape {tuple(expected[name])}")
+        self.load_state_dict(state, strict=True, assign=True)
