@@ -6,6 +6,7 @@ timestamps. Times are seconds in `RequestTiming`; summaries report milliseconds,
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -178,11 +179,13 @@ def timing_from_chunk_times(
             latency_s=end_s - start_s,
             error="stream ended without output",
         )
-    gaps = [later - earlier for earlier, later in zip(chunk_times_s, chunk_times_s[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(chunk_times_s)]
     return RequestTiming(
         is_success=True,
         num_prompt_tokens=num_prompt_tokens,
-        num_output_tokens=num_output_tokens if num_output_tokens is not None else len(chunk_times_s),
+        num_output_tokens=num_output_tokens
+        if num_output_tokens is not None
+        else len(chunk_times_s),
         ttft_s=chunk_times_s[0] - start_s,
         latency_s=end_s - start_s,
         itl_s=gaps,

@@ -43,7 +43,9 @@ class ServeConfig:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.request_rate <= 0:
-            raise ValueError(f"request_rate must be > 0 (inf for no pacing), got {self.request_rate}")
+            raise ValueError(
+                f"request_rate must be > 0 (inf for no pacing), got {self.request_rate}"
+            )
 
     @property
     def url(self) -> str:
@@ -195,13 +197,17 @@ def run_sweep(
 ) -> list[ServeRun]:
     """`num_runs` runs at each concurrency, in order; prompts are reused for every run."""
     return [
-        asyncio.run(run_load(replace(config, concurrency=concurrency, seed=config.seed + run), prompts))
+        asyncio.run(
+            run_load(replace(config, concurrency=concurrency, seed=config.seed + run), prompts)
+        )
         for concurrency in concurrencies
         for run in range(num_runs)
     ]
 
 
-def wait_until_ready(base_url: str, timeout_s: float = 120.0, is_alive: Callable[[], bool] | None = None) -> None:
+def wait_until_ready(
+    base_url: str, timeout_s: float = 120.0, is_alive: Callable[[], bool] | None = None
+) -> None:
     """Poll `/health` (then `/v1/models`) until one answers 200.
 
     Args:

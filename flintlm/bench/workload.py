@@ -18,7 +18,7 @@ FIRST_ORDINARY_TOKEN_ID = 1000
 # Short common words: each is a single token (with its leading space) in GPT-2-style BPEs such
 # as SmolLM2's and Llama 3's, so a prompt of N words is close to N tokens. The server's usage
 # chunk gives the exact count.
-_WORDS = (
+_WORDS = (  # noqa: SIM905  (a word list reads better as prose)
     "the of and to in is that for it as was with be by on not he this are or his from at which"
     " but have an they you were her she there one all we their has been if more when will would"
     " who so no time can said out up about into than them some could two then first may only"
@@ -49,7 +49,9 @@ def synthetic_token_prompts(
     rng = random.Random(seed)
     return [
         Prompt(
-            token_ids=[rng.randrange(FIRST_ORDINARY_TOKEN_ID, vocab_size) for _ in range(input_len)],
+            token_ids=[
+                rng.randrange(FIRST_ORDINARY_TOKEN_ID, vocab_size) for _ in range(input_len)
+            ],
             text=None,
             num_output_tokens=output_len,
         )

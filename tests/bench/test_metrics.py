@@ -71,7 +71,9 @@ def test_summarize_throughputs_and_distributions() -> None:
     # TPOTs: (0.5-0.1)/4 = 0.1 and (0.7-0.3)/2 = 0.2; the 1-token request is left out.
     assert summary.tpot.mean_ms == pytest.approx(150.0)
     assert summary.itl.mean_ms == pytest.approx(np.mean([100.0] * 4 + [200.0] * 2))
-    assert summary.itl.percentiles_ms["p99"] == pytest.approx(np.percentile([100] * 4 + [200] * 2, 99))
+    assert summary.itl.percentiles_ms["p99"] == pytest.approx(
+        np.percentile([100] * 4 + [200] * 2, 99)
+    )
     assert summary.e2el.std_ms == pytest.approx(np.std([500.0, 700.0, 200.0]))
     flat = summary.to_flat_dict()
     assert flat["tpot_p50_ms"] == pytest.approx(150.0)

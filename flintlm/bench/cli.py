@@ -1,0 +1,275 @@
+"""`flintlm bench offline|serve`: parse options, build the systems, run them, write the report.
+
+Mounted by `flintlm/cli.py` as `app.add_typer(bench_app, name="bench")`. Each command only
+wires the pieces in `offline.py`, `serve.py`, `peers.py` and `report.py` together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import tempfile
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flintlm.bench import report
+from flintlm.bench.offline import OfflineSystem
+from flintlm.bench.workload import (
+    Prompt,
+    gguf_vocab_size,
+    jsonl_prompts,
+    resolve_gguf,
+    synthetic_text_prompts,
+    synthetic_token_prompts,
+)
+
+bench_app = typer.Typer(help="Benchmark flintlm and its peers (llama.cpp, HF transformers).")
+
+
+class Peer(str, Enum):
+    NONE = "none"
+    LLAMA_CPP = "llama-cpp"
+    HF = "hf"
+
+
+class PromptFormat(str, Enum):
+    IDS = "ids"
+    TEXT = "text"
+
+
+# Options shared by both commands, as Annotated aliases so each signature stays readable.
+ModelOpt = Annotated[
+    str, typer.Option(help="flintlm model / request `model`; peers: 'default' or a .gguf")
+]
+NumPromptsOpt = Annotated[int | None, typer.Option(help="prompts per run")]
+InputLenOpt = Annotated[int, typer.Option(help="tokens per synthetic prompt")]
+OutputLenOpt = Annotated[int, typer.Option(help="tokens generated per prompt (EOS ignored)")]
+PeerOpt = Annotated[list[Peer] | None, typer.Option(help="peers to run as well (repeatable)")]
+RunsOpt = Annotated[int, typer.Option(help="timed runs per system; tables show the median")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="threads for peers (default: all cores)")]
+DatasetOpt = Annotated[Path | None, typer.Option(help="JSONL with prompt or prompt_token_ids")]
+OutOpt = Annotated[Path, typer.Option(help="directory for the JSON and PNG results")]
+TagOpt = Annotated[str | None, typer.Option(help="results file name (default <command>-<date>)")]
+
+
+def _ints(values: list[str]) -> list[int]:
+    """Accept both `--x 1 --x 8` and `--x 1,8`."""
+    return [int(v) for value in values for v in value.split(",") if v.strip()]
+
+
+def _strs(values: list[str]) -> list[str]:
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _prompts(
+    model: str,
+    prompt_format: PromptFormat,
+    num_prompts: int,
+    input_len: int,
+    output_len: int,
+    dataset: Path | None,
+    vocab_size: int | None,
+) -> list[Prompt]:
+    if dataset is not None:
+        return jsonl_prompts(dataset, output_len, num_prompts)
+    if prompt_format is PromptFormat.TEXT:
+        return synthetic_text_prompts(num_prompts, input_len, output_len)
+    if vocab_size is None:
+        try:
+            vocab_size = gguf_vocab_size(resolve_gguf(model))
+        except ValueError as exc:
+            raise typer.BadParameter(
+                "token-id prompts need the vocabulary size: pass --vocab-size, a .gguf --model,"
+                " or --prompt-format text"
+            ) from exc
+    return synthetic_token_prompts(num_prompts, input_len, output_len, vocab_size)
+
+
+def _run_offline_system(
+    make: Callable[[], OfflineSystem], label: str, prompts: list[Prompt], runs: int,
+    params: dict[str, object],
+) -> report.BenchRecord:  # fmt: skip
+    """Build one system, run it `runs` times (after one untimed warm-up), keep failures."""
+    record = report.BenchRecord(system=label, kind="offline", params=params)
+    try:
+        system = make()
+        record.system = system.name
+        warm_up = getattr(system, "warm_up", None)
+        if warm_up is not None:
+            warm_up(prompts)
+        else:
+            system.run(prompts[:1])
+        for run in range(runs):
+            result = system.run(prompts)
+            record.runs.append(result.to_flat_dict())
+            typer.echo(f"  {record.system} run {run + 1}/{runs}: "
+                       f"{result.output_throughput:.1f} output tok/s")  # fmt: skip
+        close = getattr(system, "close", None)
+        if close is not None:
+            close()
+    except (ImportError, FileNotFoundError, RuntimeError, ValueError) as exc:
+        record.error = f"{type(exc).__name__}: {exc}"
+        typer.echo(f"  {label}: skipped ({record.error})", err=True)
+    return record
+
+
+def _finish(
+    records: list[report.BenchRecord], meta: dict[str, object], out: Path, tag: str
+) -> None:
+    path = out / f"{tag}.json"
+    report.write_json(path, records, meta)
+    typer.echo("\n" + report.format_table(records))
+    for png in report.plot(records, out, prefix=tag):
+        typer.echo(f"plot: {png}")
+    typer.echo(f"results: {path}")
+
+
+@bench_app.command()
+def offline(
+    model: ModelOpt = "default",
+    num_prompts: NumPromptsOpt = 64,
+    input_len: InputLenOpt = 128,
+    output_len: OutputLenOpt = 128,
+    dtype: Annotated[list[str] | None, typer.Option(help="bfloat16 and/or float32")] = None,
+    peer: PeerOpt = None,
+    engine: Annotated[bool, typer.Option(help="run flintlm itself")] = True,
+    runs: RunsOpt = 3,
+    max_num_seqs: Annotated[int | None, typer.Option(help="flintlm: sequences per step")] = None,
+    max_num_batched_tokens: Annotated[
+        int | None, typer.Option(help="flintlm: tokens per step")
+    ] = None,
+    hf_batch_size: Annotated[
+        list[str] | None, typer.Option(help="HF batch sizes [1,16,32]")
+    ] = None,
+    hf_num_batches: Annotated[int, typer.Option(help="HF: batches per run per batch size")] = 1,
+    single_stream_prompts: Annotated[
+        int, typer.Option(help="llama-cpp single stream: prompts")
+    ] = 4,
+    threads: ThreadsOpt = None,
+    dataset: DatasetOpt = None,
+    out: OutOpt = Path("bench/results"),
+    tag: TagOpt = None,
+) -> None:
+    """Offline throughput of flintlm's LLM API and of the peers on the same prompts."""
+    from flintlm.bench.offline import FlintlmOffline
+    from flintlm.bench.peers import HfGenerate, LlamaCppBatched, LlamaCppSingleStream, num_cores
+
+    peer = peer or []
+    meta = report.environment()
+    prompts = _prompts(
+        model, PromptFormat.IDS, num_prompts or 64, input_len, output_len, dataset, None
+    )
+    n_threads = threads or num_cores()
+    params = {"num_prompts": len(prompts), "input_len": input_len, "output_len": output_len}
+    records: list[report.BenchRecord] = []
+    dtypes = _strs(dtype or ["bfloat16"])
+    if engine:
+        for name in dtypes:
+            records.append(_run_offline_system(
+                lambda name=name: FlintlmOffline(model, name, max_num_seqs, max_num_batched_tokens),
+                f"flintlm/{name}", prompts, runs, params,
+            ))  # fmt: skip
+    if Peer.LLAMA_CPP in peer:
+        gguf = resolve_gguf(model)
+        single = prompts[:single_stream_prompts]
+        records.append(_run_offline_system(
+            lambda: LlamaCppSingleStream(gguf, n_threads), "llama-cpp-python/single-stream",
+            single, runs, {**params, "num_prompts": len(single)},
+        ))  # fmt: skip
+        max_seq_len = max(len(p.token_ids or []) + p.num_output_tokens for p in prompts) + 16
+        records.append(_run_offline_system(
+            lambda: LlamaCppBatched(gguf, n_threads, len(prompts), max_seq_len),
+            "llama-cpp-python/batched", prompts, runs, params,
+        ))  # fmt: skip
+    if Peer.HF in peer:
+        gguf = resolve_gguf(model)
+        for name in dtypes:
+            for batch_size in _ints(hf_batch_size or ["1", "16", "32"]):
+                subset = prompts[: batch_size * hf_num_batches]
+                records.append(_run_offline_system(
+                    lambda name=name, bs=batch_size: HfGenerate(gguf, name, bs, n_threads),
+                    f"hf-transformers/{name}/bs{batch_size}", subset, runs,
+                    {**params, "num_prompts": len(subset), "batch_size": batch_size},
+                ))  # fmt: skip
+    meta["threads"] = n_threads
+    _finish(records, meta, out, tag or f"offline-{dt.date.today().isoformat()}")
+
+
+@bench_app.command()
+def serve(
+    base_url: Annotated[str | None, typer.Option(help="server to drive: http://host:port")] = None,
+    model: ModelOpt = "default",
+    name: Annotated[str, typer.Option(help="label for --base-url's results")] = "flintlm",
+    peer: PeerOpt = None,
+    endpoint: Annotated[str, typer.Option(help="completions or chat")] = "completions",
+    prompt_format: Annotated[PromptFormat, typer.Option(help="ids or words")] = PromptFormat.IDS,
+    num_prompts: NumPromptsOpt = None,
+    input_len: InputLenOpt = 128,
+    output_len: OutputLenOpt = 128,
+    concurrency: Annotated[list[str] | None, typer.Option(help="levels to sweep [1,8,32]")] = None,
+    request_rate: Annotated[
+        float, typer.Option(help="Poisson requests/s; inf: no pacing")
+    ] = math.inf,
+    runs: RunsOpt = 3,
+    vocab_size: Annotated[
+        int | None, typer.Option(help="for id prompts if --model is no GGUF")
+    ] = None,
+    dataset: DatasetOpt = None,
+    api_key: Annotated[str | None, typer.Option(help="bearer key for --base-url")] = None,
+    llama_server: Annotated[Path | None, typer.Option(help="llama-server binary")] = None,
+    threads: ThreadsOpt = None,
+    out: OutOpt = Path("bench/results"),
+    tag: TagOpt = None,
+) -> None:
+    """Latency and throughput of OpenAI-compatible servers under a concurrency sweep.
+
+    Requests per run default to max(16, 2 x concurrency).
+    """
+    from flintlm.bench.peers import LlamaServer, num_cores
+    from flintlm.bench.serve import ServeConfig, run_sweep
+
+    if endpoint not in ("completions", "chat"):
+        raise typer.BadParameter(f"--endpoint {endpoint!r}: use 'completions' or 'chat'")
+    if base_url is None and Peer.LLAMA_CPP not in peer:
+        raise typer.BadParameter("nothing to drive: pass --base-url and/or --peer llama-cpp")
+    levels = _ints(concurrency or ["1", "8", "32"])
+    peer = peer or []
+    meta = report.environment()
+    records: list[report.BenchRecord] = []
+
+    def sweep(system: str, url: str, sent_model: str, key: str | None) -> None:
+        for level in levels:
+            count = num_prompts or max(16, 2 * level)
+            prompts = _prompts(model, prompt_format, count, input_len, output_len, dataset,
+                               vocab_size)  # fmt: skip
+            config = ServeConfig(
+                base_url=url, model=sent_model, endpoint=endpoint,  # type: ignore[arg-type]
+                concurrency=level, request_rate=request_rate, api_key=key,
+            )  # fmt: skip
+            params = {"num_prompts": len(prompts), "input_len": input_len, "output_len": output_len,
+                      "concurrency": level, "request_rate": str(request_rate), "endpoint": endpoint}  # fmt: skip
+            record = report.BenchRecord(system, "serve", params)
+            for run in run_sweep(config, prompts, [level], runs):
+                record.runs.append(run.summary.to_flat_dict())
+                failed = [t.error for t in run.timings if not t.is_success]
+                typer.echo(f"  {system} c={level}: {run.summary.output_throughput:.1f} output tok/s"
+                           + (f", {len(failed)} failed: {failed[0]}" if failed else ""))  # fmt: skip
+            records.append(record)
+
+    if base_url is not None:
+        sweep(name, base_url, model, api_key)
+    if Peer.LLAMA_CPP in peer:
+        gguf = resolve_gguf(model)
+        parallel = max(levels)
+        log = Path(tempfile.gettempdir()) / "flintlm-bench-llama-server.log"
+        n_threads = threads or num_cores()
+        ctx_len = parallel * (input_len + output_len + 64)
+        with LlamaServer(gguf, parallel, ctx_len, n_threads, llama_server, log) as server:
+            typer.echo(f"llama-server on {server.base_url} (log {log}): {' '.join(server.command)}")
+            meta["llama_server_command"] = server.command
+            sweep("llama-server", server.base_url, "default", None)
+    _finish(records, meta, out, tag or f"serve-{dt.date.today().isoformat()}")

