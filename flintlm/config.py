@@ -115,6 +115,10 @@ class PlatformConfig:
     """TOML file of prices per model per 1M tokens; built-in defaults when unset."""
     ledger_flush_interval_s: float = 1.0
     """How often buffered usage rows are written to the database."""
+    blocked_phrases: tuple[str, ...] = ()
+    """Phrases refused in prompts and completions with a 400 content_policy_violation."""
+    max_prompt_chars: int | None = None
+    """Longest prompt text accepted, in characters, before tokenizing; no cap when unset."""
 
 
 @dataclass(frozen=True)
