@@ -10,6 +10,7 @@ import datetime as dt
 import math
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -18,14 +19,7 @@ import typer
 
 from flintlm.bench import report
 from flintlm.bench.offline import OfflineSystem
-from flintlm.bench.workload import (
-    Prompt,
-    gguf_vocab_size,
-    jsonl_prompts,
-    resolve_gguf,
-    synthetic_text_prompts,
-    synthetic_token_prompts,
-)
+from flintlm.bench.workload import Prompt, Workload, gguf_vocab_size, resolve_gguf
 
 bench_app = typer.Typer(help="Benchmark flintlm and its peers (llama.cpp, HF transformers).")
 
@@ -65,19 +59,16 @@ def _strs(values: list[str]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
-def _prompts(
+def _workload(
     model: str,
     prompt_format: PromptFormat,
-    num_prompts: int,
     input_len: int,
     output_len: int,
     dataset: Path | None,
     vocab_size: int | None,
-) -> list[Prompt]:
-    if dataset is not None:
-        return jsonl_prompts(dataset, output_len, num_prompts)
-    if prompt_format is PromptFormat.TEXT:
-        return synthetic_text_prompts(num_prompts, input_len, output_len)
+) -> Workload:
+    if dataset is not None or prompt_format is PromptFormat.TEXT:
+        return Workload(input_len, output_len, None, dataset)
     if vocab_size is None:
         try:
             vocab_size = gguf_vocab_size(resolve_gguf(model))
@@ -86,32 +77,35 @@ def _prompts(
                 "token-id prompts need the vocabulary size: pass --vocab-size, a .gguf --model,"
                 " or --prompt-format text"
             ) from exc
-    return synthetic_token_prompts(num_prompts, input_len, output_len, vocab_size)
+    return Workload(input_len, output_len, vocab_size)
 
 
 def _run_offline_system(
-    make: Callable[[], OfflineSystem], label: str, prompts: list[Prompt], runs: int,
+    make: Callable[[], OfflineSystem],
+    label: str,
+    make_prompts: Callable[[int], list[Prompt]],
+    runs: int,
     params: dict[str, object],
-) -> report.BenchRecord:  # fmt: skip
-    """Build one system, run it `runs` times (after one untimed warm-up), keep failures."""
+) -> report.BenchRecord:
+    """Build one system, warm it up untimed, run it `runs` times on fresh prompts.
+
+    A system that cannot be built or run (a peer not installed, an engine error) becomes a
+    record with `error` set, so one missing peer does not lose the others' figures.
+    """
     record = report.BenchRecord(system=label, kind="offline", params=params)
     try:
         system = make()
         record.system = system.name
-        warm_up = getattr(system, "warm_up", None)
-        if warm_up is not None:
-            warm_up(prompts)
-        else:
-            system.run(prompts[:1])
+        system.run([replace(p, num_output_tokens=8) for p in make_prompts(0)[:1]])
         for run in range(runs):
-            result = system.run(prompts)
+            result = system.run(make_prompts(run + 1))
             record.runs.append(result.to_flat_dict())
             typer.echo(f"  {record.system} run {run + 1}/{runs}: "
                        f"{result.output_throughput:.1f} output tok/s")  # fmt: skip
         close = getattr(system, "close", None)
         if close is not None:
             close()
-    except (ImportError, FileNotFoundError, RuntimeError, ValueError) as exc:
+    except (ImportError, OSError, RuntimeError, ValueError) as exc:
         record.error = f"{type(exc).__name__}: {exc}"
         typer.echo(f"  {label}: skipped ({record.error})", err=True)
     return record
@@ -131,7 +125,7 @@ def _finish(
 @bench_app.command()
 def offline(
     model: ModelOpt = "default",
-    num_prompts: NumPromptsOpt = 64,
+    num_prompts: Annotated[int, typer.Option(help="prompts per run")] = 64,
     input_len: InputLenOpt = 128,
     output_len: OutputLenOpt = 128,
     dtype: Annotated[list[str] | None, typer.Option(help="bfloat16 and/or float32")] = None,
@@ -160,40 +154,41 @@ def offline(
 
     peer = peer or []
     meta = report.environment()
-    prompts = _prompts(
-        model, PromptFormat.IDS, num_prompts or 64, input_len, output_len, dataset, None
-    )
+    workload = _workload(model, PromptFormat.IDS, input_len, output_len, dataset, None)
     n_threads = threads or num_cores()
-    params = {"num_prompts": len(prompts), "input_len": input_len, "output_len": output_len}
+    params = {"num_prompts": num_prompts, "input_len": input_len, "output_len": output_len}
     records: list[report.BenchRecord] = []
     dtypes = _strs(dtype or ["bfloat16"])
+
+    def prompts(count: int) -> Callable[[int], list[Prompt]]:
+        return lambda seed: workload.make(count, seed)
+
     if engine:
         for name in dtypes:
             records.append(_run_offline_system(
                 lambda name=name: FlintlmOffline(model, name, max_num_seqs, max_num_batched_tokens),
-                f"flintlm/{name}", prompts, runs, params,
+                f"flintlm/{name}", prompts(num_prompts), runs, params,
             ))  # fmt: skip
     if Peer.LLAMA_CPP in peer:
         gguf = resolve_gguf(model)
-        single = prompts[:single_stream_prompts]
         records.append(_run_offline_system(
             lambda: LlamaCppSingleStream(gguf, n_threads), "llama-cpp-python/single-stream",
-            single, runs, {**params, "num_prompts": len(single)},
+            prompts(single_stream_prompts), runs, {**params, "num_prompts": single_stream_prompts},
         ))  # fmt: skip
-        max_seq_len = max(len(p.token_ids or []) + p.num_output_tokens for p in prompts) + 16
+        max_seq_len = input_len + output_len + 16
         records.append(_run_offline_system(
-            lambda: LlamaCppBatched(gguf, n_threads, len(prompts), max_seq_len),
-            "llama-cpp-python/batched", prompts, runs, params,
+            lambda: LlamaCppBatched(gguf, n_threads, num_prompts, max_seq_len),
+            "llama-cpp-python/batched", prompts(num_prompts), runs, params,
         ))  # fmt: skip
     if Peer.HF in peer:
         gguf = resolve_gguf(model)
         for name in dtypes:
             for batch_size in _ints(hf_batch_size or ["1", "16", "32"]):
-                subset = prompts[: batch_size * hf_num_batches]
+                count = batch_size * hf_num_batches
                 records.append(_run_offline_system(
                     lambda name=name, bs=batch_size: HfGenerate(gguf, name, bs, n_threads),
-                    f"hf-transformers/{name}/bs{batch_size}", subset, runs,
-                    {**params, "num_prompts": len(subset), "batch_size": batch_size},
+                    f"hf-transformers/{name}/bs{batch_size}", prompts(count), runs,
+                    {**params, "num_prompts": count, "batch_size": batch_size},
                 ))  # fmt: skip
     meta["threads"] = n_threads
     _finish(records, meta, out, tag or f"offline-{dt.date.today().isoformat()}")
@@ -232,28 +227,29 @@ def serve(
     from flintlm.bench.peers import LlamaServer, num_cores
     from flintlm.bench.serve import ServeConfig, run_sweep
 
+    peer = peer or []
     if endpoint not in ("completions", "chat"):
         raise typer.BadParameter(f"--endpoint {endpoint!r}: use 'completions' or 'chat'")
     if base_url is None and Peer.LLAMA_CPP not in peer:
         raise typer.BadParameter("nothing to drive: pass --base-url and/or --peer llama-cpp")
     levels = _ints(concurrency or ["1", "8", "32"])
-    peer = peer or []
+    workload = _workload(model, prompt_format, input_len, output_len, dataset, vocab_size)
     meta = report.environment()
     records: list[report.BenchRecord] = []
 
     def sweep(system: str, url: str, sent_model: str, key: str | None) -> None:
         for level in levels:
             count = num_prompts or max(16, 2 * level)
-            prompts = _prompts(model, prompt_format, count, input_len, output_len, dataset,
-                               vocab_size)  # fmt: skip
             config = ServeConfig(
                 base_url=url, model=sent_model, endpoint=endpoint,  # type: ignore[arg-type]
                 concurrency=level, request_rate=request_rate, api_key=key,
             )  # fmt: skip
-            params = {"num_prompts": len(prompts), "input_len": input_len, "output_len": output_len,
+            params = {"num_prompts": count, "input_len": input_len, "output_len": output_len,
                       "concurrency": level, "request_rate": str(request_rate), "endpoint": endpoint}  # fmt: skip
             record = report.BenchRecord(system, "serve", params)
-            for run in run_sweep(config, prompts, [level], runs):
+            for run in run_sweep(
+                config, lambda seed, n=count: workload.make(n, seed), [level], runs
+            ):
                 record.runs.append(run.summary.to_flat_dict())
                 failed = [t.error for t in run.timings if not t.is_success]
                 typer.echo(f"  {system} c={level}: {run.summary.output_throughput:.1f} output tok/s"

@@ -152,12 +152,9 @@ class FlintlmOffline:
             num_output_tokens=sum(len(o.token_ids) for o in outputs),
             elapsed_s=elapsed,
             peak_rss_mib=rss.peak_mib,
-            extra={"load_s": self.load_s},
+            extra={
+                "load_s": self.load_s,
+                # Non-zero means prefix-cache hits inflated this run's prefill throughput.
+                "num_cached_tokens": sum(getattr(o, "num_cached_tokens", 0) for o in outputs),
+            },
         )
-
-    def warm_up(self, prompts: list[Prompt]) -> None:
-        """A short untimed pass so one-off costs (allocation, compilation) stay out of runs."""
-        from flintlm import SamplingParams
-
-        inputs = [p.token_ids if p.token_ids is not None else p.text for p in prompts[:2]]
-        self._llm.generate(inputs, SamplingParams(max_tokens=4, ignore_eos=True, temperature=0.0))

@@ -130,9 +130,11 @@ def format_table(records: list[BenchRecord]) -> str:
             continue
         header = ["system", "params", "runs", *[c[0] for c in columns], "out tok/s min-max"]
         rows = [header]
+        errors = []
         for record in chosen:
             if record.error:
-                rows.append([record.system, _params(record), "0", f"error: {record.error}"])
+                rows.append([record.system, _params(record), "0", "error (below)"])
+                errors.append(f"  {record.system}: {record.error}")
                 continue
             median = record.median()
             low, high = record.spread("output_throughput")
@@ -141,7 +143,7 @@ def format_table(records: list[BenchRecord]) -> str:
                 *[format(median[key], fmt) if key in median else "-" for _, key, fmt in columns],
                 f"{low:.1f}-{high:.1f}",
             ])  # fmt: skip
-        sections.append(f"[{kind}]\n" + _align(rows))
+        sections.append("\n".join([f"[{kind}]", _align(rows), *errors]))
     return "\n\n".join(sections)
 
 

@@ -34,7 +34,6 @@ class ServeConfig:
     concurrency: int = 1  # most requests in flight at once
     request_rate: float = math.inf  # mean requests/s of Poisson arrivals; inf sends at once
     ignore_eos: bool = True  # send `ignore_eos` so every request generates max_tokens
-    num_warmup: int = 1  # requests sent (and discarded) before the timed run
     timeout_s: float = 600.0  # per request
     api_key: str | None = None
     seed: int = 0  # seeds the arrival times
@@ -165,14 +164,20 @@ def _client(config: ServeConfig) -> httpx.AsyncClient:
     )
 
 
-async def run_load(config: ServeConfig, prompts: list[Prompt]) -> ServeRun:
-    """Send every prompt once under `config`'s concurrency and arrival rate; time the run."""
+async def run_load(
+    config: ServeConfig, prompts: list[Prompt], warmup_prompts: list[Prompt] | None = None
+) -> ServeRun:
+    """Send every prompt once under `config`'s concurrency and arrival rate; time the run.
+
+    `warmup_prompts` are sent one by one first and not timed. NOTE: they should differ from
+    `prompts`, or a server's prefix cache turns part of the timed prefill into cache hits.
+    """
     if not prompts:
         raise ValueError("no prompts to send")
     rng = random.Random(config.seed)
     in_flight = asyncio.Semaphore(config.concurrency)
     async with _client(config) as client:
-        for prompt in prompts[: config.num_warmup]:
+        for prompt in warmup_prompts or []:
             warmup = await send_request(client, prompt, config)
             if not warmup.is_success:
                 raise RuntimeError(f"warm-up request to {config.url} failed: {warmup.error}")
@@ -193,16 +198,27 @@ async def run_load(config: ServeConfig, prompts: list[Prompt]) -> ServeRun:
 
 
 def run_sweep(
-    config: ServeConfig, prompts: list[Prompt], concurrencies: list[int], num_runs: int
+    config: ServeConfig,
+    make_prompts: Callable[[int], list[Prompt]],
+    concurrencies: list[int],
+    num_runs: int,
 ) -> list[ServeRun]:
-    """`num_runs` runs at each concurrency, in order; prompts are reused for every run."""
-    return [
-        asyncio.run(
-            run_load(replace(config, concurrency=concurrency, seed=config.seed + run), prompts)
-        )
-        for concurrency in concurrencies
-        for run in range(num_runs)
-    ]
+    """`num_runs` runs at each concurrency, in order, each with fresh prompts.
+
+    Args:
+        config: the load level template; `concurrency` and `seed` are set per run.
+        make_prompts: seed -> prompts; seed 0 gives the warm-up prompt, run `r` uses seed
+            `r + 1`, so no timed prompt was seen before (prefix caches stay cold).
+        concurrencies: in-flight limits to sweep.
+        num_runs: timed runs per concurrency.
+    """
+    runs = []
+    for concurrency in concurrencies:
+        for run in range(num_runs):
+            level = replace(config, concurrency=concurrency, seed=config.seed + run)
+            load = run_load(level, make_prompts(run + 1), warmup_prompts=make_prompts(0)[:1])
+            runs.append(asyncio.run(load))
+    return runs
 
 
 def wait_until_ready(

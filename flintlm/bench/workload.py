@@ -74,6 +74,29 @@ def synthetic_text_prompts(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """How to make a run's prompts: a JSONL file, or synthetic ids (needs `vocab_size`) or words.
+
+    Each `make(num, seed)` with a new seed gives new synthetic prompts, so repeated runs never
+    hit a prefix cache warmed by an earlier one. A JSONL file gives the same prompts for any seed.
+    """
+
+    input_len: int
+    output_len: int
+    vocab_size: int | None = None  # None: random words instead of token ids
+    dataset: Path | None = None
+
+    def make(self, num_prompts: int, seed: int) -> list[Prompt]:
+        if self.dataset is not None:
+            return jsonl_prompts(self.dataset, self.output_len, num_prompts)
+        if self.vocab_size is None:
+            return synthetic_text_prompts(num_prompts, self.input_len, self.output_len, seed)
+        return synthetic_token_prompts(
+            num_prompts, self.input_len, self.output_len, self.vocab_size, seed
+        )
+
+
 def jsonl_prompts(path: Path, output_len: int, num_prompts: int | None = None) -> list[Prompt]:
     """Prompts from a JSONL file, one object per line with `prompt` (text) or `prompt_token_ids`.
 
