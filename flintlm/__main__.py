@@ -1,0 +1,5 @@
+"""`python -m flintlm` is the `flintlm` command."""
+
+from flintlm.cli import main
+
+main()

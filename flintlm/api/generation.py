@@ -1,0 +1,256 @@
+"""One API request as engine requests: `n` x prompts branches, started together, merged, aborted
+together, and settled once.
+
+`Generation.start` returns only after every branch produced its first output, so validation and
+overload errors surface before the route commits to a status code. From then until `close()` a
+watcher aborts all branches as soon as the client disconnects. `close()` is the one place where
+usage settles (through the admission `Ticket`) and per-request metrics are observed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from flintlm.api.errors import APIError, ClientDisconnected, ServiceUnavailable
+from flintlm.engine.request import FinishReason, RequestOutput, SamplingParams, TokenLogprobs
+from flintlm.engine.request import Usage
+
+if TYPE_CHECKING:
+    from flintlm.api.deps import Ticket
+    from flintlm.engine.async_engine import AsyncEngine
+    from flintlm.observability.metrics import Metrics
+
+logger = logging.getLogger("flintlm.api")
+
+
+@dataclass(slots=True)
+class Branch:
+    """One engine request: choice `index` of the API response."""
+
+    index: int
+    request_id: str
+    prompt_index: int
+    is_first_of_prompt: bool
+    stream: AsyncIterator[RequestOutput]
+    last: RequestOutput | None = None
+    first_token_s: float | None = None
+    end_s: float | None = None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.last is not None and self.last.finished
+
+
+@dataclass
+class ChoiceResult:
+    """A whole choice, accumulated for a non-streamed response."""
+
+    index: int
+    prompt_index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    finish_reason: str | None = None
+
+
+class Generation:
+    def __init__(self, engine: AsyncEngine, metrics: Metrics, ticket: Ticket, receive: Any):
+        self.engine = engine
+        self.metrics = metrics
+        self.ticket = ticket
+        self.branches: list[Branch] = []
+        self.start_s = time.monotonic()
+        self.is_disconnected = False
+        self._is_closed = False
+        self._watcher = asyncio.create_task(self._watch_disconnect(receive))
+
+    @property
+    def request_id(self) -> str:
+        return self.ticket.request_id
+
+    @classmethod
+    async def start(
+        cls,
+        engine: AsyncEngine,
+        metrics: Metrics,
+        ticket: Ticket,
+        receive: Any,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        *,
+        priority: int = 0,
+        cache_salt: str | None = None,
+    ) -> Generation:
+        """Validate, submit every branch and wait for each one's first output.
+
+        Args:
+            receive: the ASGI receive channel, watched for the client's disconnect.
+            params: the request's parameters; `n` branches per prompt, seeds `seed + i`.
+        Raises:
+            InvalidRequestError, EngineOverloadedError, APIError before anything is sent.
+        """
+        params.validate(engine.tokenizer.vocab_size)
+        generation = cls(engine, metrics, ticket, receive)
+        num_choices = params.n * len(prompts)
+        for index in range(num_choices):
+            prompt_index, i = divmod(index, params.n)
+            request_id = ticket.request_id if num_choices == 1 else f"{ticket.request_id}-{index}"
+            seed = None if params.seed is None else params.seed + i
+            branch_params = dataclasses.replace(params, n=1, seed=seed)
+            stream = engine.generate(request_id, prompts[prompt_index], branch_params,
+                                     priority=priority, cache_salt=cache_salt)
+            generation.branches.append(Branch(index, request_id, prompt_index, i == 0, stream))
+        try:
+            await asyncio.gather(*(generation._first(b) for b in generation.branches))
+        except BaseException:
+            await generation.close()
+            raise
+        return generation
+
+    async def _first(self, branch: Branch) -> None:
+        self._record(branch, await anext(branch.stream))
+
+    def _record(self, branch: Branch, output: RequestOutput) -> None:
+        now = time.monotonic()
+        branch.last = output
+        if branch.first_token_s is None and output.new_token_ids:
+            branch.first_token_s = now
+        if output.finished:
+            branch.end_s = now
+
+    async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """Every output of every branch (the first ones included), in arrival order."""
+        for branch in self.branches:
+            if branch.last is not None:  # always: start() waited for it
+                yield branch.index, branch.last
+        live = [b for b in self.branches if not b.is_finished]
+        if len(live) == 1:
+            async for output in live[0].stream:
+                self._record(live[0], output)
+                yield live[0].index, output
+            return
+        queue: asyncio.Queue[tuple[Branch, RequestOutput | BaseException | None]] = (
+            asyncio.Queue())
+
+        async def pump(branch: Branch) -> None:
+            try:
+                async for output in branch.stream:
+                    queue.put_nowait((branch, output))
+            except Exception as exc:  # handed to the consumer, which raises it
+                queue.put_nowait((branch, exc))
+            queue.put_nowait((branch, None))
+
+        tasks = [asyncio.create_task(pump(b)) for b in live]
+        try:
+            num_live = len(live)
+            while num_live:
+                branch, item = await queue.get()
+                if item is None:
+                    num_live -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    self._record(branch, item)
+                    yield branch.index, item
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def collect(self) -> list[ChoiceResult]:
+        """Run to completion and return the choices; raises if aborted, failed or disconnected."""
+        results = [ChoiceResult(b.index, b.prompt_index) for b in self.branches]
+        async for index, output in self.outputs():
+            raise_if_failed(output, self.is_disconnected)
+            result = results[index]
+            result.text += output.new_text
+            result.token_ids += output.new_token_ids
+            result.logprobs += output.new_logprobs or []
+            if output.prompt_logprobs is not None:
+                result.prompt_logprobs = output.prompt_logprobs
+            if output.finish_reason is not None:
+                result.finish_reason = output.finish_reason.value
+        return results
+
+    @property
+    def usage(self) -> Usage:
+        """Prompt tokens once per prompt (as OpenAI counts `n`), completions of every branch."""
+        prompt = cached = completion = 0
+        for branch in self.branches:
+            if branch.last is None:
+                continue
+            usage = branch.last.usage
+            completion += usage.completion_tokens
+            if branch.is_first_of_prompt:
+                prompt += usage.prompt_tokens
+                cached += usage.cached_tokens
+        return Usage(prompt, completion, cached)
+
+    def abort(self) -> None:
+        for branch in self.branches:
+            if not branch.is_finished:
+                self.engine.abort(branch.request_id)
+
+    async def close(self) -> None:
+        """Abort what still runs, settle usage once, observe metrics. Safe to call twice."""
+        if self._is_closed:
+            return
+        self._is_closed = True
+        self._watcher.cancel()
+        self.abort()
+        for branch in self.branches:
+            with contextlib.suppress(Exception):
+                await branch.stream.aclose()  # type: ignore[attr-defined]
+        self.ticket.settle(self.usage)
+        self._observe()
+
+    def _observe(self) -> None:
+        now = time.monotonic()
+        for branch in self.branches:
+            if branch.last is None:
+                continue
+            reason = branch.last.finish_reason or FinishReason.ABORT
+            if self.is_disconnected and reason is FinishReason.ABORT:
+                reason_text = "disconnect"
+            else:
+                reason_text = reason.value
+            first = branch.first_token_s
+            self.metrics.observe_request(
+                finish_reason=reason_text,
+                prompt_tokens=branch.last.usage.prompt_tokens if branch.is_first_of_prompt else 0,
+                completion_tokens=branch.last.usage.completion_tokens,
+                e2e_s=(branch.end_s or now) - self.start_s,
+                ttft_s=None if first is None else first - self.start_s,
+                queue_time_s=branch.last.queue_time_s,
+            )
+        usage = self.usage
+        logger.info("finished %s: prompt=%d cached=%d completion=%d in %.3fs%s", self.request_id,
+                    usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens,
+                    now - self.start_s, " (client disconnected)" if self.is_disconnected else "")
+
+    async def _watch_disconnect(self, receive: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.is_disconnected = not self._is_closed
+                self.abort()
+                return
+
+
+def raise_if_failed(output: RequestOutput, is_disconnected: bool) -> None:
+    """An output that ends the request badly becomes the error the client sees."""
+    if output.finish_reason is FinishReason.ERROR:
+        logger.error("engine error on %s: %s", output.request_id, output.error)
+        raise APIError("the engine failed while generating this response")
+    if output.finish_reason is FinishReason.ABORT:
+        if is_disconnected:
+            raise ClientDisconnected
+        raise ServiceUnavailable("the request was aborted because the server is shutting down",
+                                 code="server_draining")
