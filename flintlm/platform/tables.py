@@ -1,0 +1,81 @@
+"""ORM tables of the platform store: `api_keys` and `usage_events`, and their storage conventions.
+
+Owns column types only; the schema itself is created by the Alembic migrations in
+`migrations/versions`, which must stay in step with these classes (a test compares them).
+Conventions: timestamps are naive UTC (`db_time`), money is an integer count of nano-USD
+(billionths of a dollar) so sums are exact on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names, so migrations can refer to them (and SQLite batch mode can rebuild).
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def db_time(epoch_s: float) -> datetime:
+    """An epoch timestamp as the naive UTC datetime every table column stores."""
+    return datetime.fromtimestamp(epoch_s, UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ApiKeyRow(Base):
+    """One API key. The secret itself is never stored: only its SHA-256 and a display prefix."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    tenant_id: Mapped[str] = mapped_column(sa.String(200))
+    prefix: Mapped[str] = mapped_column(sa.String(32))
+    secret_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(sa.DateTime())
+    rpm: Mapped[int | None] = mapped_column(sa.Integer())
+    tpm: Mapped[int | None] = mapped_column(sa.Integer())
+    token_quota: Mapped[int | None] = mapped_column(sa.BigInteger())
+    quota_period: Mapped[str] = mapped_column(sa.String(8))
+    budget_nano_usd: Mapped[int | None] = mapped_column(sa.BigInteger())
+    allowed_models: Mapped[list[str] | None] = mapped_column(sa.JSON())
+
+
+class UsageEventRow(Base):
+    """Exactly one row per request, written by the ledger; `request_id` is the idempotency key.
+
+    NOTE: `key_id` has no foreign key on purpose: usage outlives keys and may come from the
+    server's static key or an unauthenticated deployment, which have no `api_keys` row.
+    """
+
+    __tablename__ = "usage_events"
+    __table_args__ = (sa.Index(None, "key_id", "created_at"), sa.Index(None, "created_at"))
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    request_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    key_id: Mapped[str] = mapped_column(sa.String(40))
+    model: Mapped[str] = mapped_column(sa.String(200))
+    prompt_tokens: Mapped[int] = mapped_column(sa.Integer())
+    cached_tokens: Mapped[int] = mapped_column(sa.Integer())
+    completion_tokens: Mapped[int] = mapped_column(sa.Integer())
+    queue_time_s: Mapped[float | None] = mapped_column(sa.Float())
+    ttft_s: Mapped[float | None] = mapped_column(sa.Float())
+    total_time_s: Mapped[float | None] = mapped_column(sa.Float())
+    status: Mapped[str] = mapped_column(sa.String(16))
+    error_code: Mapped[str | None] = mapped_column(sa.String(64))
+    cost_nano_usd: Mapped[int] = mapped_column(sa.BigInteger())
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime())
