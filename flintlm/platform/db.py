@@ -75,7 +75,11 @@ class Database:
             yield session
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration (`alembic upgrade head`); idempotent."""
+        """Bring the schema to the newest migration (`alembic upgrade head`); idempotent.
+
+        NOTE: on PostgreSQL concurrent start-ups queue on an advisory lock; on SQLite (one host,
+        usually one server) two processes migrating a fresh file at once may collide.
+        """
         from alembic import command
         from alembic.config import Config
 

@@ -98,6 +98,8 @@ class NewKey:
 
 
 class KeyStore:
+    """The `api_keys` table behind a small API; records out, secrets only from `create`."""
+
     def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._clock = clock

@@ -14,6 +14,7 @@ Public API:
 
 from __future__ import annotations
 
+import atexit
 import enum
 import logging
 import threading
@@ -121,6 +122,8 @@ class Ledger:
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flintlm-ledger", daemon=True)
         self._thread.start()
+        # A safety net for an exit that skips close(); SIGTERM handling still has to call it.
+        atexit.register(self.close)
 
     def record(self, event: UsageEvent) -> bool:
         """Buffer one request's usage; False if its request id was already recorded here."""
@@ -163,6 +166,7 @@ class Ledger:
         if self._closed.is_set():
             return
         self._closed.set()
+        atexit.unregister(self.close)
         self._wake.set()
         self._thread.join()
         self.flush()

@@ -197,7 +197,9 @@ def _first_refusal(
 
 # KEYS[1]: the key's bucket hash; KEYS[2]: its period hash.
 # ARGV: now, rpm, tpm, num_tokens, cost, has_period, token_quota, budget, period_ttl_s,
-#       seed_tokens, seed_cost. 0 means "no limit"; seed_tokens -1 means "no seed".
+#       seed_tokens, seed_cost, window_s, bucket_ttl_s. 0 means "no limit"; seed_tokens -1
+#       means "no seed". Returns the verdict, the refused limit, both bucket levels and the
+#       period's tokens and nano-USD before this admission ('' where not applicable).
 # Integers go to HSET/HINCRBY as the ARGV strings: Lua's tostring turns 1e14 into "1e+14".
 _ADMIT_LUA = """
 local now, rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -249,7 +251,8 @@ return {refused == '' and 'allowed' or 'refused', refused, tostring(requests or 
 """
 
 # KEYS as above. ARGV: now, tpm, refund_tokens, has_period, -reserved_tokens, used_tokens,
-#       -reserved_cost, used_cost, window.
+#       -reserved_cost, used_cost, window_s. A missing bucket is full and a missing period
+#       counter is gone, so neither is recreated here.
 _SETTLE_LUA = """
 local now, cap, refund = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 if cap > 0 and refund ~= 0 then

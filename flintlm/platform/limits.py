@@ -4,6 +4,8 @@ At admission the request reserves 1 request, `prompt + max_tokens` tokens and it
 cost, atomically in a `LimitStore`; in-flight reservations count against quota and budget, so
 racing requests cannot overspend. At the end, `settle` trades the reservation for real use.
 Quota and budget counters start each period from the ledger's totals (`UsageSource`).
+NOTE: a request admitted just before a period ends settles into that period's counter while its
+ledger row is dated in the next; the next period's counter may count it or not, by timing.
 
 Public API:
     Limiter(store, usage, clock): admit(key, num_tokens=, max_cost_usd=) -> AdmissionDecision,

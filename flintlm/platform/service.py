@@ -58,6 +58,12 @@ NO_USAGE = TokenCounts()
 
 
 class Platform:
+    """One per server process: built by `from_config` at start-up, `close()`d at shutdown.
+
+    The parts are public for the admin routes (`keys`, `ledger.usage`, `pricing.prices`);
+    request handling goes through `authenticate`, `admit` and `settle` only.
+    """
+
     def __init__(
         self,
         *,

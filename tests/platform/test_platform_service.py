@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from datetime import datetime
 from decimal import Decimal
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 
+import flintlm
 from flintlm.config import PlatformConfig
 from flintlm.platform.keys import KeyLimits
 from flintlm.platform.ledger import UsageStatus
@@ -129,3 +132,12 @@ def test_admin_key(config: PlatformConfig) -> None:
     without = Platform.from_config(PlatformConfig(data_dir=config.data_dir))
     assert not without.is_admin("")
     without.close()
+
+
+def test_the_platform_imports_neither_torch_nor_the_http_layer() -> None:
+    probe = ("import sys, flintlm.platform.service; "
+             "print(sorted({'torch', 'fastapi', 'flintlm.api'} & set(sys.modules)))")
+    repo_root = Path(flintlm.__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", probe], cwd=repo_root, capture_output=True,
+                            text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"
