@@ -169,8 +169,7 @@ class Limiter:
             token_quota=limits.token_quota,
             budget_nano_usd=usd_to_nanos(limits.budget_usd) if limits.budget_usd else None,
             period_id=period.id if period else None,
-            period_ttl_s=int((period.end - db_time(now)).total_seconds()) + _PERIOD_GRACE_S
-            if period else 0,
+            period_ttl_s=_counter_ttl_s(period, now),
         )
         result = self._store.admit(plan)
         if result.verdict is Verdict.NEEDS_SEED and period is not None:
@@ -239,11 +238,22 @@ def _quota_message(
     resets = f"It resets at {period.end:%Y-%m-%dT%H:%M:%SZ}."
     if limit is Limit.BUDGET:
         return (f"You exceeded the {adjective} budget of key {key.id}: "
-                f"${key.limits.budget_usd} with ${nanos_to_usd(usage.cost_nano_usd)} spent or in "
-                f"flight; this request may cost up to ${nanos_to_usd(plan.cost_nano_usd)}. {resets}")
+                f"{_usd(key.limits.budget_usd)} with {_usd(nanos_to_usd(usage.cost_nano_usd))} "
+                f"spent or in flight; this request may cost up to "
+                f"{_usd(nanos_to_usd(plan.cost_nano_usd))}. {resets}")
     return (f"You exceeded the {adjective} token quota of key {key.id}: {plan.token_quota} tokens "
             f"with {usage.num_tokens} used or in flight; this request needs up to "
             f"{plan.num_tokens} (prompt + max_tokens). {resets}")
+
+
+def _counter_ttl_s(period: Period | None, now: float) -> int:
+    if period is None:
+        return 0
+    return int((period.end - db_time(now)).total_seconds()) + _PERIOD_GRACE_S
+
+
+def _usd(amount: Decimal | None) -> str:
+    return f"${amount.normalize():f}" if amount is not None else "no limit"
 
 
 def _window(capacity: int | None, level: float | None) -> RateWindow | None:
@@ -261,9 +271,10 @@ def _wait_s(capacity: int | None, level: float | None, needed: int) -> float:
 
 def format_duration(seconds: float) -> str:
     """A duration the way OpenAI writes `x-ratelimit-reset-*`: "20ms", "1.5s", "6m0s"."""
-    if seconds < 1:
-        return f"{math.ceil(seconds * 1000)}ms"
-    if seconds < 60:
-        return f"{math.ceil(seconds * 1000) / 1000:g}s"
-    minutes, rest = divmod(math.ceil(seconds), 60)
+    millis = math.ceil(seconds * 1000)
+    if millis < 1000:
+        return f"{millis}ms"
+    if millis < 60_000:
+        return f"{millis / 1000:g}s"
+    minutes, rest = divmod(math.ceil(millis / 1000), 60)
     return f"{minutes}m{rest}s"

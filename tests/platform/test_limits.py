@@ -22,7 +22,7 @@ import flintlm
 from flintlm.platform.keys import KeyLimits, KeyRecord
 from flintlm.platform.ledger import UsageTotals
 from flintlm.platform.limit_store import LimitStore, LimitStoreError, RedisLimitStore
-from flintlm.platform.limits import Limit, Limiter
+from flintlm.platform.limits import Limit, Limiter, format_duration
 
 if TYPE_CHECKING:
     from tests.platform.conftest import FakeClock
@@ -162,8 +162,17 @@ def test_monthly_budget_reserves_the_worst_case_and_settles_the_real_cost(
     assert refused.limit is Limit.BUDGET and refused.code == "insufficient_quota"
     assert refused.message is not None
     assert "monthly budget" in refused.message and "2025-02-01T00:00:00Z" in refused.message
+    assert "$1 with $0.75 spent or in flight" in refused.message
     limiter.settle(first.reservation, num_tokens=10, cost_usd=Decimal("0.1"))  # $0.35 spent
     assert limiter.admit(key, num_tokens=10, max_cost_usd=Decimal("0.5")).allowed
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.0201, "21ms"), (1.5, "1.5s"), (36, "36s"), (59.9999, "1m0s"), (360, "6m0s")],
+)
+def test_reset_durations_are_written_like_openai_writes_them(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
 
 
 @pytest.mark.parametrize(
