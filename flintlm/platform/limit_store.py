@@ -110,23 +110,35 @@ def _refill(level: float, updated_at: float, capacity: int, now: float) -> float
     return min(float(capacity), level + elapsed * capacity / RATE_WINDOW_S)
 
 
+@dataclass(slots=True)
+class _PeriodCounters:
+    """One key's quota counters for one period, as the Redis period hash holds them."""
+
+    period_id: str
+    used_tokens: int
+    used_nanos: int
+    reserved_tokens: int = 0
+    reserved_nanos: int = 0
+
+    def total(self) -> PeriodUsage:
+        return PeriodUsage(self.used_tokens + self.reserved_tokens,
+                           self.used_nanos + self.reserved_nanos)
+
+
 class MemoryLimitStore(LimitStore):
     """Counters in this process, under one lock. Limits are per process: use Redis to share."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._buckets: dict[tuple[str, Limit], tuple[float, float]] = {}  # -> (level, updated_at)
-        self._periods: dict[str, tuple[str, list[int]]] = {}  # key_id -> (period_id, counters)
+        self._periods: dict[str, _PeriodCounters] = {}  # key_id -> its current period
 
     def admit(self, plan: AdmitPlan) -> StoreResult:
         with self._lock:
             counters = self._period_counters(plan)
             if plan.period_id is not None and counters is None:
                 return StoreResult(Verdict.NEEDS_SEED)
-            usage = None
-            if counters is not None:
-                used_tokens, reserved_tokens, used_nanos, reserved_nanos = counters
-                usage = PeriodUsage(used_tokens + reserved_tokens, used_nanos + reserved_nanos)
+            usage = counters.total() if counters is not None else None
             requests = self._level(plan.key_id, Limit.REQUESTS, plan.rpm, plan.now)
             tokens = self._level(plan.key_id, Limit.TOKENS, plan.tpm, plan.now)
             refused_by = _first_refusal(plan, usage, requests, tokens)
@@ -139,8 +151,8 @@ class MemoryLimitStore(LimitStore):
                 tokens -= plan.num_tokens
                 self._buckets[plan.key_id, Limit.TOKENS] = (tokens, plan.now)
             if counters is not None:
-                counters[1] += plan.num_tokens
-                counters[3] += plan.cost_nano_usd
+                counters.reserved_tokens += plan.num_tokens
+                counters.reserved_nanos += plan.cost_nano_usd
             return StoreResult(Verdict.ALLOWED, None, requests, tokens, usage)
 
     def settle(self, plan: SettlePlan) -> None:
@@ -150,25 +162,24 @@ class MemoryLimitStore(LimitStore):
             if plan.tpm is not None and state is not None and refund:
                 level = _refill(*state, plan.tpm, plan.now)
                 self._buckets[plan.key_id, Limit.TOKENS] = (min(plan.tpm, level + refund), plan.now)
-            period = self._periods.get(plan.key_id)
+            counters = self._periods.get(plan.key_id)
             # A counter of an earlier period is gone: its usage is in the ledger for good.
-            if period is not None and period[0] == plan.period_id:
-                counters = period[1]
-                counters[0] += plan.used.num_tokens
-                counters[1] -= plan.reserved.num_tokens
-                counters[2] += plan.used.cost_nano_usd
-                counters[3] -= plan.reserved.cost_nano_usd
+            if counters is not None and counters.period_id == plan.period_id:
+                counters.used_tokens += plan.used.num_tokens
+                counters.reserved_tokens -= plan.reserved.num_tokens
+                counters.used_nanos += plan.used.cost_nano_usd
+                counters.reserved_nanos -= plan.reserved.cost_nano_usd
 
-    def _period_counters(self, plan: AdmitPlan) -> list[int] | None:
+    def _period_counters(self, plan: AdmitPlan) -> _PeriodCounters | None:
         if plan.period_id is None:
             return None
-        period = self._periods.get(plan.key_id)
-        if period is not None and period[0] == plan.period_id:
-            return period[1]
+        counters = self._periods.get(plan.key_id)
+        if counters is not None and counters.period_id == plan.period_id:
+            return counters
         if plan.seed is None:
             return None
-        counters = [plan.seed.num_tokens, 0, plan.seed.cost_nano_usd, 0]
-        self._periods[plan.key_id] = (plan.period_id, counters)
+        counters = _PeriodCounters(plan.period_id, plan.seed.num_tokens, plan.seed.cost_nano_usd)
+        self._periods[plan.key_id] = counters
         return counters
 
     def _level(self, key_id: str, limit: Limit, capacity: int | None, now: float) -> float | None:
