@@ -110,6 +110,9 @@ class Generation:
             generation.branches.append(Branch(index, request_id, prompt_index, i == 0, stream))
         try:
             await asyncio.gather(*(generation._first(b) for b in generation.branches))
+            for branch in generation.branches:  # a failure in the first step is still a status
+                if branch.last is not None:
+                    raise_if_failed(branch.last, generation.is_disconnected)
         except BaseException:
             await generation.close()
             raise

@@ -1,0 +1,25 @@
+# Two commands: `make serve` and `make test`. Both set up .venv first (quick when done).
+PY := .venv/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+ARGS ?=
+
+.PHONY: setup serve test test-api lint
+
+setup:
+	@bash scripts/setup.sh
+
+serve: setup
+	$(PY) -m flintlm serve --host $(HOST) --port $(PORT) $(ARGS)
+
+# pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
+test: setup
+	@$(PY) -m pytest $(ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
+	exit $$rc
+
+test-api: setup
+	@$(PY) -m pytest tests/api $(ARGS)
+
+lint: setup
+	$(PY) -m ruff check flintlm tests

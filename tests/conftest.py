@@ -1,0 +1,105 @@
+"""Shared fixtures: a real `flintlm serve` subprocess on a free loopback port, on the embedded
+default model in float32 on CPU so greedy decoding is deterministic.
+
+`server` is module-scoped (one process per test module); `start_server()` gives tests that must
+own their process (signals, restarts) one of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+if TYPE_CHECKING:
+    import openai
+
+SERVER_KEY = "test-key"
+READY_TIMEOUT_S = 180.0
+# Small KV budget and context: quick to allocate, and a few requests visibly move the block count.
+SERVER_ARGS = ("--model", "default", "--dtype", "float32", "--device", "cpu",
+               "--kv-cache-memory", "96MiB", "--max-model-len", "2048")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    api_key: str | None
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def http(self, **kwargs: object) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+    def openai(self, api_key: str | None = None) -> openai.OpenAI:
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key or self.api_key or "none",
+                             max_retries=0, timeout=60)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+def start_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_KEY) -> LiveServer:
+    """Start `python -m flintlm serve` and return once /health answers 200."""
+    port = free_port()
+    args = [sys.executable, "-m", "flintlm", "serve", *SERVER_ARGS, "--port", str(port),
+            *extra_args]
+    if api_key:
+        args += ["--api-key", api_key]
+    log_path = log_dir / f"server-{port}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLINTLM_")}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = LiveServer(process, port, api_key, log_path)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"server not ready after {READY_TIMEOUT_S}s:\n{server.log()}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    live = start_server(tmp_path_factory.mktemp("server"))
+    yield live
+    live.stop()
