@@ -154,7 +154,11 @@ def generate(
     """Generate one reply to PROMPT and print it as it streams."""
     backend = _backend(locals())
     request: Any = prompt if raw else [{"role": "user", "content": prompt}]
-    asyncio.run(_print_reply(backend, request, max_tokens, temperature, close=True))
+    try:
+        asyncio.run(_print_reply(backend, request, max_tokens, temperature, close=True))
+    except Exception as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 def _backend(flags: dict[str, Any]) -> _LocalBackend | _RemoteBackend:
@@ -181,7 +185,12 @@ async def _chat_loop(backend: _LocalBackend | _RemoteBackend, history: list[dict
             if not line:
                 continue
             history.append({"role": "user", "content": line})
-            reply = await _print_reply(backend, history, max_tokens, temperature)
+            try:
+                reply = await _print_reply(backend, history, max_tokens, temperature)
+            except Exception as exc:  # report and keep the session going
+                typer.echo(f"\nerror: {exc}", err=True)
+                history.pop()
+                continue
             history.append({"role": "assistant", "content": reply})
     finally:
         await backend.aclose()
@@ -215,7 +224,7 @@ class _LocalBackend:
                      temperature: float) -> AsyncIterator[str]:
         from flintlm.api.prompts import render_chat
         from flintlm.api.protocol import ChatMessage
-        from flintlm.engine.request import SamplingParams
+        from flintlm.engine.request import FinishReason, SamplingParams
 
         tokenizer = self.engine.tokenizer
         if isinstance(request, str):
@@ -224,6 +233,8 @@ class _LocalBackend:
             prompt_ids = render_chat(tokenizer, [ChatMessage(**m) for m in request])
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
         async for output in self.engine.generate(uuid.uuid4().hex, prompt_ids, params):
+            if output.finish_reason is FinishReason.ERROR:
+                raise RuntimeError(f"generation failed: {output.error}")
             yield output.new_text
 
     async def aclose(self) -> None:
