@@ -16,6 +16,9 @@ from flintlm.engine.request import (
 
 REPLY = "Hello from the fake engine."
 EOS = 256
+FAIL_AT_ONCE = b"fail-at-once"  # a prompt containing this raises before any output
+FAIL_LATER = b"fail-later"  # ... or after the first output
+SECRET = "secret internal detail"
 
 
 class FakeTokenizer:
@@ -89,10 +92,15 @@ class FakeEngine:
             raise InvalidRequestError("too long", "messages", "context_length_exceeded")
         self.submitted.append(Submitted(request_id, prompt_token_ids, params, priority,
                                         cache_salt))
+        prompt_text = bytes(t for t in prompt_token_ids if t < 256)
+        if FAIL_AT_ONCE in prompt_text:
+            raise RuntimeError(SECRET)
         self.running.add(request_id)
         try:
             async for output in self._outputs(request_id, prompt_token_ids, params):
                 yield output
+                if FAIL_LATER in prompt_text:
+                    raise RuntimeError(SECRET)
         finally:
             self.running.discard(request_id)
 

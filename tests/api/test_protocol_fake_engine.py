@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from .conftest import FakeServer
-from .fakes import REPLY
+from .fakes import REPLY, SECRET
 
 
 def _error(response: httpx.Response, status: int, param: str | None = None) -> dict:
@@ -254,3 +254,48 @@ def test_metrics_exposes_latency_and_engine_gauges(fake_server: FakeServer) -> N
                  "flintlm_kv_blocks_used", "flintlm_prompt_tokens_total",
                  "flintlm_generation_tokens_total", "flintlm_prefix_cache_hit_rate"):
         assert name in text, name
+
+
+def test_a_failure_before_output_is_a_500_without_details(fake_server: FakeServer) -> None:
+    body = {"prompt": "fail-at-once", "stream": True}
+    with fake_server.client() as client:
+        error = _error(client.post("/v1/completions", json=body), 500)
+    assert SECRET not in error["message"] and error["type"] == "server_error"
+
+
+def test_a_failure_mid_stream_goes_in_band(fake_server: FakeServer) -> None:
+    body = {"messages": [{"role": "user", "content": "fail-later"}], "stream": True}
+    with fake_server.client() as client:
+        response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    events = _sse(response)
+    assert events[-1] == "[DONE]"
+    error = events[-2]["error"]  # type: ignore[index]
+    assert set(error) == {"message", "type", "param", "code"} and SECRET not in error["message"]
+
+
+def test_usage_settles_once_per_request(fake_server: FakeServer) -> None:
+    admission = fake_server.admission
+    before = len(admission.settled)
+    with fake_server.client() as client:
+        client.post("/v1/completions", json={"prompt": ["ab", "cd"], "max_tokens": 2, "n": 2})
+        client.post("/v1/completions", json={"prompt": "x", "max_tokens": 3, "stream": True})
+        client.post("/v1/completions", json={"prompt": "fail-at-once"})
+    settled = admission.settled[before:]
+    assert len(settled) == 3 and len({request_id for request_id, _ in settled}) == 3
+    assert [(u.prompt_tokens, u.completion_tokens) for _, u in settled] == [(4, 8), (1, 3),
+                                                                            (0, 0)]
+    assert all(t.is_settled for t in admission.tickets)
+
+
+def test_draining_refuses_new_requests_with_retry_after(fake_server: FakeServer) -> None:
+    serving = fake_server.serving
+    serving.begin_drain(30)
+    try:
+        with fake_server.client() as client:
+            response = client.post("/v1/completions", json={"prompt": "x"})
+            health = client.get("/health")
+    finally:
+        serving.is_draining, serving.drain_deadline_s = False, None
+    assert _error(response, 503)["code"] == "server_draining"
+    assert response.headers["Retry-After"] and health.status_code == 503
