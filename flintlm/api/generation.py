@@ -97,19 +97,11 @@ class Generation:
         Raises:
             InvalidRequestError, EngineOverloadedError, APIError before anything is sent.
         """
-        params.validate(engine.tokenizer.vocab_size)
         generation = cls(engine, metrics, ticket, receive)
-        num_choices = params.n * len(prompts)
-        for index in range(num_choices):
-            prompt_index, i = divmod(index, params.n)
-            request_id = ticket.request_id if num_choices == 1 else f"{ticket.request_id}-{index}"
-            seed = None if params.seed is None else params.seed + i
-            branch_params = dataclasses.replace(params, n=1, seed=seed)
-            stream = engine.generate(request_id, prompts[prompt_index], branch_params,
-                                     priority=priority, cache_salt=cache_salt)
-            generation.branches.append(Branch(index, request_id, prompt_index, i == 0, stream))
-        try:
-            await asyncio.gather(*(generation._first(b) for b in generation.branches))
+        try:  # from here on the ticket is settled by close(), whatever fails
+            params.validate(engine.tokenizer.vocab_size)
+            generation._submit(prompts, params, priority, cache_salt)
+            await generation._await_first_outputs()
             for branch in generation.branches:  # a failure in the first step is still a status
                 if branch.last is not None:
                     raise_if_failed(branch.last, generation.is_disconnected)
@@ -118,8 +110,28 @@ class Generation:
             raise
         return generation
 
-    async def _first(self, branch: Branch) -> None:
-        self._record(branch, await anext(branch.stream))
+    def _submit(self, prompts: list[list[int]], params: SamplingParams, priority: int,
+                cache_salt: str | None) -> None:
+        num_choices = params.n * len(prompts)
+        for index in range(num_choices):
+            prompt_index, i = divmod(index, params.n)
+            request_id = self.request_id if num_choices == 1 else f"{self.request_id}-{index}"
+            seed = None if params.seed is None else params.seed + i
+            branch_params = dataclasses.replace(params, n=1, seed=seed)
+            stream = self.engine.generate(request_id, prompts[prompt_index], branch_params,
+                                          priority=priority, cache_salt=cache_salt)
+            self.branches.append(Branch(index, request_id, prompt_index, i == 0, stream))
+
+    async def _await_first_outputs(self) -> None:
+        async def first(branch: Branch) -> None:
+            self._record(branch, await anext(branch.stream))
+
+        tasks = [asyncio.create_task(first(b)) for b in self.branches]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # one failed (or we were cancelled): stop waiting for the others
+            for task in tasks:
+                task.cancel()
 
     def _record(self, branch: Branch, output: RequestOutput) -> None:
         now = time.monotonic()
