@@ -12,13 +12,19 @@ import dataclasses
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from flintlm import env
 from flintlm.config import (
-    CacheConfig, FlintConfig, ModelConfig, SchedulerConfig, ServerConfig, field_docs, parse_size,
+    CacheConfig,
+    FlintConfig,
+    ModelConfig,
+    SchedulerConfig,
+    ServerConfig,
+    field_docs,
+    parse_size,
 )
 
 app = typer.Typer(
@@ -84,25 +90,25 @@ def build_config(flags: dict[str, Any]) -> FlintConfig:
 
 @app.command()
 def serve(
-    model: Annotated[Optional[str], _opt("model")] = None,
-    served_model_name: Annotated[Optional[str], _opt("served_model_name")] = None,
-    dtype: Annotated[Optional[str], _opt("dtype")] = None,
-    device: Annotated[Optional[str], _opt("device")] = None,
-    max_model_len: Annotated[Optional[int], _opt("max_model_len")] = None,
-    seed: Annotated[Optional[int], _opt("seed")] = None,
-    block_size: Annotated[Optional[int], _opt("block_size")] = None,
-    kv_cache_memory: Annotated[Optional[str], _opt("kv_cache_memory")] = None,
-    kv_cache_fraction: Annotated[Optional[float], _opt("kv_cache_fraction")] = None,
-    max_kv_cache_memory: Annotated[Optional[str], _opt("max_kv_cache_memory")] = None,
-    enable_prefix_caching: Annotated[Optional[bool], _opt("enable_prefix_caching")] = None,
-    max_num_seqs: Annotated[Optional[int], _opt("max_num_seqs")] = None,
-    max_num_batched_tokens: Annotated[Optional[int], _opt("max_num_batched_tokens")] = None,
-    max_waiting: Annotated[Optional[int], _opt("max_waiting")] = None,
-    host: Annotated[Optional[str], _opt("host")] = None,
-    port: Annotated[Optional[int], _opt("port")] = None,
-    api_key: Annotated[Optional[str], _opt("api_key")] = None,
-    drain_timeout_s: Annotated[Optional[float], _opt("drain_timeout_s")] = None,
-    log_level: Annotated[Optional[str], _opt("log_level")] = None,
+    model: Annotated[str | None, _opt("model")] = None,
+    served_model_name: Annotated[str | None, _opt("served_model_name")] = None,
+    dtype: Annotated[str | None, _opt("dtype")] = None,
+    device: Annotated[str | None, _opt("device")] = None,
+    max_model_len: Annotated[int | None, _opt("max_model_len")] = None,
+    seed: Annotated[int | None, _opt("seed")] = None,
+    block_size: Annotated[int | None, _opt("block_size")] = None,
+    kv_cache_memory: Annotated[str | None, _opt("kv_cache_memory")] = None,
+    kv_cache_fraction: Annotated[float | None, _opt("kv_cache_fraction")] = None,
+    max_kv_cache_memory: Annotated[str | None, _opt("max_kv_cache_memory")] = None,
+    enable_prefix_caching: Annotated[bool | None, _opt("enable_prefix_caching")] = None,
+    max_num_seqs: Annotated[int | None, _opt("max_num_seqs")] = None,
+    max_num_batched_tokens: Annotated[int | None, _opt("max_num_batched_tokens")] = None,
+    max_waiting: Annotated[int | None, _opt("max_waiting")] = None,
+    host: Annotated[str | None, _opt("host")] = None,
+    port: Annotated[int | None, _opt("port")] = None,
+    api_key: Annotated[str | None, _opt("api_key")] = None,
+    drain_timeout_s: Annotated[float | None, _opt("drain_timeout_s")] = None,
+    log_level: Annotated[str | None, _opt("log_level")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, ...)."""
     config = build_config(locals())
@@ -112,17 +118,17 @@ def serve(
 
 
 # Engine flags shared by the in-process `chat` and `generate`.
-ModelOpt = Annotated[Optional[str], _opt("model")]
-DtypeOpt = Annotated[Optional[str], _opt("dtype")]
-DeviceOpt = Annotated[Optional[str], _opt("device")]
-MaxLenOpt = Annotated[Optional[int], _opt("max_model_len")]
-KVOpt = Annotated[Optional[str], _opt("kv_cache_memory")]
-BaseUrlOpt = Annotated[Optional[str], typer.Option(
+ModelOpt = Annotated[str | None, _opt("model")]
+DtypeOpt = Annotated[str | None, _opt("dtype")]
+DeviceOpt = Annotated[str | None, _opt("device")]
+MaxLenOpt = Annotated[int | None, _opt("max_model_len")]
+KVOpt = Annotated[str | None, _opt("kv_cache_memory")]
+BaseUrlOpt = Annotated[str | None, typer.Option(
     help="Talk to a running server at this URL (e.g. http://127.0.0.1:8000/v1) instead of "
          "loading the model in-process. [env: FLINTLM_BASE_URL]")]
-KeyOpt = Annotated[Optional[str], typer.Option(
+KeyOpt = Annotated[str | None, typer.Option(
     help="API key for --base-url. [env: FLINTLM_API_KEY]")]
-MaxTokensOpt = Annotated[Optional[int], typer.Option(
+MaxTokensOpt = Annotated[int | None, typer.Option(
     help="Most tokens per reply (default: up to the context length).")]
 TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")]
 
@@ -132,7 +138,7 @@ def chat(
     model: ModelOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None,
     max_model_len: MaxLenOpt = None, kv_cache_memory: KVOpt = None,
     base_url: BaseUrlOpt = None, api_key: KeyOpt = None,
-    system: Annotated[Optional[str], typer.Option(help="A system prompt.")] = None,
+    system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
     max_tokens: MaxTokensOpt = None, temperature: TemperatureOpt = 0.7,
 ) -> None:
     """Chat in the terminal, replies streamed as they are generated (/reset, /exit)."""
@@ -187,7 +193,7 @@ async def _chat_loop(backend: _LocalBackend | _RemoteBackend, history: list[dict
             history.append({"role": "user", "content": line})
             try:
                 reply = await _print_reply(backend, history, max_tokens, temperature)
-            except Exception as exc:  # report and keep the session going
+            except Exception as exc:  # noqa: BLE001 - report it and keep the session going
                 typer.echo(f"\nerror: {exc}", err=True)
                 history.pop()
                 continue
@@ -254,7 +260,7 @@ class _RemoteBackend:
                      temperature: float) -> AsyncIterator[str]:
         if self.model is None:
             self.model = (await self.client.models.list()).data[0].id
-        common: dict[str, Any] = dict(model=self.model, temperature=temperature, stream=True)
+        common: dict[str, Any] = {"model": self.model, "temperature": temperature, "stream": True}
         if isinstance(request, str):
             stream: Any = await self.client.completions.create(
                 prompt=request, max_tokens=max_tokens, **common)

@@ -1,4 +1,5 @@
-"""Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with the right status.
+"""Errors in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the right
+HTTP status.
 
 Routes raise `APIError` subclasses (or let the engine's `InvalidRequestError` /
 `EngineOverloadedError` through); the handlers here turn every failure, FastAPI's own validation

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flintlm.api.errors import APIError, ClientDisconnected, ServiceUnavailable
-from flintlm.engine.request import FinishReason, RequestOutput, SamplingParams, TokenLogprobs
-from flintlm.engine.request import Usage
+from flintlm.engine.request import FinishReason, RequestOutput, SamplingParams, TokenLogprobs, Usage
 
 if TYPE_CHECKING:
     from flintlm.api.deps import Ticket
@@ -159,7 +158,7 @@ class Generation:
             try:
                 async for output in branch.stream:
                     queue.put_nowait((branch, output))
-            except Exception as exc:  # handed to the consumer, which raises it
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
                 queue.put_nowait((branch, exc))
             queue.put_nowait((branch, None))
 

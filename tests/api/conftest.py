@@ -15,6 +15,7 @@ from flintlm.api.deps import Admission, KeyInfo, ServingState, Ticket
 from flintlm.config import FlintConfig, ServerConfig
 from flintlm.engine.request import SamplingParams, Usage
 from flintlm.server import build_app
+
 from .fakes import FakeEngine
 
 FAKE_KEY = "fake-key"

@@ -10,7 +10,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from flintlm.engine.request import (
-    FinishReason, InvalidRequestError, Logprob, RequestOutput, SamplingParams, TokenLogprobs,
+    FinishReason,
+    InvalidRequestError,
+    Logprob,
+    RequestOutput,
+    SamplingParams,
+    TokenLogprobs,
     Usage,
 )
 

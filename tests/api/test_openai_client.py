@@ -35,7 +35,7 @@ def test_models_lists_the_served_model(server: LiveServer) -> None:
 
 def test_chat_streamed_equals_non_streamed_under_greedy(server: LiveServer) -> None:
     client = server.openai()
-    kwargs = dict(model="default", messages=MESSAGES, temperature=0, max_tokens=12)
+    kwargs = {"model": "default", "messages": MESSAGES, "temperature": 0, "max_tokens": 12}
     full = client.chat.completions.create(**kwargs)
     choice = full.choices[0]
     assert choice.message.role == "assistant" and choice.message.content
@@ -55,7 +55,8 @@ def test_chat_streamed_equals_non_streamed_under_greedy(server: LiveServer) -> N
 
 def test_completion_streamed_equals_non_streamed(server: LiveServer) -> None:
     client = server.openai()
-    kwargs = dict(model="default", prompt="Once upon a time", temperature=0, max_tokens=10)
+    kwargs = {"model": "default", "prompt": "Once upon a time", "temperature": 0,
+              "max_tokens": 10}
     full = client.completions.create(**kwargs)
     streamed = "".join(c.choices[0].text for c in client.completions.create(**kwargs, stream=True)
                        if c.choices)
@@ -75,7 +76,8 @@ def test_token_id_prompts_and_usage(server: LiveServer) -> None:
 
 def test_n_choices_and_seed_reproducibility(server: LiveServer) -> None:
     client = server.openai()
-    kwargs = dict(model="default", messages=MESSAGES, max_tokens=8, n=3, temperature=1.0, seed=7)
+    kwargs = {"model": "default", "messages": MESSAGES, "max_tokens": 8, "n": 3,
+              "temperature": 1.0, "seed": 7}
     first = client.chat.completions.create(**kwargs)
     second = client.chat.completions.create(**kwargs)
     assert [c.index for c in first.choices] == [0, 1, 2]
@@ -89,7 +91,7 @@ def test_n_choices_and_seed_reproducibility(server: LiveServer) -> None:
 
 def test_stop_string_ends_the_text(server: LiveServer) -> None:
     client = server.openai()
-    kwargs = dict(model="default", prompt="1, 2, 3, 4,", temperature=0, max_tokens=12)
+    kwargs = {"model": "default", "prompt": "1, 2, 3, 4,", "temperature": 0, "max_tokens": 12}
     text = client.completions.create(**kwargs).choices[0].text
     stop = text.strip()[2:4] or text[:2]
     assert stop in text

@@ -34,8 +34,9 @@ def _sse(response: httpx.Response) -> list[dict | str]:
 
 def test_every_honoured_chat_param_reaches_the_engine(fake_server: FakeServer) -> None:
     body = {
-        "model": "fake", "messages": [{"role": "developer", "content": "be brief"},
-                                      {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "model": "fake",
+        "messages": [{"role": "developer", "content": "be brief"},
+                     {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
         "max_completion_tokens": 7, "temperature": 0.5, "top_p": 0.9, "presence_penalty": 0.1,
         "frequency_penalty": 0.2, "logit_bias": {"65": 3.0}, "seed": 11, "stop": ["zz", "yy"],
         "logprobs": True, "top_logprobs": 3, "top_k": 5, "min_p": 0.05,

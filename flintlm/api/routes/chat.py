@@ -12,9 +12,17 @@ from flintlm.api.deps import AdmissionDep, AuthedKey, EngineDep, Serving, check_
 from flintlm.api.generation import ChoiceResult, Generation
 from flintlm.api.prompts import render_chat
 from flintlm.api.protocol import (
-    ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
-    ChatCompletionResponse, ChatDelta, ChatLogprobs, ChatResponseMessage, ChatTokenLogprob,
-    TopLogprob, usage_info,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatLogprobs,
+    ChatResponseMessage,
+    ChatTokenLogprob,
+    TopLogprob,
+    usage_info,
 )
 from flintlm.api.streaming import sse_response
 from flintlm.engine.request import Logprob, RequestOutput, TokenLogprobs, Usage

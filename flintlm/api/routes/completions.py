@@ -14,7 +14,11 @@ from flintlm.api.deps import AdmissionDep, AuthedKey, EngineDep, Serving, check_
 from flintlm.api.generation import ChoiceResult, Generation
 from flintlm.api.prompts import completion_prompts, prompt_text
 from flintlm.api.protocol import (
-    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, usage_info,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    usage_info,
 )
 from flintlm.api.routes.chat import MIN_LOGPROB
 from flintlm.api.streaming import sse_response

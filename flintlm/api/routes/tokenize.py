@@ -10,7 +10,10 @@ from flintlm.api.deps import AuthedKey, EngineDep, check_model
 from flintlm.api.errors import InvalidParam
 from flintlm.api.prompts import render_chat
 from flintlm.api.protocol import (
-    DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
 )
 
 router = APIRouter()
