@@ -8,7 +8,6 @@ errors included, into that shape. A 500 carries a generic message, never a stack
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,8 +16,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flintlm.engine.request import EngineOverloadedError, InvalidRequestError
-
-logger = logging.getLogger("flintlm.api")
 
 RETRY_AFTER_S = 1
 

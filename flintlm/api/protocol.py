@@ -178,7 +178,7 @@ class ChatCompletionRequest(_GenerationRequest):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     # Structured output and tools: accepted only in their no-op form until structured output
     # lands; prompts.render_chat already takes `tools` so the template can show them.
     response_format: ResponseFormat | None = None

@@ -111,6 +111,8 @@ def test_no_op_values_of_unsupported_fields_are_accepted(fake_server: FakeServer
     ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
     ({"messages": [{"role": "user", "content": "x"}], "n": 0}, "n"),
     ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21},
+     "top_logprobs"),
     ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"x": 1}}, "logit_bias"),
     ({"messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": True}},
      "stream_options"),
