@@ -22,10 +22,12 @@ _REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for bytes that are not (ye
 class IncrementalDetokenizer:
     """Turns a request's new token ids into text that is safe to stream.
 
-    Invariants: `output_text` only grows and never ends in half a character; without a stop
-    match, `output_text` after `flush()` equals `tokenizer.decode(all output ids)`. With
-    stop strings, no emitted text contains a stop string (it ends right before the first match,
-    or right after it with `include_stop_str_in_output`).
+    Invariants: `output_text` only grows and never ends in half a character. Without a stop
+    match, `output_text` after `flush()` is the text the output adds after the prompt: for
+    byte-level BPE exactly `tokenizer.decode(output ids)`; for SentencePiece it keeps the
+    leading space a lone decode would strip. With stop strings, no emitted text contains a
+    stop string (it ends right before the first match, or right after it with
+    `include_stop_str_in_output`).
     """
 
     def __init__(

@@ -52,25 +52,31 @@ def load_gguf(path: str, dtype: torch.dtype) -> LoadedCheckpoint:
     arch = _arch_from_metadata(gguf)
     names = {info.name: _hf_name(path, info.name) for info in gguf.tensors.values()}
     names.pop(_ROPE_FREQS, None)  # folded into arch.rope_scaling
+    # Everything is checked before the first tensor is decoded, so bad files fail fast.
     check_weight_shapes(path, arch, {hf: gguf.tensors[name].shape for name, hf in names.items()})
-    for name in names:
-        if gguf.tensors[name].ggml_type not in SUPPORTED_TYPES:
-            raise ModelLoadError(
-                path,
-                f"tensor {name} is {gguf.tensors[name].ggml_type.name}; supported types are "
-                f"{supported_type_names()}",
-            )
+    _check_types(gguf, names)
     tokenizer = tokenizer_from_gguf(gguf.metadata, path)
+    # llama.cpp permutes q/k rows for its RoPE kernel in the llama architecture only.
+    rope_heads = {"q_proj": arch.num_heads, "k_proj": arch.num_kv_heads}
+    is_permuted = gguf.metadata["general.architecture"] == "llama"
     weights = {}
     for name, hf_name in names.items():
         weight = _dense(gguf, gguf.tensors[name], dtype)
-        if gguf.metadata["general.architecture"] == "llama":
-            if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-                weight = _unpermute_rope_rows(weight, arch.num_heads)
-            elif hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-                weight = _unpermute_rope_rows(weight, arch.num_kv_heads)
+        projection = hf_name.split(".")[-2]
+        if is_permuted and projection in rope_heads:
+            weight = _unpermute_rope_rows(weight, rope_heads[projection])
         weights[hf_name] = weight
     return LoadedCheckpoint(arch=arch, weights=weights, tokenizer=tokenizer, source=path)
+
+
+def _check_types(gguf: GGUFFile, names: dict[str, str]) -> None:
+    for name in names:
+        ggml_type = gguf.tensors[name].ggml_type
+        if ggml_type not in SUPPORTED_TYPES:
+            raise ModelLoadError(
+                gguf.path,
+                f"tensor {name} is {ggml_type.name}; supported types are {supported_type_names()}",
+            )
 
 
 def _unpermute_rope_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -44,13 +44,21 @@ def load_checkpoint(model: str, dtype: torch.dtype) -> LoadedCheckpoint:
     if str(dtype).removeprefix("torch.") not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype {dtype} is not one of {', '.join(SUPPORTED_DTYPES)}")
     path = resolve_model_path(model)
-    if path.endswith(".gguf"):
-        from flintlm.loading.gguf import load_gguf
+    import torch
 
-        return load_gguf(path, dtype)
+    from flintlm.loading.gguf import load_gguf
     from flintlm.loading.safetensors import load_safetensors_folder
 
-    return load_safetensors_folder(path, dtype)
+    load = load_gguf if path.endswith(".gguf") else load_safetensors_folder
+    # NOTE: loading is memory-bound elementwise work (dequantize, cast) where intra-op threads
+    # gain little and, on an oversubscribed host, cost 10x: the embedded model dequantizes in
+    # 0.3 s on one thread and took 1-11 s on two of two busy cores.
+    num_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return load(path, dtype)
+    finally:
+        torch.set_num_threads(num_threads)
 
 
 def load_tokenizer(model: str) -> Tokenizer:

@@ -152,3 +152,43 @@ def test_decodes_a_bounded_window_per_step(tokenizer: Tokenizer) -> None:
     deltas, _ = stream(detok, ids)
     assert "".join(deltas) + detok.flush() == tokenizer.decode(ids)
     assert len(ids) > 300 and max(counting.decode_lengths) <= 12
+
+
+def _sentencepiece_tokenizer(folder: Any) -> Tokenizer:
+    """A tiny Llama-2-style tokenizer: "▁" marks word starts; its decoder strips the first."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, **{f"<0x{b:02X}>": 1 + b for b in range(256)}}
+    vocab.update({"▁": 257, "▁hello": 258, "▁world": 259})
+    merges = [("▁", "hello"), ("▁", "world")]
+    for word in ("hello", "world"):  # spell both words out of letters
+        for i in range(1, len(word)):
+            vocab.setdefault(word[:i], len(vocab))
+            vocab.setdefault(word[i], len(vocab))
+            merges.append((word[:i], word[i]))
+        vocab.setdefault(word, len(vocab))
+    backend = Backend(models.BPE(vocab, merges, byte_fallback=True, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    backend.save(str(folder / "tokenizer.json"))
+    return Tokenizer.from_folder(str(folder))
+
+
+def test_sentencepiece_keeps_the_space_after_the_prompt(tmp_path: Any) -> None:
+    tokenizer = _sentencepiece_tokenizer(tmp_path)
+    output = tokenizer.encode("world world é", add_special_tokens=False)
+    assert tokenizer.decode(output) == "world world é"  # a lone decode drops the first space
+    detok = IncrementalDetokenizer(tokenizer, tokenizer.encode("hello"))
+    deltas, _ = stream(detok, output)
+    # After the prompt "hello", the output reads " world world é"; "é" is two byte tokens,
+    # held until both arrived.
+    assert [d for d in deltas if d] == [" world", " world", " ", "é"]
+    assert detok.flush() == ""
