@@ -10,12 +10,14 @@ from __future__ import annotations
 import mmap
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from flintlm.loading.checkpoint import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
 
 _MAGIC = b"GGUF"
 _VERSIONS = (2, 3)  # v1 used 32-bit counts; no maintained tool writes it
@@ -58,6 +60,8 @@ class GGUFFile:
 
     def raw(self, name: str) -> torch.Tensor:
         """The stored bytes of tensor `name`: a uint8 view into the mmap, no copy."""
+        import torch  # here, so reading only the metadata (a tokenizer) does not load torch
+
         info = self.tensors[name]
         return torch.frombuffer(self._map, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
 

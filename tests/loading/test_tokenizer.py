@@ -279,3 +279,17 @@ def test_pre_tokenizers_split_differently(tmp_path: Any, embedded_path: str) -> 
         encodings[pre] = [load_tokenizer(path).encode(text) for text in TEXTS]
     # The parity test above would prove little if all splits agreed on these texts.
     assert len({json.dumps(e) for e in encodings.values()}) == 4
+
+
+def test_tokenizer_imports_neither_transformers_nor_torch() -> None:
+    # transformers takes seconds to import and is only the tests' reference; torch is not
+    # needed to tokenize, so processes that only tokenize start fast.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from flintlm.loading import load_tokenizer; "
+        "t = load_tokenizer('default'); t.apply_chat_template([{'role': 'user', 'content': 'x'}]); "
+        "assert not {'transformers', 'torch'} & set(sys.modules), 'heavy import'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
