@@ -1,7 +1,8 @@
 """GGUF tokenizer metadata (llama.cpp's `tokenizer.ggml.*` keys) -> `Tokenizer`.
 
 A GGUF carries no tokenizer.json: the vocabulary, merges and token types are rebuilt into a
-byte-level BPE here, split the way `tokenizer.ggml.pre` says llama.cpp splits that model's text.
+`tokenizers` BPE here, either byte-level (split the way `tokenizer.ggml.pre` says llama.cpp
+splits that model's text) or SentencePiece-style with byte fallback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from flintlm.loading.checkpoint import ModelLoadError
 from flintlm.loading.tokenizer import Tokenizer
 
 # llama.cpp token types
-_CONTROL, _USER_DEFINED = 3, 4
+_UNKNOWN, _CONTROL, _USER_DEFINED = 2, 3, 4
 
 # Pre-tokenizer split patterns, by model family (the regexes their tokenizer.json files use).
 _LLAMA3_SPLIT = (
@@ -46,32 +47,21 @@ _IGNORE_MERGES = frozenset({"llama-bpe", "llama3", "llama-v3", "smaug-bpe"})
 
 
 def tokenizer_from_gguf(metadata: dict[str, Any], path: str) -> Tokenizer:
-    """Build the tokenizer a GGUF file describes; `ModelLoadError` if it is not byte-level BPE."""
+    """Build the tokenizer a GGUF file describes: byte-level BPE ("gpt2") or SentencePiece
+    BPE ("llama"); `ModelLoadError` for anything else."""
     model = metadata.get("tokenizer.ggml.model")
-    if model != "gpt2":
-        raise ModelLoadError(
-            path, f"tokenizer model {model!r} is not supported (only byte-level BPE, 'gpt2')"
-        )
-    pre = metadata.get("tokenizer.ggml.pre", "default")
-    if pre not in _PRE_TOKENIZERS:
-        raise ModelLoadError(
-            path, f"tokenizer pre-tokenizer {pre!r} is not supported ({', '.join(_PRE_TOKENIZERS)})"
-        )
     try:
         tokens: list[str] = metadata["tokenizer.ggml.tokens"]
-        merges: list[str] = metadata["tokenizer.ggml.merges"]
+        if model == "gpt2":
+            backend = _byte_level_bpe(metadata, tokens, path)
+        elif model == "llama":
+            backend = _sentencepiece_bpe(metadata, tokens)
+        else:
+            raise ModelLoadError(
+                path, f"tokenizer model {model!r} is not supported ('gpt2' or 'llama' BPE)"
+            )
     except KeyError as e:
         raise ModelLoadError(path, f"missing tokenizer metadata {e.args[0]}") from e
-
-    backend = tokenizers.Tokenizer(
-        models.BPE(
-            {token: i for i, token in enumerate(tokens)},
-            [_merge_pair(merge) for merge in merges],
-            ignore_merges=pre in _IGNORE_MERGES,
-        )
-    )
-    backend.pre_tokenizer = _pre_tokenizer(pre)
-    backend.decoder = decoders.ByteLevel()
     _add_marked_tokens(backend, tokens, metadata.get("tokenizer.ggml.token_type"))
 
     def token(key: str) -> str | None:
@@ -79,7 +69,8 @@ def tokenizer_from_gguf(metadata: dict[str, Any], path: str) -> Tokenizer:
         return tokens[token_id] if token_id is not None and 0 <= token_id < len(tokens) else None
 
     bos = token("bos_token_id")
-    if metadata.get("tokenizer.ggml.add_bos_token", False) and bos is not None:
+    # SentencePiece vocabularies (Llama 2, Mistral) add BOS unless told otherwise.
+    if metadata.get("tokenizer.ggml.add_bos_token", model == "llama") and bos is not None:
         bos_id = metadata["tokenizer.ggml.bos_token_id"]
         backend.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
@@ -103,6 +94,72 @@ def tokenizer_from_gguf(metadata: dict[str, Any], path: str) -> Tokenizer:
     )
 
 
+def _byte_level_bpe(metadata: dict[str, Any], tokens: list[str], path: str) -> tokenizers.Tokenizer:
+    pre = metadata.get("tokenizer.ggml.pre", "default")
+    if pre not in _PRE_TOKENIZERS:
+        raise ModelLoadError(
+            path, f"tokenizer pre-tokenizer {pre!r} is not supported ({', '.join(_PRE_TOKENIZERS)})"
+        )
+    backend = tokenizers.Tokenizer(
+        models.BPE(
+            {token: i for i, token in enumerate(tokens)},
+            [_merge_pair(merge) for merge in metadata["tokenizer.ggml.merges"]],
+            ignore_merges=pre in _IGNORE_MERGES,
+        )
+    )
+    backend.pre_tokenizer = _pre_tokenizer(pre)
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def _sentencepiece_bpe(metadata: dict[str, Any], tokens: list[str]) -> tokenizers.Tokenizer:
+    """Llama 2 / Mistral style: "▁" marks a word start, unknown characters fall back to
+    <0xXX> byte tokens, merges rank by the merged piece's score."""
+    merges = metadata.get("tokenizer.ggml.merges")
+    pairs = (
+        [_merge_pair(merge) for merge in merges]
+        if merges
+        else _merges_from_scores(tokens, metadata["tokenizer.ggml.scores"])
+    )
+    unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
+    backend = tokenizers.Tokenizer(
+        models.BPE(
+            {token: i for i, token in enumerate(tokens)},
+            pairs,
+            unk_token=tokens[unk_id] if unk_id is not None else None,
+            fuse_unk=True,
+            byte_fallback=True,
+        )
+    )
+    add_prefix_space = metadata.get("tokenizer.ggml.add_space_prefix", True)
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="first" if add_prefix_space else "never", split=False
+    )
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_prefix_space:
+        steps.append(decoders.Strip(" ", 1, 0))  # the space the pre-tokenizer put first
+    backend.decoder = decoders.Sequence(steps)
+    return backend
+
+
+def _merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """SentencePiece stores scores, not merges: every split of a piece into two pieces of the
+    vocabulary is a merge, ranked by the merged piece's score (then longer left part first,
+    then by id, as HF transformers ranks them, so both tokenize alike)."""
+    ids = {token: i for i, token in enumerate(tokens)}
+    ranked: list[tuple[float, int, int, str, str]] = []
+    for token, score in zip(tokens, scores, strict=True):
+        splits = [
+            (token[:k], token[k:])
+            for k in range(1, len(token))
+            if token[:k] in ids and token[k:] in ids
+        ]
+        splits.sort(key=lambda pair: (ids[pair[0]], ids[pair[1]]))
+        ranked += [(score, len(left), len(right), left, right) for left, right in splits]
+    ranked.sort(key=lambda merge: merge[:3], reverse=True)  # stable: ties keep id order
+    return [(left, right) for *_, left, right in ranked]
+
+
 def _merge_pair(merge: str) -> tuple[str, str]:
     left, _, right = merge.partition(" ")  # byte-level tokens never hold a literal space
     return left, right
@@ -123,8 +180,9 @@ def _pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
 def _add_marked_tokens(
     backend: tokenizers.Tokenizer, tokens: list[str], token_types: list[int] | None
 ) -> None:
-    """Control tokens become special added tokens and user-defined ones plain added tokens, so
-    both are matched whole in text (as llama.cpp matches them) instead of cut into byte pieces.
+    """Control (and unknown) tokens become special added tokens and user-defined ones plain
+    added tokens, so all are matched whole in text (as llama.cpp matches them) instead of cut
+    into pieces.
 
     NOTE: HF's GGUF converter skips control tokens spelled outside the byte-level alphabet
     (e.g. DeepSeek's "<｜begin▁of▁sentence｜>"); llama.cpp matches those whole, and so do we.
@@ -133,7 +191,7 @@ def _add_marked_tokens(
         return
     control, user_defined = [], []
     for token, token_type in zip(tokens, token_types, strict=False):
-        if token_type == _CONTROL:
+        if token_type in (_UNKNOWN, _CONTROL):
             control.append(AddedToken(token, special=True, normalized=False))
         elif token_type == _USER_DEFINED:
             user_defined.append(AddedToken(token, special=False, normalized=False))

@@ -293,3 +293,60 @@ def test_tokenizer_imports_neither_transformers_nor_torch() -> None:
         "assert not {'transformers', 'torch'} & set(sys.modules), 'heavy import'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+SENTENCEPIECE_CORPUS = "the quick brown fox jumps over the lazy dog hello world then"
+SENTENCEPIECE_TEXTS = [
+    "the quick brown fox",
+    "Hello world",
+    " leading space and  two spaces",
+    "unknown: 😀 中文 ü",
+    "tabs\tand\nnewlines",
+    "<s> written out </s>",
+    "",
+]
+
+
+def _write_sentencepiece_gguf(path: str) -> None:
+    """A Llama-2-style vocabulary: <unk>/<s>/</s>, 256 byte tokens, and every prefix of
+    "▁word" for the corpus words, scored so shorter pieces merge first."""
+    words = sorted(set(SENTENCEPIECE_CORPUS.split()))
+    pieces = {"▁", *SENTENCEPIECE_CORPUS.replace(" ", "")}
+    for word in words:
+        pieces.update("▁" + word[:n] for n in range(1, len(word) + 1))
+        pieces.update(word[:n] for n in range(2, len(word) + 1))
+    pieces_sorted = sorted(pieces, key=lambda p: (len(p), p))
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *pieces_sorted]
+    types = [2, 3, 3, *([6] * 256), *([1] * len(pieces_sorted))]
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces_sorted))]
+    writer = GGUFWriter(path, "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_scores(scores)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_sentencepiece_gguf_equals_hf(tmp_path: Any) -> None:
+    from transformers import AutoTokenizer
+
+    path = str(tmp_path / "spm.gguf")
+    _write_sentencepiece_gguf(path)
+    ours = load_tokenizer(path)
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="spm.gguf")
+    for text in SENTENCEPIECE_TEXTS:
+        ids = ours.encode(text)
+        assert ids == theirs.encode(text), text
+        for skip in (True, False):
+            assert ours.decode(ids, skip) == theirs.decode(ids, skip_special_tokens=skip), text
+    assert ours.encode("the")[0] == ours.bos_token_id == 1  # BOS by default
+    assert len(ours.encode("the lazy dog")) == 4  # whole words from the merges
+    assert ours.eos_token_ids == {2}
+    ids = ours.encode("hello 😀", add_special_tokens=False)
+    assert b"".join(ours.token_bytes(i) for i in ids) == " hello 😀".encode()
