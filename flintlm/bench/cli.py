@@ -13,13 +13,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flintlm.bench import report
-from flintlm.bench.offline import OfflineSystem
 from flintlm.bench.workload import Prompt, Workload, gguf_vocab_size, resolve_gguf
+
+if TYPE_CHECKING:
+    from flintlm.bench.offline import OfflineSystem
 
 bench_app = typer.Typer(help="Benchmark flintlm and its peers (llama.cpp, HF transformers).")
 

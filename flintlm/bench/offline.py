@@ -12,8 +12,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Protocol, Self
 
-import psutil
-
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -68,6 +66,9 @@ class PeakRss:
     """
 
     def __init__(self, pid: int | None = None, interval_s: float = 0.05) -> None:
+        import psutil  # the `bench` extra; keeps `flintlm --help` free of it
+
+        self._error = psutil.Error
         self._process = psutil.Process(pid or os.getpid())
         self._interval_s = interval_s
         self._stop = threading.Event()
@@ -78,7 +79,7 @@ class PeakRss:
         while True:
             try:
                 self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
-            except psutil.Error:
+            except self._error:
                 return
             if self._stop.wait(self._interval_s):
                 return
@@ -104,7 +105,7 @@ class PeakRss:
     def _sample_once(self) -> None:
         try:
             self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
-        except psutil.Error:
+        except self._error:
             pass
 
 

