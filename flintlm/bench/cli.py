@@ -269,5 +269,6 @@ def serve(
         with LlamaServer(gguf, parallel, ctx_len, n_threads, llama_server, log) as server:
             typer.echo(f"llama-server on {server.base_url} (log {log}): {' '.join(server.command)}")
             meta["llama_server_command"] = server.command
+            meta["llama_server_version"] = server.version()
             sweep("llama-server", server.base_url, "default", None)
     _finish(records, meta, out, tag or f"serve-{dt.date.today().isoformat()}")

@@ -350,6 +350,14 @@ class LlamaServer:
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 
+    def version(self) -> str:
+        """`llama-server --version` (the package's build carries no commit hash)."""
+        done = subprocess.run(
+            [str(self.binary), "--version"], env=self.environment(), capture_output=True,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return " ".join((done.stdout + done.stderr).split())
+
     def environment(self) -> dict[str, str]:
         lib_dirs = llama_server_lib_dirs(self.binary)
         env = dict(os.environ)
