@@ -5,7 +5,7 @@ lays them out."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,16 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from flintlm.loading import resolve_model_path
 
 BYTE_TOKENS_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_intraop_thread() -> Iterator[None]:
+    """These tests are memory-bound tensor compares; on a shared 2-core box extra intra-op
+    threads only add contention. Restored after each module."""
+    num_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(num_threads)
 
 
 @pytest.fixture(scope="session")
