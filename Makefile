@@ -1,7 +1,6 @@
 # Two commands: `make serve` and `make test`. Both set up .venv first (quick when done).
+# Flags go through ARGS (make serve ARGS="--port 9000"); FLINTLM_* variables work as well.
 PY := .venv/bin/python
-HOST ?= 127.0.0.1
-PORT ?= 8000
 ARGS ?=
 
 .PHONY: setup serve test test-api lint
@@ -10,7 +9,7 @@ setup:
 	@bash scripts/setup.sh
 
 serve: setup
-	$(PY) -m flintlm serve --host $(HOST) --port $(PORT) $(ARGS)
+	$(PY) -m flintlm serve $(ARGS)
 
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
 test: setup
