@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup serve test test-api lint
+.PHONY: setup serve test test-api
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,3 @@ test: setup
 
 test-api: setup
 	@$(PY) -m pytest tests/api $(ARGS)
-
-lint: setup
-	$(PY) -m ruff check flintlm tests
