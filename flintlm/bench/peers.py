@@ -121,7 +121,9 @@ class LlamaCppBatched:
         params.n_ubatch = 512
         params.n_seq_max = max_num_seqs
         params.n_threads = params.n_threads_batch = n_threads
-        params.kv_unified = True  # one KV pool shared by all sequences
+        # NOTE: one KV stream per sequence (as llama-server runs by default): a unified cache
+        # makes every decode attend over all sequences' cells, masked, which is far slower.
+        params.kv_unified = False
         self._ctx = lc.llama_init_from_model(self._model, params)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a context; lower the sequence count")
