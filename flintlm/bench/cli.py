@@ -177,7 +177,7 @@ def offline(
             lambda: LlamaCppSingleStream(gguf, n_threads), "llama-cpp-python/single-stream",
             prompts(single_stream_prompts), runs, {**params, "num_prompts": single_stream_prompts},
         ))  # fmt: skip
-        max_seq_len = input_len + output_len + 16
+        max_seq_len = -(-(input_len + output_len) // 256) * 256  # llama.cpp pads to 256
         records.append(_run_offline_system(
             lambda: LlamaCppBatched(gguf, n_threads, num_prompts, max_seq_len),
             "llama-cpp-python/batched", prompts(num_prompts), runs, params,
@@ -239,24 +239,29 @@ def serve(
     meta = report.environment()
     records: list[report.BenchRecord] = []
 
+    def count(level: int) -> int:
+        return num_prompts or max(16, 2 * level)
+
+    def make(level: int, seed: int) -> list[Prompt]:
+        return workload.make(count(level), seed)
+
     def sweep(system: str, url: str, sent_model: str, key: str | None) -> None:
-        for level in levels:
-            count = num_prompts or max(16, 2 * level)
-            config = ServeConfig(
-                base_url=url, model=sent_model, endpoint=endpoint,  # type: ignore[arg-type]
-                concurrency=level, request_rate=request_rate, api_key=key,
-            )  # fmt: skip
-            params = {"num_prompts": count, "input_len": input_len, "output_len": output_len,
-                      "concurrency": level, "request_rate": str(request_rate), "endpoint": endpoint}  # fmt: skip
-            record = report.BenchRecord(system, "serve", params)
-            for run in run_sweep(
-                config, lambda seed, n=count: workload.make(n, seed), [level], runs
-            ):
-                record.runs.append(run.summary.to_flat_dict())
-                failed = [t.error for t in run.timings if not t.is_success]
-                typer.echo(f"  {system} c={level}: {run.summary.output_throughput:.1f} output tok/s"
-                           + (f", {len(failed)} failed: {failed[0]}" if failed else ""))  # fmt: skip
-            records.append(record)
+        config = ServeConfig(
+            base_url=url, model=sent_model, endpoint=endpoint,  # type: ignore[arg-type]
+            request_rate=request_rate, api_key=key,
+        )  # fmt: skip
+        by_level: dict[int, report.BenchRecord] = {}
+        for run in run_sweep(config, make, levels, runs):
+            level = run.config.concurrency
+            record = by_level.setdefault(level, report.BenchRecord(system, "serve", {
+                "num_prompts": count(level), "input_len": input_len, "output_len": output_len,
+                "concurrency": level, "request_rate": str(request_rate), "endpoint": endpoint,
+            }))  # fmt: skip
+            record.runs.append(run.summary.to_flat_dict())
+            failed = [t.error for t in run.timings if not t.is_success]
+            typer.echo(f"  {system} c={level}: {run.summary.output_throughput:.1f} output tok/s"
+                       + (f", {len(failed)} failed: {failed[0]}" if failed else ""))  # fmt: skip
+        records.extend(by_level.values())
 
     if base_url is not None:
         sweep(name, base_url, model, api_key)
@@ -272,3 +277,23 @@ def serve(
             meta["llama_server_version"] = server.version()
             sweep("llama-server", server.base_url, "default", None)
     _finish(records, meta, out, tag or f"serve-{dt.date.today().isoformat()}")
+
+
+@bench_app.command("report")
+def report_command(
+    files: Annotated[list[Path], typer.Argument(help="results JSON files to combine")],
+    out: Annotated[Path | None, typer.Option(help="write the combined JSON here")] = None,
+) -> None:
+    """Print the table (and plot) of one or more results files; optionally combine them."""
+    metas: list[dict[str, object]] = []
+    records: list[report.BenchRecord] = []
+    for path in files:
+        meta, file_records = report.read_json(path)
+        metas.append({"file": path.name, **meta})
+        records += file_records
+    typer.echo(report.format_table(records))
+    if out is not None:
+        report.write_json(out, records, {"parts": metas})
+        for png in report.plot(records, out.parent, prefix=out.stem):
+            typer.echo(f"plot: {png}")
+        typer.echo(f"results: {out}")

@@ -8,6 +8,7 @@ chunk arrival times, and aggregates them with `metrics.summarize`. It never star
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import random
@@ -199,25 +200,28 @@ async def run_load(
 
 def run_sweep(
     config: ServeConfig,
-    make_prompts: Callable[[int], list[Prompt]],
+    make_prompts: Callable[[int, int], list[Prompt]],
     concurrencies: list[int],
     num_runs: int,
 ) -> list[ServeRun]:
-    """`num_runs` runs at each concurrency, in order, each with fresh prompts.
+    """`num_runs` runs at each concurrency, in order, each with prompts never sent before.
 
     Args:
         config: the load level template; `concurrency` and `seed` are set per run.
-        make_prompts: seed -> prompts; seed 0 gives the warm-up prompt, run `r` uses seed
-            `r + 1`, so no timed prompt was seen before (prefix caches stay cold).
+        make_prompts: (concurrency, seed) -> prompts. Seed 0 gives the warm-up prompt; timed
+            runs get seeds 1, 2, ... across the whole sweep, so no timed prompt repeats one
+            sent earlier and a server's prefix cache cannot turn its prefill into a hit.
         concurrencies: in-flight limits to sweep.
         num_runs: timed runs per concurrency.
     """
     runs = []
+    seeds = itertools.count(1)
     for concurrency in concurrencies:
         for run in range(num_runs):
             level = replace(config, concurrency=concurrency, seed=config.seed + run)
-            load = run_load(level, make_prompts(run + 1), warmup_prompts=make_prompts(0)[:1])
-            runs.append(asyncio.run(load))
+            prompts = make_prompts(concurrency, next(seeds))
+            warmup = make_prompts(concurrency, 0)[:1]
+            runs.append(asyncio.run(run_load(level, prompts, warmup_prompts=warmup)))
     return runs
 
 
