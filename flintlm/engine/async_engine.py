@@ -114,10 +114,14 @@ class AsyncEngine:
             raise EngineOverloadedError("too many requests are waiting; retry shortly")
         if request_id in self._streams:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight", "id")
+        compiled_grammar = None
+        if params.has_structured_output:  # compile off the step loop (cached per grammar)
+            compiled_grammar = await asyncio.to_thread(self.engine.grammars.compile, params)
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
         arrival = time.monotonic()
-        self._send("add", (request_id, prompt_token_ids, params, priority, cache_salt, arrival))
+        self._send("add", (request_id, prompt_token_ids, params, priority, cache_salt, arrival,
+                           compiled_grammar))
         try:
             while True:
                 item = await stream.outputs.get()
@@ -167,10 +171,11 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if command == "add":
-                request_id, prompt, params, priority, salt, arrival = payload
+                request_id, prompt, params, priority, salt, arrival, grammar = payload
                 try:
                     self.engine.add_request(request_id, prompt, params, priority=priority,
-                                            cache_salt=salt, arrival_time=arrival)
+                                            cache_salt=salt, arrival_time=arrival,
+                                            compiled_grammar=grammar)
                 except Exception as exc:
                     self._deliver_error(request_id, exc)
             elif command == "abort":

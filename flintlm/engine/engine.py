@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flintlm.engine.detokenizer import IncrementalDetokenizer
 from flintlm.engine.kv_blocks import BlockManager
@@ -20,6 +20,7 @@ from flintlm.engine.request import (
     TokenLogprobs,
 )
 from flintlm.engine.scheduler import Scheduler
+from flintlm.engine.structured import GrammarCompiler, GrammarState
 
 if TYPE_CHECKING:
     from flintlm.config import FlintConfig
@@ -38,6 +39,7 @@ class EngineStats:
     prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
     prefix_cache_hits: int  # of those, tokens served from it
     num_preemptions: int
+    num_computed_tokens: int  # tokens run through the model since start (prefill + decode)
 
 
 class Engine:
@@ -57,6 +59,7 @@ class Engine:
                                           config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.block_manager)
         self.requests: dict[str, Request] = {}
+        self.grammars = GrammarCompiler(self.tokenizer, arch.vocab_size)
         self._token_text: dict[int, str] = {}
         logger.info("KV cache: %d blocks of %d tokens = %d tokens (%.1f MiB), %s on %s",
                     layout.num_blocks, layout.block_size, layout.num_tokens,
@@ -93,7 +96,9 @@ class Engine:
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                     *, priority: int = 0, cache_salt: str | None = None,
-                    arrival_time: float | None = None) -> Request:
+                    arrival_time: float | None = None, compiled_grammar: Any = None) -> Request:
+        """Queue a request. `compiled_grammar` is the result of `self.grammars.compile(params)`
+        when the caller compiled it off this thread; otherwise it is compiled here."""
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already running", "id")
         self.validate(prompt_token_ids, params)
@@ -108,6 +113,8 @@ class Engine:
             self.tokenizer, request.prompt_token_ids, stop=params.stop,
             include_stop_str_in_output=params.include_stop_str_in_output,
             skip_special_tokens=params.skip_special_tokens)
+        if params.has_structured_output:
+            request.grammar = GrammarState(compiled_grammar or self.grammars.compile(params))
         self.requests[request_id] = request
         self.scheduler.add_request(request)
         return request
@@ -130,7 +137,8 @@ class Engine:
             num_kv_blocks_used=self.block_manager.num_used_blocks,
             prefix_cache_queries=self.scheduler.prefix_query_tokens,
             prefix_cache_hits=self.scheduler.prefix_hit_tokens,
-            num_preemptions=self.scheduler.num_preemptions)
+            num_preemptions=self.scheduler.num_preemptions,
+            num_computed_tokens=self.scheduler.num_computed_tokens_total)
 
     # -- the step --------------------------------------------------------------------------------
 
@@ -180,6 +188,9 @@ class Engine:
             logprobs = self._named(logprobs)
             request.output_logprobs.append(logprobs)
         params = request.params
+        if request.grammar is not None and not request.grammar.accept(token_id):
+            return self._finish(request, FinishReason.ERROR, [token_id], "",
+                                error="sampled token rejected by the grammar")
         text, stop_string = request.detokenizer.append([token_id])
         num_output = len(request.output_token_ids)
         reason, stop_reason = None, None
@@ -189,6 +200,8 @@ class Engine:
             reason, stop_reason = FinishReason.STOP, token_id
         elif (not params.ignore_eos and token_id in request.eos_token_ids
               and num_output >= params.min_tokens):
+            reason = FinishReason.STOP
+        elif request.grammar is not None and request.grammar.is_terminated:
             reason = FinishReason.STOP
         elif num_output >= request.max_output_tokens or request.num_tokens >= self.max_model_len:
             reason = FinishReason.LENGTH

@@ -97,12 +97,13 @@ class BlockManager:
         as their tokens are scheduled: the runner writes each layer's KV before reading it, so a
         request that hits them in the same step still reads computed values.
         """
+        num_new_blocks = self._num_new_blocks(request, num_new_tokens, len(cached_block_ids))
         for block_id in cached_block_ids:
             if self._ref_counts[block_id] == 0:
                 del self._free[block_id]
             self._ref_counts[block_id] += 1
             request.block_ids.append(block_id)
-        for _ in range(self._num_new_blocks(request, num_new_tokens, 0)):
+        for _ in range(num_new_blocks):
             request.block_ids.append(self._take_free_block())
         if self.enable_prefix_caching:
             num_tokens_after = request.num_computed_tokens + len(cached_block_ids) * \

@@ -17,6 +17,7 @@ import torch
 from flintlm.engine.outputs import RunnerOutput
 from flintlm.engine.request import Logprob, TokenLogprobs
 from flintlm.engine.sampler import Sampler, SamplerOutput
+from flintlm.engine.structured import build_bitmask
 from flintlm.models.attention import AttentionMetadata, PrefillSpan
 from flintlm.models.registry import model_class_for
 
@@ -136,6 +137,9 @@ class ModelRunner:
             logits = self.model.compute_logits(hidden[torch.tensor(sample_rows,
                                                                    device=self.device)])
             batch = self.sampler.prepare(sampling)
+            bitmask = build_bitmask(sampling, self.arch.vocab_size)
+            if bitmask is not None:
+                batch.token_bitmask = bitmask.to(self.device, non_blocking=True)
             sampled = self.sampler.sample(logits, batch)
             self._collect_samples(sampling, sampled, output)
         return output

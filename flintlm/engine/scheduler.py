@@ -32,6 +32,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.prefix_query_tokens = 0
         self.prefix_hit_tokens = 0
+        self.num_computed_tokens_total = 0  # every token the model has run, for metrics and tests
 
     # -- queue -----------------------------------------------------------------------------------
 
@@ -75,6 +76,7 @@ class Scheduler:
         """Record that the runner computed what `output` scheduled."""
         for scheduled in output.scheduled:
             scheduled.request.num_computed_tokens += scheduled.num_scheduled_tokens
+            self.num_computed_tokens_total += scheduled.num_scheduled_tokens
 
     # -- policies --------------------------------------------------------------------------------
 

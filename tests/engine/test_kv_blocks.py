@@ -72,3 +72,15 @@ def test_disabled_prefix_caching_never_hits():
     first = make_request(prompt=list(range(13)))
     blocks.allocate(first, 13)
     assert blocks.find_cached_prefix(make_request(prompt=list(range(13)))) == []
+
+
+def test_prefix_hit_allocates_blocks_for_every_new_token():
+    blocks = BlockManager(num_blocks=32, block_size=4)
+    first = make_request(prompt=list(range(13)))
+    blocks.allocate(first, 13)
+    second = make_request(prompt=list(range(12)) + list(range(50, 60)))  # 22 tokens
+    hit = blocks.find_cached_prefix(second)
+    assert len(hit) == 3
+    blocks.allocate(second, second.num_tokens - 12, hit)
+    assert len(second.block_ids) == blocks.num_blocks_for(second.num_tokens)
+    blocks.check_integrity()
