@@ -45,7 +45,7 @@ def test_preemption_keeps_outputs_identical(llm):
     prompts = MIXED_PROMPTS[:8]
     expected = [r.token_ids for r in llm.generate(prompts, GREEDY)]
     # room for ~2 sequences' worth of blocks: the batch of 8 must preempt and recompute
-    tight = LLM("default", dtype="float32", kv_cache_memory="6MiB", max_num_batched_tokens=48,
+    tight = LLM("default", dtype="float32", kv_cache_memory="12MiB", max_num_batched_tokens=48,
                 enable_prefix_caching=False)
     assert tight.engine.runner.kv_layout.num_tokens < 8 * 100
     results = [r.token_ids for r in tight.generate(prompts, GREEDY)]
