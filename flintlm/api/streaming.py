@@ -97,3 +97,16 @@ def sse_response(
     generation: Generation, encoder: StreamEncoder, *, include_usage: bool
 ) -> SSEResponse:
     return SSEResponse(generation, sse_frames(generation, encoder, include_usage=include_usage))
+
+
+async def respond(generation: Generation, encoder: StreamEncoder, *, stream: bool,
+                  include_usage: bool) -> Response:
+    """The one way a generation becomes an HTTP response: an SSE stream, or one JSON body."""
+    if stream:
+        return sse_response(generation, encoder, include_usage=include_usage)
+    try:
+        choices = await generation.collect()
+    finally:
+        await generation.close()
+    response = encoder.response(choices, generation.usage)  # type: ignore[attr-defined]
+    return Response(response.model_dump_json(), media_type="application/json")

@@ -24,7 +24,7 @@ from flintlm.api.protocol import (
     TopLogprob,
     usage_info,
 )
-from flintlm.api.streaming import sse_response
+from flintlm.api.streaming import respond
 from flintlm.engine.request import Logprob, RequestOutput, TokenLogprobs, Usage
 
 if TYPE_CHECKING:
@@ -54,14 +54,8 @@ async def create_chat_completion(
         priority=body.priority, cache_salt=body.cache_salt,
     )
     encoder = ChatEncoder(request_id, engine.model_name, engine.tokenizer, body)
-    if body.stream:
-        return sse_response(generation, encoder, include_usage=body.include_usage)
-    try:
-        choices = await generation.collect()
-    finally:
-        await generation.close()
-    response = encoder.response(choices, generation.usage)
-    return Response(response.model_dump_json(), media_type="application/json")
+    return await respond(generation, encoder, stream=body.stream,
+                         include_usage=body.include_usage)
 
 
 class ChatEncoder:

@@ -21,7 +21,7 @@ from flintlm.api.protocol import (
     usage_info,
 )
 from flintlm.api.routes.chat import MIN_LOGPROB
-from flintlm.api.streaming import sse_response
+from flintlm.api.streaming import respond
 from flintlm.engine.request import RequestOutput, TokenLogprobs, Usage
 
 if TYPE_CHECKING:
@@ -49,14 +49,8 @@ async def create_completion(
         priority=body.priority, cache_salt=body.cache_salt,
     )
     encoder = CompletionEncoder(request_id, engine.model_name, engine.tokenizer, body, prompts)
-    if body.stream:
-        return sse_response(generation, encoder, include_usage=body.include_usage)
-    try:
-        choices = await generation.collect()
-    finally:
-        await generation.close()
-    response = encoder.response(choices, generation.usage)
-    return Response(response.model_dump_json(), media_type="application/json")
+    return await respond(generation, encoder, stream=body.stream,
+                         include_usage=body.include_usage)
 
 
 class CompletionEncoder:
