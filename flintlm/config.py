@@ -57,9 +57,9 @@ class CacheConfig:
     """KV-cache budget in bytes; None uses `kv_cache_fraction` of free memory."""
     kv_cache_fraction: float = 0.25
     """Fraction of free device memory given to the KV cache when no byte budget is set."""
-    max_kv_cache_memory: int = 1 << 30
+    max_kv_cache_memory: int = 512 << 20
     """Upper bound on the automatic KV budget, so a big host does not reserve memory it never
-    uses (1 GiB holds ~23k float32 tokens of the default model)."""
+    uses (512 MiB holds ~11k float32 tokens of the default model)."""
     enable_prefix_caching: bool = True
     """Reuse full KV blocks across requests that share a prompt prefix (and cache salt)."""
 

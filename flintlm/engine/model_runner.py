@@ -101,9 +101,10 @@ class ModelRunner:
     def _allocate_kv_cache(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         arch = self.arch
         shape = (num_blocks, self.block_size, arch.num_kv_heads, arch.head_dim)
-        # NOTE: torch.empty, not zeros: on the CPU untouched pages cost no resident memory.
-        return [(torch.empty(shape, dtype=self.dtype, device=self.device),
-                 torch.empty(shape, dtype=self.dtype, device=self.device))
+        # NOTE: zeros, not empty: masked attention multiplies never-written slots by a zero
+        # probability, and 0 * NaN from uninitialised memory would poison the whole row.
+        return [(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                 torch.zeros(shape, dtype=self.dtype, device=self.device))
                 for _ in range(arch.num_layers)]
 
     # -- the step --------------------------------------------------------------------------------
