@@ -7,7 +7,6 @@ transformers 4 (`rope_theta`, `rope_scaling`) and 5 (`rope_parameters`) spelling
 from __future__ import annotations
 
 import glob
-import json
 import os
 from typing import Any
 
@@ -15,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from flintlm.loading.checkpoint import LoadedCheckpoint, ModelLoadError, check_weight_shapes
-from flintlm.loading.tokenizer import Tokenizer
+from flintlm.loading.tokenizer import Tokenizer, read_json_object
 from flintlm.models.arch import ModelArch, RopeScaling
 
 _ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -50,7 +49,7 @@ def load_safetensors_folder(folder: str, dtype: torch.dtype) -> LoadedCheckpoint
 
 def arch_from_config(path: str) -> ModelArch:
     """Parse an HF `config.json` into a `ModelArch`."""
-    config = _read_config(path)
+    config = read_json_object(path, required=True)
     architectures = config.get("architectures") or []
     architecture = architectures[0] if architectures else None
     if architecture not in _ARCHITECTURES:
@@ -118,7 +117,7 @@ def _is_tied(config: dict[str, Any], folder: str) -> bool:
 def _weight_files(folder: str) -> list[str]:
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):
-        weight_map = _read_config(index).get("weight_map")
+        weight_map = read_json_object(index, required=True).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ModelLoadError(index, "no weight_map")
         files = sorted({os.path.join(folder, name) for name in weight_map.values()})
@@ -142,16 +141,3 @@ def _open(path: str) -> Any:
         return safe_open(path, framework="pt")
     except Exception as e:  # NOTE: safetensors raises its own untyped errors
         raise ModelLoadError(path, f"cannot read safetensors file ({e})") from e
-
-
-def _read_config(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise ModelLoadError(path, "no such file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(path, f"cannot parse JSON ({e})") from e
-    if not isinstance(config, dict):
-        raise ModelLoadError(path, "expected a JSON object")
-    return config

@@ -91,7 +91,7 @@ class Tokenizer:
             backend = tokenizers.Tokenizer.from_file(path)
         except Exception as e:  # NOTE: the tokenizers library raises bare Exception
             raise ModelLoadError(path, f"cannot parse tokenizer ({e})") from e
-        config = _read_json(os.path.join(folder, "tokenizer_config.json"))
+        config = read_json_object(os.path.join(folder, "tokenizer_config.json"))
         special = {
             name: _token_content(config.get(name))
             for name in ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -102,7 +102,7 @@ class Tokenizer:
                 chat_template: str | None = f.read()
         else:
             chat_template = _pick_template(config.get("chat_template"))
-        generation = _read_json(os.path.join(folder, "generation_config.json"))
+        generation = read_json_object(os.path.join(folder, "generation_config.json"))
         eos = generation.get("eos_token_id")
         extra_eos = [eos] if isinstance(eos, int) else list(eos or [])
         return cls(
@@ -183,8 +183,12 @@ def _decoder_is_byte_level(backend: tokenizers.Tokenizer) -> bool:
     return '"ByteLevel"' in decoder.__getstate__().decode("utf-8", "replace")
 
 
-def _read_json(path: str) -> dict[str, Any]:
+def read_json_object(path: str, *, required: bool = False) -> dict[str, Any]:
+    """A JSON object file; a missing optional file reads as {}, anything else wrong is a
+    ModelLoadError naming the file (also used by the safetensors loader for config.json)."""
     if not os.path.isfile(path):
+        if required:
+            raise ModelLoadError(path, "no such file")
         return {}
     try:
         with open(path, encoding="utf-8") as f:
