@@ -49,22 +49,8 @@ class AsyncEngine:
 
     @classmethod
     def from_config(cls, config: FlintConfig, progress: bool = False) -> AsyncEngine:
-        from flintlm.loading import load_checkpoint
-        from flintlm.engine.model_runner import resolve_device, resolve_dtype
-
-        model_config = config.model
-        device = resolve_device(model_config.device)
-        dtype = resolve_dtype(model_config.dtype, device)
-        if progress:
-            from tqdm import tqdm
-            with tqdm(total=2, desc="Loading model", unit="step") as bar:
-                checkpoint = load_checkpoint(model_config.model, dtype)
-                bar.update(1)
-                engine = Engine(config, checkpoint)
-                bar.update(1)
-        else:
-            engine = Engine(config, load_checkpoint(model_config.model, dtype))
-        name = model_config.served_model_name or served_name_for(model_config.model)
+        engine = Engine.from_config(config, progress=progress)
+        name = config.model.served_model_name or served_name_for(config.model.model)
         return cls(engine, name, config.scheduler.max_waiting)
 
     # -- lifecycle -------------------------------------------------------------------------------

@@ -67,12 +67,22 @@ class Engine:
                     self.runner.device)
 
     @classmethod
-    def from_config(cls, config: FlintConfig) -> Engine:
+    def from_config(cls, config: FlintConfig, progress: bool = False) -> Engine:
+        """Load the configured model and build the engine; `progress` shows a tqdm bar."""
         from flintlm.loading import load_checkpoint
 
         device = resolve_device(config.model.device)
-        checkpoint = load_checkpoint(config.model.model, resolve_dtype(config.model.dtype, device))
-        return cls(config, checkpoint)
+        dtype = resolve_dtype(config.model.dtype, device)
+        if not progress:
+            return cls(config, load_checkpoint(config.model.model, dtype))
+        from tqdm import tqdm
+
+        with tqdm(total=2, desc="Loading model", unit="step") as bar:
+            checkpoint = load_checkpoint(config.model.model, dtype)
+            bar.update(1)
+            engine = cls(config, checkpoint)
+            bar.update(1)
+        return engine
 
     # -- requests --------------------------------------------------------------------------------
 
