@@ -39,12 +39,17 @@ class ModelConfig:
     """Longest prompt + completion in tokens; defaults to the model's context length."""
     seed: int = 0
     """Seed for requests that give none, so unseeded sampling is still reproducible per run."""
+    kernels: str = "auto"
+    """CPU kernels: auto (flintlm's fused C kernels when a C compiler can build them, else
+    torch), native (fail without them) or torch."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={self.dtype!r} is not one of auto, float32, bfloat16, float16")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device={self.device!r} is not one of auto, cpu, cuda")
+        if self.kernels not in ("auto", "native", "torch"):
+            raise ValueError(f"kernels={self.kernels!r} is not one of auto, native, torch")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len={self.max_model_len} must be a positive token count")
 

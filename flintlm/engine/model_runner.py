@@ -18,7 +18,9 @@ from flintlm.engine.outputs import RunnerOutput
 from flintlm.engine.request import Logprob, TokenLogprobs
 from flintlm.engine.sampler import Sampler, SamplerOutput
 from flintlm.engine.structured import build_bitmask
-from flintlm.models.attention import AttentionMetadata, PrefillSpan
+from flintlm.kernels.ops import CpuKernels
+from flintlm.models.attention import BatchLayout, CpuNativeAttention, SequenceSlice
+from flintlm.models.packing import PackedLogits, can_pack, pack_linears
 from flintlm.models.registry import model_class_for
 
 if TYPE_CHECKING:
@@ -72,15 +74,35 @@ class ModelRunner:
         self.dtype = resolve_dtype(model_config.dtype, self.device)
         self.arch = checkpoint.arch
         self.block_size = cache_config.block_size
+        self.kernels = self._load_kernels(model_config.kernels)
         with torch.device("meta"):
-            model = model_class_for(self.arch)(self.arch, max_positions=max_model_len)
+            model = model_class_for(self.arch)(self.arch, max_positions=max_model_len,
+                                               kernels=self.kernels)
         # NOTE: weights are cast one by one and the model only moved, never cast as a whole:
         # the rotary cos/sin tables must stay float32.
         model.load_weights({name: w.to(self.dtype) for name, w in checkpoint.weights.items()})
         self.model = model.to(device=self.device).eval()
+        self.compute_logits = self.model.compute_logits
+        if can_pack(self.device, self.dtype):
+            self.compute_logits = PackedLogits(self.model.output_weight)
+            num_packed = pack_linears(self.model.layers)
+            logger.info("packed %d linear layers and the output projection for oneDNN",
+                        num_packed)
         self.kv_layout = self._plan_kv_cache(cache_config)
         self.kv_caches = self._allocate_kv_cache(self.kv_layout.num_blocks)
         self.sampler = Sampler(self.arch.vocab_size, self.device, seed=model_config.seed)
+
+    def _load_kernels(self, mode: str) -> CpuKernels | None:
+        arch = self.arch
+        kernels = CpuKernels.create(self.device, self.dtype, mode)
+        if kernels is not None and not CpuNativeAttention.supports(
+                arch.num_heads, arch.num_kv_heads, arch.head_dim, self.block_size):
+            if mode == "native":
+                raise ValueError("kernels='native': the CPU kernels do not support this "
+                                 "model's head layout or block size; use kernels='auto'")
+            return None
+        logger.info("kernels: %s", "flintlm CPU kernels" if kernels else "torch")
+        return kernels
 
     # -- KV cache --------------------------------------------------------------------------------
 
@@ -111,10 +133,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> RunnerOutput:
-        decodes = [s for s in scheduler_output.scheduled if s.num_scheduled_tokens == 1]
-        prefills = [s for s in scheduler_output.scheduled if s.num_scheduled_tokens > 1]
-        ordered = decodes + prefills
-        input_ids, positions, meta = self._prepare_inputs(decodes, prefills)
+        ordered = _batch_order(scheduler_output.scheduled)
+        input_ids, positions, meta = self._prepare_inputs(ordered)
         hidden = self.model(input_ids, positions, self.kv_caches, meta)
 
         # Rows whose logits are needed: the last row of each sampling request, and every row of
@@ -135,7 +155,7 @@ class ModelRunner:
         if prompt_lp_requests:
             self._prompt_logprobs(hidden, input_ids, prompt_lp_requests, output)
         if sampling:
-            logits = self.model.compute_logits(hidden[torch.tensor(sample_rows,
+            logits = self.compute_logits(hidden[torch.tensor(sample_rows,
                                                                    device=self.device)])
             batch = self.sampler.prepare(sampling)
             bitmask = build_bitmask(sampling, self.arch.vocab_size)
@@ -145,55 +165,30 @@ class ModelRunner:
             self._collect_samples(sampling, sampled, output)
         return output
 
-    def _prepare_inputs(self, decodes: list[ScheduledRequest], prefills: list[ScheduledRequest],
-                        ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    def _prepare_inputs(self, ordered: list[ScheduledRequest]
+                        ) -> tuple[torch.Tensor, torch.Tensor, object]:
         block_size = self.block_size
         token_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        for scheduled in decodes:
-            request, position = scheduled.request, scheduled.num_computed_tokens
-            token_ids.append(_token_at(request, position))
-            positions.append(position)
-            slots.append(request.block_ids[position // block_size] * block_size +
-                         position % block_size)
-        decode_tables = decode_mask = None
-        if decodes:
-            max_blocks = max(len(s.request.block_ids) for s in decodes)
-            decode_tables = torch.tensor(
-                [s.request.block_ids + [0] * (max_blocks - len(s.request.block_ids))
-                 for s in decodes], dtype=torch.long)
-            context_lens = torch.tensor([s.num_computed_tokens + 1 for s in decodes])
-            span = torch.arange(max_blocks * block_size)
-            decode_mask = (span.unsqueeze(0) < context_lens.unsqueeze(1))[:, None, None, :]
-
-        spans = []
-        row = len(decodes)
-        for scheduled in prefills:
+        sequences = []
+        for scheduled in ordered:
             request, start = scheduled.request, scheduled.num_computed_tokens
             end = start + scheduled.num_scheduled_tokens
-            token_ids += _token_slice(request, start, end)
-            block_ids = torch.tensor(request.block_ids[:-(-end // block_size)], dtype=torch.long)
-            chunk_positions = torch.arange(start, end)
-            positions += chunk_positions.tolist()
-            slots += (block_ids[chunk_positions // block_size] * block_size +
-                      chunk_positions % block_size).tolist()
-            mask = None
-            if start > 0:  # query i sits at position start + i and sees keys 0..start + i
-                mask = torch.arange(end).unsqueeze(0) <= chunk_positions.unsqueeze(1)
-            spans.append(PrefillSpan(
-                row, row + end - start, end,
-                block_ids.to(self.device) if start > 0 else None,
-                mask.to(self.device) if mask is not None else None))
-            row += end - start
-
+            block_ids = request.block_ids
+            if end - start == 1:
+                token_ids.append(_token_at(request, start))
+            else:
+                token_ids += _token_slice(request, start, end)
+            chunk_positions = range(start, end)
+            positions += chunk_positions
+            slots += [block_ids[p // block_size] * block_size + p % block_size
+                      for p in chunk_positions]
+            sequences.append(SequenceSlice(block_ids, start, end - start))
         device = self.device
-        meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True),
-            num_decode_tokens=len(decodes),
-            decode_block_tables=None if decode_tables is None else decode_tables.to(device),
-            decode_mask=None if decode_mask is None else decode_mask.to(device),
-            prefills=spans)
+        layout = BatchLayout(sequences, torch.tensor(slots, dtype=torch.long).to(device),
+                             block_size)
+        meta = self.model.attention.metadata(layout, device)
         return (torch.tensor(token_ids, dtype=torch.long).to(device, non_blocking=True),
                 torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True), meta)
 
@@ -232,7 +227,7 @@ class ModelRunner:
             num_targets = min(n, request.num_prompt_tokens - 1 - start)
             entries: list[TokenLogprobs] = []
             if num_targets > 0:
-                logprobs = self.model.compute_logits(hidden[row:row + num_targets]).log_softmax(-1)
+                logprobs = self.compute_logits(hidden[row:row + num_targets]).log_softmax(-1)
                 targets = torch.tensor(request.prompt_token_ids[start + 1:start + 1 + num_targets],
                                        device=self.device)
                 chosen = logprobs.gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
@@ -243,6 +238,17 @@ class ModelRunner:
                     top = tuple(Logprob(t, lp) for t, lp in zip(top_ids[i][:k], top_lp[i][:k]))
                     entries.append(TokenLogprobs(Logprob(target, chosen[i]), top))
             output.prompt_logprobs[request.request_id] = entries
+
+
+def _batch_order(scheduled: list[ScheduledRequest]) -> list[ScheduledRequest]:
+    """[decodes | chunks continuing a cached context | chunks starting a sequence], the layout
+    the attention backends expect (see models/attention.py)."""
+    def kind(s: ScheduledRequest) -> int:
+        if s.num_computed_tokens == 0:
+            return 2
+        return 0 if s.num_scheduled_tokens == 1 else 1
+
+    return sorted(scheduled, key=kind)  # stable: the scheduler's order within each kind
 
 
 def _token_at(request, position: int) -> int:

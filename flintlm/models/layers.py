@@ -1,8 +1,12 @@
-"""Building blocks shared by the decoder models: RMSNorm, rotary embedding, gated MLP."""
+"""Building blocks shared by the decoder models: RMSNorm, rotary embedding, gated MLP.
+
+Each takes the optional `CpuKernels` (None: torch ops); both paths compute the same thing.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -10,12 +14,16 @@ from torch.nn import functional as F
 
 from flintlm.models.arch import RopeScaling
 
+if TYPE_CHECKING:
+    from flintlm.kernels.ops import CpuKernels
+
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float):
+    def __init__(self, size: int, eps: float, kernels: CpuKernels | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
+        self.kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # NOTE: normalise in float32 and cast back before the weight, as HF's Llama does, so
@@ -24,6 +32,15 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(dtype)
+
+    def add_and_norm(self, x: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
+        """The residual stream's step: residual += x in place (x None: nothing to add), then
+        return the normalised residual. residual [T, size]."""
+        if self.kernels is not None:
+            return self.kernels.add_rms_norm(x, residual, self.weight, self.eps)
+        if x is not None:
+            residual += x
+        return self(residual)
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
@@ -79,12 +96,17 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class GatedMLP(nn.Module):
     """SwiGLU feed-forward with the gate and up projections fused into one matmul."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int):
+    def __init__(self, hidden_size: int, intermediate_size: int,
+                 kernels: CpuKernels | None = None):
         super().__init__()
         self.intermediate_size = intermediate_size
         self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        gate_up = self.gate_up_proj(x)  # [T, 2 * intermediate]
+        if self.kernels is not None:
+            return self.down_proj(self.kernels.silu_and_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return self.down_proj(F.silu(gate) * up)

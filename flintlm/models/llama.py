@@ -1,26 +1,32 @@
 """The Llama-family decoder: Llama 3.x, SmolLM2, Mistral, Qwen2 (qkv bias), Qwen3 (q/k norm).
 
 One model, differences as `ModelArch` flags. Tokens of all requests in a step are one flat batch
-([num_tokens, hidden]); attention reads and writes the paged cache through `AttentionMetadata`.
+([num_tokens, hidden]); attention reads and writes the paged cache through the attention backend
+and its per-step metadata (models/attention.py).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from flintlm.models.arch import ModelArch
-from flintlm.models.attention import AttentionMetadata, paged_attention
+from flintlm.models.attention import KVCache, attention_backend
 from flintlm.models.layers import GatedMLP, RMSNorm, RotaryEmbedding
 
-KVCache = tuple[torch.Tensor, torch.Tensor]  # each [num_blocks, block_size, num_kv_heads, head_dim]
+if TYPE_CHECKING:
+    from flintlm.kernels.ops import CpuKernels
+    from flintlm.models.attention import AttentionBackend
 
 
 class Attention(nn.Module):
-    def __init__(self, arch: ModelArch, rotary: RotaryEmbedding):
+    def __init__(self, arch: ModelArch, rotary: RotaryEmbedding, backend: AttentionBackend):
         super().__init__()
         self.arch = arch
         self.rotary = rotary  # shared by all layers; not a parameter
+        self.backend = backend
         self.qkv_proj = nn.Linear(arch.hidden_size, arch.q_size + 2 * arch.kv_size,
                                   bias=arch.attention_bias)
         self.o_proj = nn.Linear(arch.q_size, arch.hidden_size, bias=False)
@@ -30,59 +36,81 @@ class Attention(nn.Module):
         self.scale = arch.head_dim ** -0.5
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache,
-                meta: AttentionMetadata) -> torch.Tensor:
+                meta: object) -> torch.Tensor:
         arch = self.arch
         num_tokens = x.shape[0]
+        # q [T, H * D], k and v [T, KVH * D]: row views of one matmul output
         q, k, v = self.qkv_proj(x).split([arch.q_size, arch.kv_size, arch.kv_size], dim=-1)
-        q = q.view(num_tokens, arch.num_heads, arch.head_dim)  # [T, H, D]
-        k = k.view(num_tokens, arch.num_kv_heads, arch.head_dim)  # [T, KVH, D]
-        v = v.view(num_tokens, arch.num_kv_heads, arch.head_dim)  # [T, KVH, D]
-        if arch.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
-        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
-        return self.o_proj(out.view(num_tokens, arch.q_size))
+        if arch.qk_norm:  # per head, before the rotary embedding
+            q = self.q_norm(q.reshape(-1, arch.head_dim)).view(num_tokens, arch.q_size)
+            k = self.k_norm(k.reshape(-1, arch.head_dim)).view(num_tokens, arch.kv_size)
+            k, v = _as_row_views(k, v)
+        out = self.backend.forward(q, k, v, positions, self.rotary, kv_cache, meta, self.scale)
+        return self.o_proj(out.view(num_tokens, arch.q_size))  # out [T, H, D]
+
+
+def _as_row_views(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k and v as row views of one tensor again (the CPU kernels read them with one stride)."""
+    kv = torch.cat([k, v], dim=-1)
+    return kv[:, :k.shape[1]], kv[:, k.shape[1]:]
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, arch: ModelArch, rotary: RotaryEmbedding):
+    def __init__(self, arch: ModelArch, rotary: RotaryEmbedding, backend: AttentionBackend,
+                 kernels: CpuKernels | None):
         super().__init__()
-        self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.self_attn = Attention(arch, rotary)
-        self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.mlp = GatedMLP(arch.hidden_size, arch.intermediate_size)
+        self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, kernels)
+        self.self_attn = Attention(arch, rotary, backend)
+        self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, kernels)
+        self.mlp = GatedMLP(arch.hidden_size, arch.intermediate_size, kernels)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache,
-                meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, kv_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, hidden: torch.Tensor | None, residual: torch.Tensor,
+                positions: torch.Tensor, kv_cache: KVCache, meta: object) -> torch.Tensor:
+        """Adds the previous layer's output `hidden` to `residual` (in place) and returns this
+        layer's output, to be added by the next layer (or the final norm)."""
+        x = self.input_layernorm.add_and_norm(hidden, residual)
+        hidden = self.self_attn(x, positions, kv_cache, meta)
+        x = self.post_attention_layernorm.add_and_norm(hidden, residual)
+        return self.mlp(x)
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, arch: ModelArch, max_positions: int | None = None):
+    def __init__(self, arch: ModelArch, max_positions: int | None = None,
+                 kernels: CpuKernels | None = None):
+        """`kernels`: flintlm's CPU kernels for the fused layers, or None for torch ops."""
         super().__init__()
         self.arch = arch
         rotary = RotaryEmbedding(arch.head_dim, max_positions or arch.max_position_embeddings,
                                  arch.rope_theta, arch.rope_scaling)
         self.rotary = rotary
+        self.attention = attention_backend(kernels)
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(arch, rotary) for _ in range(arch.num_layers))
-        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.layers = nn.ModuleList(DecoderLayer(arch, rotary, self.attention, kernels)
+                                    for _ in range(arch.num_layers))
+        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, kernels)
         if not arch.tie_word_embeddings:
             self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_caches: list[KVCache], meta: AttentionMetadata) -> torch.Tensor:
-        """input_ids, positions [T] -> final hidden states [T, hidden] (normed)."""
-        x = self.embed_tokens(input_ids)
+                kv_caches: list[KVCache], meta: object) -> torch.Tensor:
+        """input_ids, positions [T] -> final hidden states [T, hidden] (normed).
+
+        `meta` is `self.attention.metadata(layout, device)` for this step's batch.
+        """
+        residual = self.embed_tokens(input_ids)  # [T, hidden], a fresh tensor updated in place
+        hidden = None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, positions, kv_cache, meta)
-        return self.norm(x)
+            hidden = layer(hidden, residual, positions, kv_cache, meta)
+        return self.norm.add_and_norm(hidden, residual)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """[vocab, hidden]: the lm_head, or the embedding matrix when they are tied."""
+        return self.embed_tokens.weight if self.arch.tie_word_embeddings else self.lm_head.weight
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [R, hidden] -> float32 logits [R, vocab]."""
-        weight = self.embed_tokens.weight if self.arch.tie_word_embeddings else self.lm_head.weight
-        return torch.matmul(hidden, weight.t()).float()
+        return torch.matmul(hidden, self.output_weight.t()).float()
 
     @torch.no_grad()
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:

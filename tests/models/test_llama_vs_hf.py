@@ -6,7 +6,7 @@ import torch
 
 from flintlm import LLM, SamplingParams
 from flintlm.loading import load_checkpoint
-from flintlm.models.attention import AttentionMetadata, PrefillSpan
+from flintlm.models.attention import BatchLayout, SequenceSlice
 from flintlm.models.llama import LlamaForCausalLM
 
 from tests.reference import hf_model
@@ -51,7 +51,8 @@ def test_prefill_logits_match_hf_at_every_position():
         caches = [(torch.empty(8, 16, arch.num_kv_heads, arch.head_dim),
                    torch.empty(8, 16, arch.num_kv_heads, arch.head_dim))
                   for _ in range(arch.num_layers)]
-        meta = AttentionMetadata(torch.arange(n), 0, None, None, [PrefillSpan(0, n, n, None, None)])
+        layout = BatchLayout([SequenceSlice(list(range(8)), 0, n)], torch.arange(n), 16)
+        meta = model.attention.metadata(layout, torch.device("cpu"))
         with torch.no_grad():
             ours = model.compute_logits(model(torch.tensor(ids), torch.arange(n), caches, meta))
         assert relative_error(ours, hf_logits(ids)) < RELATIVE_TOLERANCE, prompt

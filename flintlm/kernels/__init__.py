@@ -1,0 +1,1 @@
+"""flintlm's own CPU kernels (C, built at run time) and their torch-facing wrappers."""

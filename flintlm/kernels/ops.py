@@ -1,0 +1,118 @@
+"""Torch-facing wrappers of the CPU kernels: check shapes, allocate outputs, pass pointers.
+
+`CpuKernels.create(device, dtype, mode)` returns None wherever the native kernels do not apply
+(another device or dtype, no compiler, `mode="torch"`); callers then take their torch path.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from flintlm.kernels import native
+
+logger = logging.getLogger(__name__)
+
+KERNEL_MODES = ("auto", "native", "torch")
+
+
+class CpuKernels:
+    """Fused kernels for tensors of one dtype on the CPU.
+
+    Invariants: every tensor argument is on the CPU, of `dtype` (index tensors int32/int64 as
+    documented), with a contiguous last dimension; rows may be strided where a stride is taken.
+    """
+
+    def __init__(self, library: native.NativeLibrary, dtype: torch.dtype):
+        self.dtype = dtype
+        self._paged_attention = library.function("paged_attention", dtype)
+        self._rope_write_kv = library.function("rope_write_kv", dtype)
+        self._add_rms_norm = library.function("add_rms_norm", dtype)
+        self._silu_and_mul = library.function("silu_and_mul", dtype)
+
+    @classmethod
+    def create(cls, device: torch.device, dtype: torch.dtype, mode: str = "auto"
+               ) -> CpuKernels | None:
+        """The kernels for `device`/`dtype`, or None for the torch path.
+
+        Raises:
+            ValueError: `mode="native"` where they cannot be used.
+        """
+        if mode not in KERNEL_MODES:
+            raise ValueError(f"kernels={mode!r} is not one of {', '.join(KERNEL_MODES)}")
+        if mode == "torch":
+            return None
+        usable = device.type == "cpu" and dtype in native.SUFFIXES
+        library = native.load() if usable else None
+        if library is None:
+            if mode == "native":
+                raise ValueError(f"kernels='native' needs the CPU kernels, which are not "
+                                 f"available for {device.type}/{dtype}; use kernels='auto'")
+            return None
+        return cls(library, dtype)
+
+    def add_rms_norm(self, x: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor,
+                     eps: float) -> torch.Tensor:
+        """residual += x (in place, when x is given); returns rmsnorm(residual) * weight."""
+        num_tokens, size = residual.shape
+        _require_contiguous(residual, weight, *(() if x is None else (x,)))
+        out = torch.empty_like(residual)
+        self._add_rms_norm(None if x is None else x.data_ptr(), residual.data_ptr(),
+                           weight.data_ptr(), out.data_ptr(), num_tokens, size, eps)
+        return out
+
+    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """gate_up [T, 2I] -> silu(gate) * up [T, I]."""
+        _require_contiguous(gate_up)
+        num_tokens, width = gate_up.shape
+        out = gate_up.new_empty(num_tokens, width // 2)
+        self._silu_and_mul(gate_up.data_ptr(), out.data_ptr(), num_tokens, width // 2)
+        return out
+
+    def rope_write_kv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      slot_mapping: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      num_heads: int, num_kv_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q [T, H*D] and k [T, KVH*D] (row-strided views of one tensor, as the fused
+        qkv projection gives them), write rotated k and v into the cache slots.
+
+        Returns q [T, H, D] and k [T, KVH, D] rotated, contiguous.
+        """
+        num_tokens = q.shape[0]
+        head_dim = cos.shape[-1]
+        row_stride = q.stride(0)
+        if not (k.stride(0) == v.stride(0) == row_stride and q.stride(1) == k.stride(1) ==
+                v.stride(1) == 1):
+            raise ValueError("rope_write_kv needs q, k, v as row views of one tensor")
+        _require_contiguous(positions, cos, sin, slot_mapping, k_cache, v_cache)
+        q_out = q.new_empty(num_tokens, num_heads, head_dim)
+        k_out = k.new_empty(num_tokens, num_kv_heads, head_dim)
+        self._rope_write_kv(q.data_ptr(), k.data_ptr(), v.data_ptr(), row_stride,
+                            positions.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+                            slot_mapping.data_ptr(), q_out.data_ptr(), k_out.data_ptr(),
+                            k_cache.data_ptr(), v_cache.data_ptr(), num_tokens, num_heads,
+                            num_kv_heads, head_dim)
+        return q_out, k_out
+
+    def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        block_tables: torch.Tensor, row_seq: torch.Tensor,
+                        row_ctx: torch.Tensor, scale: float) -> torch.Tensor:
+        """q [R, H, D] -> out [R, H, D]: row r attends to the first row_ctx[r] tokens of the
+        sequence whose blocks are block_tables[row_seq[r]] (int32 tensors)."""
+        _require_contiguous(q, k_cache, v_cache, block_tables, row_seq, row_ctx)
+        num_rows, num_heads, head_dim = q.shape
+        _num_blocks, block_size, num_kv_heads, _ = k_cache.shape
+        out = torch.empty_like(q)
+        self._paged_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                              block_tables.data_ptr(), row_seq.data_ptr(), row_ctx.data_ptr(),
+                              out.data_ptr(), num_rows, num_heads, num_kv_heads, head_dim,
+                              block_size, block_tables.shape[1], scale)
+        return out
+
+
+def _require_contiguous(*tensors: torch.Tensor) -> None:
+    for tensor in tensors:
+        if not tensor.is_contiguous():
+            raise ValueError(f"CPU kernel argument of shape {tuple(tensor.shape)} is not "
+                             "contiguous")

@@ -1,0 +1,64 @@
+"""CPU weight packing: `nn.Linear` layers swapped, after loading, for oneDNN-prepacked ones.
+
+oneDNN multiplies bfloat16 on the CPU's AMX/AVX-512 units from its own blocked weight layout;
+given a plain weight it reorders it on every call. Packing once at load time saves that
+(measured ~30% of a decode step's matmul time at 1-64 tokens). The model file stays unaware:
+the swap happens from outside, as gpt-fast swaps in its quantized linears.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+class PackedLinear(nn.Module):
+    """y = x @ W.T + b with W held in oneDNN's blocked layout (not a parameter any more)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        # NOTE: batch size None packs for any number of rows; a fixed hint was no faster at
+        # the 1-64 rows of decode steps and slower at others (measured).
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [],
+                                                  "")
+
+
+class PackedLogits(nn.Module):
+    """hidden [R, hidden] -> float32 logits [R, vocab], the output projection packed the same
+    way; for tied embeddings this is a second, packed copy of the embedding matrix."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(hidden, self.packed_weight, None, "none", [],
+                                                  "").float()
+
+
+def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
+    """oneDNN packing pays for bfloat16 on a CPU with native bf16 units (AVX-512 BF16 or AMX)."""
+    return (device.type == "cpu" and dtype == torch.bfloat16
+            and torch.backends.mkldnn.is_available()
+            and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Replace every `nn.Linear` inside `model` by a `PackedLinear`; returns how many."""
+    targets = [(name, module) for name, module in model.named_modules()
+               if isinstance(module, nn.Linear)]
+    for name, linear in targets:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child_name, PackedLinear(linear))
+    return len(targets)

@@ -1,0 +1,139 @@
+"""flintlm's CPU kernels against the torch reference they replace, on random inputs: paged
+attention over scattered blocks (GQA, partial last blocks, rows of one sequence seeing different
+prefixes), rotary + KV write, residual RMSNorm and SiLU-and-mul, in float32 and bfloat16."""
+
+import random
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from flintlm.kernels.ops import CpuKernels
+from flintlm.models.layers import RMSNorm, RotaryEmbedding
+
+torch.set_num_threads(1)  # noqa: the suite shares two cores
+
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+@pytest.fixture(scope="module", params=[torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def kernels(request):
+    built = CpuKernels.create(torch.device("cpu"), request.param, "native")
+    assert built is not None
+    return built
+
+
+def close(ours: torch.Tensor, reference: torch.Tensor, dtype: torch.dtype) -> None:
+    torch.testing.assert_close(ours.float(), reference.float(), rtol=TOLERANCE[dtype],
+                               atol=TOLERANCE[dtype])
+
+
+def reference_attention(q, k_cache, v_cache, block_ids, context, scale):
+    """One query row [H, D] over the first `context` tokens of a sequence's blocks."""
+    num_kv_heads, head_dim = k_cache.shape[2:]
+    keys = k_cache[block_ids].reshape(-1, num_kv_heads, head_dim)[:context].float()
+    values = v_cache[block_ids].reshape(-1, num_kv_heads, head_dim)[:context].float()
+    group = q.shape[0] // num_kv_heads
+    keys = keys.repeat_interleave(group, dim=1)  # [L, H, D]
+    values = values.repeat_interleave(group, dim=1)
+    scores = torch.einsum("hd,lhd->hl", q.float(), keys) * scale
+    return torch.einsum("hl,lhd->hd", scores.softmax(-1), values)
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(9, 3, 64), (8, 8, 32), (4, 1, 128)])
+def test_paged_attention_matches_the_reference(kernels, num_heads, num_kv_heads, head_dim):
+    dtype = kernels.dtype
+    rng = random.Random(0)
+    block_size, num_blocks = 16, 40
+    k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim).to(dtype)
+    v_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim).to(dtype)
+    free = list(range(num_blocks))
+    rng.shuffle(free)
+    sequences = []  # (blocks scattered over the cache, context lengths of its query rows)
+    for length in (1, 16, 17, 70):
+        blocks = [free.pop() for _ in range(-(-length // block_size))]
+        contexts = [length] if length < 70 else [60, 65, 70]  # a chunk: rows see growing prefixes
+        sequences.append((blocks, contexts))
+    max_blocks = max(len(b) for b, _ in sequences)
+    tables = torch.tensor([b + [0] * (max_blocks - len(b)) for b, _ in sequences],
+                          dtype=torch.int32)
+    row_seq = torch.tensor([i for i, (_, c) in enumerate(sequences) for _ in c], dtype=torch.int32)
+    row_ctx = torch.tensor([n for _, c in sequences for n in c], dtype=torch.int32)
+    q = torch.randn(len(row_seq), num_heads, head_dim).to(dtype)
+    scale = head_dim ** -0.5
+
+    out = kernels.paged_attention(q, k_cache, v_cache, tables, row_seq, row_ctx, scale)
+
+    for row in range(len(row_seq)):
+        blocks = sequences[row_seq[row]][0]
+        expected = reference_attention(q[row], k_cache, v_cache, blocks, int(row_ctx[row]), scale)
+        close(out[row], expected, dtype)
+
+
+def test_rope_write_kv_rotates_and_fills_the_slots(kernels):
+    dtype = kernels.dtype
+    num_heads, num_kv_heads, head_dim, num_tokens = 9, 3, 64, 7
+    rotary = RotaryEmbedding(head_dim, 256, 10000.0, None)
+    width = (num_heads + 2 * num_kv_heads) * head_dim
+    qkv = torch.randn(num_tokens, width).to(dtype)
+    q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim,
+                         num_kv_heads * head_dim], dim=-1)
+    positions = torch.tensor([0, 1, 5, 17, 100, 200, 255])
+    slots = torch.tensor([3, 4, 9, 31, 0, 12, 20])
+    k_cache = torch.zeros(2, 16, num_kv_heads, head_dim, dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+
+    q_rot, k_rot = kernels.rope_write_kv(q, k, v, positions, rotary.cos, rotary.sin, slots,
+                                         k_cache, v_cache, num_heads, num_kv_heads)
+
+    q_ref, k_ref = rotary(positions, q.reshape(num_tokens, num_heads, head_dim),
+                          k.reshape(num_tokens, num_kv_heads, head_dim))
+    close(q_rot, q_ref, dtype)
+    close(k_rot, k_ref, dtype)
+    flat_k = k_cache.view(-1, num_kv_heads, head_dim)
+    flat_v = v_cache.view(-1, num_kv_heads, head_dim)
+    assert torch.equal(flat_k[slots], k_rot)
+    assert torch.equal(flat_v[slots], v.reshape(num_tokens, num_kv_heads, head_dim))
+    untouched = torch.ones(32, dtype=torch.bool)
+    untouched[slots] = False
+    assert not flat_k[untouched].any() and not flat_v[untouched].any()
+
+
+def test_add_rms_norm_updates_the_residual_and_normalises(kernels):
+    dtype = kernels.dtype
+    norm = RMSNorm(576, 1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(576) + 0.5)
+    x = torch.randn(5, 576).to(dtype)
+    residual = torch.randn(5, 576).to(dtype)
+    expected_residual = residual + x
+    with torch.no_grad():
+        expected = norm(expected_residual)
+
+    out = kernels.add_rms_norm(x, residual, norm.weight.detach(), 1e-5)
+
+    assert torch.equal(residual, expected_residual)  # the same rounding as torch's add
+    close(out, expected, dtype)
+    alone = kernels.add_rms_norm(None, residual, norm.weight.detach(), 1e-5)  # no add
+    close(alone, expected, dtype)
+    assert torch.equal(residual, expected_residual)
+
+
+def test_silu_and_mul(kernels):
+    dtype = kernels.dtype
+    gate_up = (torch.randn(6, 2 * 1536) * 4).to(dtype)
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    close(kernels.silu_and_mul(gate_up), F.silu(gate) * up, dtype)
+
+
+def test_non_contiguous_input_is_refused(kernels):
+    gate_up = torch.randn(8, 6).to(kernels.dtype)
+    with pytest.raises(ValueError, match="not contiguous"):
+        kernels.silu_and_mul(gate_up[:, :4])
+
+
+def test_torch_mode_and_other_devices_get_no_kernels():
+    assert CpuKernels.create(torch.device("cpu"), torch.float32, "torch") is None
+    assert CpuKernels.create(torch.device("cpu"), torch.float16, "auto") is None
+    with pytest.raises(ValueError, match="native"):
+        CpuKernels.create(torch.device("cpu"), torch.float16, "native")
