@@ -21,6 +21,7 @@ from flintlm.engine.structured import build_bitmask
 from flintlm.kernels.ops import CpuKernels
 from flintlm.models.attention import BatchLayout, CpuNativeAttention, SequenceSlice
 from flintlm.models.packing import PackedLogits, can_pack, pack_linears
+from flintlm.models.quant import keep_quantized, quantized_logits
 from flintlm.models.registry import model_class_for
 
 if TYPE_CHECKING:
@@ -88,6 +89,14 @@ class ModelRunner:
             num_packed = pack_linears(self.model.layers)
             logger.info("packed %d linear layers and the output projection for oneDNN",
                         num_packed)
+        max_rows = model_config.quantized_max_tokens
+        if self.kernels is not None and max_rows and checkpoint.quantized:
+            num_kept = keep_quantized(self.model, checkpoint.quantized, self.kernels, max_rows)
+            self.compute_logits = quantized_logits(self.compute_logits, checkpoint.quantized,
+                                                   self.arch.tie_word_embeddings, self.kernels,
+                                                   max_rows)
+            logger.info("steps of <= %d tokens read %d linear layers as GGUF-quantized",
+                        max_rows, num_kept)
         self.kv_layout = self._plan_kv_cache(cache_config)
         self.kv_caches = self._allocate_kv_cache(self.kv_layout.num_blocks)
         self.sampler = Sampler(self.arch.vocab_size, self.device, seed=model_config.seed)

@@ -22,7 +22,7 @@ import torch  # noqa: F401  - loaded first so the library binds to torch's libgo
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-ABI_VERSION = 1
+ABI_VERSION = 3
 # NOTE: fast-math lets gcc vectorise the float reductions and expf (through libmvec). The
 # kernels never rely on inf or NaN arithmetic (running maxima start at -FLT_MAX; the bfloat16
 # NaN test looks at bits), and linking is a separate step without fast-math, so gcc's
@@ -39,6 +39,7 @@ SIGNATURES: dict[str, tuple[object, ...]] = {
     "rope_write_kv": (_P, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I, _I, _I),
     "add_rms_norm": (_P, _P, _P, _P, _I64, _I, _F),
     "silu_and_mul": (_P, _P, _I64, _I),
+    "quant_matmul": (_P, _I64, _I64, _P, _P, _P, _I, _I64, _P, _I64, _I64, _I),
 }
 SUFFIXES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
@@ -54,6 +55,7 @@ class NativeLibrary:
         self._lib = ctypes.CDLL(str(path))
         if self._lib.flintlm_kernels_abi_version() != ABI_VERSION:
             raise RuntimeError(f"{path} has another ABI version than {ABI_VERSION}")
+        self.has_int8_dot = bool(self._lib.quant_int8_available())
         self._functions: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}
         for name, argtypes in SIGNATURES.items():
             for dtype, suffix in SUFFIXES.items():

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
@@ -15,6 +16,25 @@ from flintlm.kernels import native
 logger = logging.getLogger(__name__)
 
 KERNEL_MODES = ("auto", "native", "torch")
+
+
+@dataclass(frozen=True)
+class QuantMatrix:
+    """A quantized weight [N, K] in the layout `quant_matmul` reads: w = d * q + m per block of
+    32 along K (see cpu_kernels.c). Built by models/quant.py from the GGUF's blocks."""
+
+    q: torch.Tensor  # [N, K / 2] uint8 (4-bit: two values a byte) or [N, K] uint8 (q + 128)
+    d: torch.Tensor  # [N, K / 32] float32
+    m: torch.Tensor  # [N, K / 32] float32
+    is_4bit: bool
+
+    @property
+    def out_features(self) -> int:
+        return self.q.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.q, self.d, self.m))
 
 
 class CpuKernels:
@@ -26,10 +46,12 @@ class CpuKernels:
 
     def __init__(self, library: native.NativeLibrary, dtype: torch.dtype):
         self.dtype = dtype
+        self.has_int8_dot = library.has_int8_dot
         self._paged_attention = library.function("paged_attention", dtype)
         self._rope_write_kv = library.function("rope_write_kv", dtype)
         self._add_rms_norm = library.function("add_rms_norm", dtype)
         self._silu_and_mul = library.function("silu_and_mul", dtype)
+        self._quant_matmul = library.function("quant_matmul", dtype)
 
     @classmethod
     def create(cls, device: torch.device, dtype: torch.dtype, mode: str = "auto"
@@ -109,6 +131,29 @@ class CpuKernels:
                               out.data_ptr(), num_rows, num_heads, num_kv_heads, head_dim,
                               block_size, block_tables.shape[1], scale)
         return out
+
+
+    MAX_QUANT_ROWS = 8
+
+    def quant_matmul(self, x: torch.Tensor, weight: QuantMatrix, out: torch.Tensor, col0: int,
+                     use_int8: bool) -> None:
+        """out[:, col0:col0 + N] = x @ W.T, reading W quantized.
+
+        Args:
+            x: [rows, K] activations, rows <= MAX_QUANT_ROWS, K a multiple of 32.
+            out: [rows, >= col0 + N], written in place.
+            use_int8: quantize x to int8 per block of 32 (VNNI dot products, as llama.cpp);
+                else multiply x in float32, exactly as the dense path.
+        """
+        _require_contiguous(x, out, weight.q, weight.d, weight.m)
+        rows, k = x.shape
+        if rows > self.MAX_QUANT_ROWS or k % 32:
+            raise ValueError(f"quant_matmul takes <= {self.MAX_QUANT_ROWS} rows and K % 32 == 0")
+        if use_int8 and not self.has_int8_dot:
+            raise ValueError("use_int8 needs AVX-512 VNNI")
+        self._quant_matmul(x.data_ptr(), rows, k, weight.q.data_ptr(), weight.d.data_ptr(),
+                           weight.m.data_ptr(), int(weight.is_4bit), weight.out_features,
+                           out.data_ptr(), out.stride(0), col0, int(use_int8))
 
 
 def _require_contiguous(*tensors: torch.Tensor) -> None:

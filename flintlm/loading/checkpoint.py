@@ -7,7 +7,7 @@ against one definition. Reads no files itself.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,6 +28,14 @@ class ModelLoadError(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """A 2-D weight as the file stores it, in GGML blocks of 32 weights along each row."""
+
+    type_name: str  # GGML type: Q4_0, Q4_1 or Q8_0
+    blocks: torch.Tensor  # [out_features, in_features / 32 * bytes per block] uint8
+
+
 @dataclass
 class LoadedCheckpoint:
     """A model read from disk, ready for the model file to build itself from.
@@ -41,6 +49,9 @@ class LoadedCheckpoint:
     weights: dict[str, torch.Tensor]
     tokenizer: Tokenizer
     source: str  # resolved path of the .gguf file or the HF folder
+    quantized: dict[str, QuantizedWeight] = field(default_factory=dict)
+    """The same weights still in their GGML blocks (GGUF Q4_0/Q4_1/Q8_0 matrices only), for
+    kernels that multiply them as stored; rows are in HF order like `weights`."""
 
 
 def expected_weight_names(arch: ModelArch) -> list[str]:

@@ -16,6 +16,8 @@ T = GGMLQuantizationType
 FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
 _VIA_GGUF_QUANTS = frozenset({T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K})
 SUPPORTED_TYPES = frozenset(FLOAT_TYPES) | {T.Q8_0, T.Q4_0, T.Q4_1} | _VIA_GGUF_QUANTS
+# Types whose blocks are also kept as stored, for the CPU kernels that multiply them directly.
+BLOCK_TYPES_KEPT = frozenset({T.Q8_0, T.Q4_0, T.Q4_1})
 
 
 def dequantize(

@@ -12,8 +12,18 @@ from typing import Any
 
 import torch
 
-from flintlm.loading.checkpoint import LoadedCheckpoint, ModelLoadError, check_weight_shapes
-from flintlm.loading.dequant import SUPPORTED_TYPES, dequantize, supported_type_names
+from flintlm.loading.checkpoint import (
+    LoadedCheckpoint,
+    ModelLoadError,
+    QuantizedWeight,
+    check_weight_shapes,
+)
+from flintlm.loading.dequant import (
+    BLOCK_TYPES_KEPT,
+    SUPPORTED_TYPES,
+    dequantize,
+    supported_type_names,
+)
 from flintlm.loading.gguf_file import GGUFFile, GGUFTensorInfo
 from flintlm.loading.gguf_tokenizer import tokenizer_from_gguf
 from flintlm.models.arch import ModelArch, RopeScaling
@@ -59,14 +69,28 @@ def load_gguf(path: str, dtype: torch.dtype) -> LoadedCheckpoint:
     # llama.cpp permutes q/k rows for its RoPE kernel in the llama architecture only.
     rope_heads = {"q_proj": arch.num_heads, "k_proj": arch.num_kv_heads}
     is_permuted = gguf.metadata["general.architecture"] == "llama"
-    weights = {}
+    weights, quantized = {}, {}
     for name, hf_name in names.items():
-        weight = _dense(gguf, gguf.tensors[name], dtype)
+        info = gguf.tensors[name]
+        weight = _dense(gguf, info, dtype)
+        blocks = _blocks(gguf, info) if info.ggml_type in BLOCK_TYPES_KEPT else None
         projection = hf_name.split(".")[-2]
         if is_permuted and projection in rope_heads:
             weight = _unpermute_rope_rows(weight, rope_heads[projection])
+            blocks = None if blocks is None else _unpermute_rope_rows(blocks,
+                                                                      rope_heads[projection])
         weights[hf_name] = weight
-    return LoadedCheckpoint(arch=arch, weights=weights, tokenizer=tokenizer, source=path)
+        if blocks is not None:
+            quantized[hf_name] = QuantizedWeight(info.ggml_type.name, blocks)
+    return LoadedCheckpoint(arch=arch, weights=weights, tokenizer=tokenizer, source=path,
+                            quantized=quantized)
+
+
+def _blocks(gguf: GGUFFile, info: GGUFTensorInfo) -> torch.Tensor | None:
+    """A 2-D tensor's bytes as [rows, bytes per row] (a view of the mmap), or None if not 2-D."""
+    if len(info.shape) != 2:
+        return None
+    return gguf.raw(info.name).view(info.shape[0], -1)
 
 
 def _check_types(gguf: GGUFFile, names: dict[str, str]) -> None:

@@ -112,6 +112,18 @@ class LlamaForCausalLM(nn.Module):
         """hidden [R, hidden] -> float32 logits [R, vocab]."""
         return torch.matmul(hidden, self.output_weight.t()).float()
 
+    def linear_sources(self) -> dict[str, list[str]]:
+        """Each linear layer of the decoder -> the HF checkpoint matrices stacked into its
+        weight, in row order (q/k/v and gate/up are fused)."""
+        sources = {}
+        for i in range(self.arch.num_layers):
+            src, dst = f"model.layers.{i}.", f"layers.{i}."
+            sources[dst + "self_attn.qkv_proj"] = [src + f"self_attn.{p}_proj" for p in "qkv"]
+            sources[dst + "self_attn.o_proj"] = [src + "self_attn.o_proj"]
+            sources[dst + "mlp.gate_up_proj"] = [src + "mlp.gate_proj", src + "mlp.up_proj"]
+            sources[dst + "mlp.down_proj"] = [src + "mlp.down_proj"]
+        return sources
+
     @torch.no_grad()
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Take HF-named tensors, fuse q/k/v and gate/up, and assign them (no copies kept)."""
@@ -127,21 +139,18 @@ class LlamaForCausalLM(nn.Module):
                  "norm.weight": take("model.norm.weight")}
         if not self.arch.tie_word_embeddings:
             state["lm_head.weight"] = take("lm_head.weight")
+        for module, sources in self.linear_sources().items():
+            parts = [take(name + ".weight") for name in sources]
+            state[module + ".weight"] = parts[0] if len(parts) == 1 else torch.cat(parts)
         for i in range(self.arch.num_layers):
             src, dst = f"model.layers.{i}.", f"layers.{i}."
             attn = src + "self_attn."
-            state[dst + "self_attn.qkv_proj.weight"] = torch.cat(
-                [take(attn + f"{p}_proj.weight") for p in "qkv"])
             if self.arch.attention_bias:
                 state[dst + "self_attn.qkv_proj.bias"] = torch.cat(
                     [take(attn + f"{p}_proj.bias") for p in "qkv"])
-            state[dst + "self_attn.o_proj.weight"] = take(attn + "o_proj.weight")
             if self.arch.qk_norm:
                 state[dst + "self_attn.q_norm.weight"] = take(attn + "q_norm.weight")
                 state[dst + "self_attn.k_norm.weight"] = take(attn + "k_norm.weight")
-            state[dst + "mlp.gate_up_proj.weight"] = torch.cat(
-                [take(src + "mlp.gate_proj.weight"), take(src + "mlp.up_proj.weight")])
-            state[dst + "mlp.down_proj.weight"] = take(src + "mlp.down_proj.weight")
             state[dst + "input_layernorm.weight"] = take(src + "input_layernorm.weight")
             state[dst + "post_attention_layernorm.weight"] = take(
                 src + "post_attention_layernorm.weight")

@@ -137,3 +137,45 @@ def test_torch_mode_and_other_devices_get_no_kernels():
     assert CpuKernels.create(torch.device("cpu"), torch.float16, "auto") is None
     with pytest.raises(ValueError, match="native"):
         CpuKernels.create(torch.device("cpu"), torch.float16, "native")
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0"])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_quant_matmul_multiplies_the_stored_weights(kernels, type_name, rows):
+    """GGML blocks made by gguf's own quantizer, repacked: the exact path equals the dequantized
+    weights times x (float32 rounding); the int8 path (bfloat16 only) is within activation
+    rounding of it; output columns land at col0."""
+    from gguf import GGMLQuantizationType, quants
+
+    from flintlm.loading.checkpoint import QuantizedWeight
+    from flintlm.loading.dequant import dequantize
+    from flintlm.models.quant import repack
+
+    dtype = kernels.dtype
+    n, k = 40, 96  # three blocks a row: the int8 path's odd last block is covered too
+    ggml_type = GGMLQuantizationType[type_name]
+    blocks = torch.from_numpy(quants.quantize((torch.randn(n, k) * 0.1).numpy(), ggml_type))
+    dense = dequantize(blocks.flatten(), ggml_type, (n, k), torch.float32)
+    weight = repack(QuantizedWeight(type_name, blocks))
+    x = torch.randn(rows, k).to(dtype)
+    expected = x.float() @ dense.t()
+
+    out = torch.zeros(rows, n + 5, dtype=dtype)
+    kernels.quant_matmul(x, weight, out, 5, use_int8=False)
+    assert not out[:, :5].any()
+    close(out[:, 5:], expected, dtype)
+    if kernels.has_int8_dot:
+        out_int8 = torch.zeros(rows, n, dtype=dtype)
+        kernels.quant_matmul(x, weight, out_int8, 0, use_int8=True)
+        scale = expected.abs().max()
+        assert ((out_int8.float() - expected).abs().max() / scale) < 2e-2
+
+
+def test_quant_matmul_refuses_too_many_rows(kernels):
+    from flintlm.kernels.ops import QuantMatrix
+
+    weight = QuantMatrix(torch.zeros(4, 16, dtype=torch.uint8), torch.ones(4, 1),
+                         torch.zeros(4, 1), is_4bit=True)
+    with pytest.raises(ValueError, match="rows"):
+        kernels.quant_matmul(torch.zeros(9, 32, dtype=kernels.dtype), weight,
+                             torch.zeros(9, 4, dtype=kernels.dtype), 0, use_int8=False)

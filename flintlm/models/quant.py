@@ -1,0 +1,131 @@
+"""GGUF-quantized weights kept quantized for small batches, swapped in after loading.
+
+A decode step of a few tokens reads every weight once per step, so its time is the bytes it
+reads: the Q4_1 blocks of the embedded model are 5 bits a weight against 16 for bfloat16.
+`SmallBatchQuantLinear` multiplies such steps (at most `max_rows` tokens) from the quantized
+weights with flintlm's CPU kernel, and hands larger ones (prefill, big batches) to the dense
+layer it wraps, whose matmuls are compute-bound and faster on AMX. The model file never knows.
+
+Each GGML matrix is repacked once into the kernel's layout (`QuantMatrix`: the 4- or 8-bit
+values, float32 scale and offset per block of 32), which holds exactly the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from flintlm.kernels.ops import QuantMatrix
+
+if TYPE_CHECKING:
+    from flintlm.kernels.ops import CpuKernels
+    from flintlm.loading.checkpoint import QuantizedWeight
+
+# GGML block layouts: bytes per block of 32, and where the values start after the f16 scales.
+_BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
+_VALUES_AT = {"Q4_0": 2, "Q4_1": 4, "Q8_0": 2}
+KEPT_TYPES = frozenset(_BLOCK_BYTES)
+
+
+def repack(weight: QuantizedWeight) -> QuantMatrix:
+    """GGML blocks -> `QuantMatrix`: the same weights, scales split out as float32."""
+    kind = weight.type_name
+    rows = weight.blocks.shape[0]
+    blocks = weight.blocks.view(rows, -1, _BLOCK_BYTES[kind])  # [N, K / 32, bytes]
+
+    def f16_field(start: int) -> torch.Tensor:
+        return blocks[..., start:start + 2].contiguous().view(torch.float16).float().squeeze(-1)
+
+    d = f16_field(0)
+    values = blocks[..., _VALUES_AT[kind]:].reshape(rows, -1)
+    if kind == "Q4_1":
+        m = f16_field(2)
+    elif kind == "Q4_0":
+        m = -8.0 * d  # w = d (q - 8)
+    else:  # Q8_0: int8 q stored as q + 128 so the kernel reads unsigned bytes
+        values = values.view(torch.int8).to(torch.int16).add_(128).to(torch.uint8)
+        m = -128.0 * d
+    return QuantMatrix(values.contiguous(), d.contiguous(), m.contiguous(),
+                       is_4bit=kind != "Q8_0")
+
+logger = logging.getLogger(__name__)
+
+
+class SmallBatchQuantLinear(nn.Module):
+    """The dense linear layer `dense`, with batches of <= max_rows rows read from the blocks.
+
+    `parts` are the GGML matrices stacked (in row order) into the dense weight.
+    """
+
+    def __init__(self, dense: nn.Module, parts: list[QuantMatrix], bias: torch.Tensor | None,
+                 kernels: CpuKernels, max_rows: int):
+        super().__init__()
+        self.dense = dense
+        self.parts = parts
+        self.out_features = sum(part.out_features for part in parts)
+        self.bias = bias
+        self.kernels = kernels
+        self.max_rows = max_rows
+        # NOTE: int8 activations (llama.cpp's way, ~2x faster) only where the model already
+        # runs in bfloat16; float32 keeps the exact product so it matches the reference.
+        self.use_int8 = kernels.dtype == torch.bfloat16 and kernels.has_int8_dot
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.max_rows or not x.is_contiguous():
+            return self.dense(x)
+        out = x.new_empty(x.shape[0], self.out_features)
+        column = 0
+        for part in self.parts:
+            self.kernels.quant_matmul(x, part, out, column, self.use_int8)
+            column += part.out_features
+        if self.bias is not None:
+            out += self.bias
+        return out
+
+
+class SmallBatchQuantLogits(nn.Module):
+    """compute_logits (hidden -> float32 logits) with the same split by batch size."""
+
+    def __init__(self, dense: nn.Module, weight: QuantMatrix, kernels: CpuKernels,
+                 max_rows: int):
+        super().__init__()
+        self.dense = dense
+        self.linear = SmallBatchQuantLinear(nn.Identity(), [weight], None, kernels, max_rows)
+        self.max_rows = max_rows
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.shape[0] > self.max_rows or not hidden.is_contiguous():
+            return self.dense(hidden)
+        return self.linear(hidden).float()
+
+
+def keep_quantized(model: nn.Module, quantized: dict[str, QuantizedWeight],
+                   kernels: CpuKernels, max_rows: int) -> int:
+    """Wrap each linear layer of `model` whose checkpoint matrices are all in `quantized` (and of
+    a type the kernel reads) in a `SmallBatchQuantLinear`; returns how many were wrapped."""
+    num_wrapped = 0
+    for module_name, sources in model.linear_sources().items():
+        parts = [quantized.get(name + ".weight") for name in sources]
+        if any(p is None or p.type_name not in KEPT_TYPES for p in parts):
+            continue
+        dense = model.get_submodule(module_name)
+        bias = getattr(dense, "bias", None)
+        parent_name, _, child_name = module_name.rpartition(".")
+        wrapped = SmallBatchQuantLinear(dense, [repack(p) for p in parts],
+                                        None if bias is None else bias.detach(), kernels,
+                                        max_rows)
+        setattr(model.get_submodule(parent_name), child_name, wrapped)
+        num_wrapped += 1
+    return num_wrapped
+
+
+def quantized_logits(dense: nn.Module, quantized: dict[str, QuantizedWeight], tied: bool,
+                     kernels: CpuKernels, max_rows: int) -> nn.Module:
+    """The output projection with small batches read from its GGML blocks, when stored so."""
+    weight = quantized.get("model.embed_tokens.weight" if tied else "lm_head.weight")
+    if weight is None or weight.type_name not in KEPT_TYPES:
+        return dense
+    return SmallBatchQuantLogits(dense, repack(weight), kernels, max_rows)
