@@ -99,7 +99,8 @@ class ModelRunner:
                         max_rows, num_kept)
         self.kv_layout = self._plan_kv_cache(cache_config)
         self.kv_caches = self._allocate_kv_cache(self.kv_layout.num_blocks)
-        self.sampler = Sampler(self.arch.vocab_size, self.device, seed=model_config.seed)
+        self.sampler = Sampler(self.arch.vocab_size, self.device, seed=model_config.seed,
+                               kernels=self.kernels)
 
     def _load_kernels(self, mode: str) -> CpuKernels | None:
         arch = self.arch
@@ -131,12 +132,9 @@ class ModelRunner:
 
     def _allocate_kv_cache(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         arch = self.arch
-        shape = (num_blocks, self.block_size, arch.num_kv_heads, arch.head_dim)
-        # NOTE: zeros, not empty: masked attention multiplies never-written slots by a zero
-        # probability, and 0 * NaN from uninitialised memory would poison the whole row.
-        return [(torch.zeros(shape, dtype=self.dtype, device=self.device),
-                 torch.zeros(shape, dtype=self.dtype, device=self.device))
-                for _ in range(arch.num_layers)]
+        return self.model.attention.allocate_kv_cache(
+            arch.num_layers, num_blocks, self.block_size, arch.num_kv_heads, arch.head_dim,
+            self.dtype, self.device)
 
     # -- the step --------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Build and load flintlm's CPU kernels (cpu_kernels.c) with the system C compiler.
+"""Build and load flintlm's CPU kernels (the *.c files here) with the system C compiler.
 
 The library is compiled once per source, compiler and CPU (-march=native) into the user's cache
 folder and loaded with ctypes; a machine without a compiler, or a build that fails, gets None
@@ -21,8 +21,10 @@ import torch  # noqa: F401  - loaded first so the library binds to torch's libgo
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_kernels.c")
-ABI_VERSION = 3
+SOURCE_DIR = Path(__file__).parent
+SOURCES = ("attention.c", "layers.c", "quant_matmul.c")
+HEADERS = ("common.h",)
+ABI_VERSION = 4
 # NOTE: fast-math lets gcc vectorise the float reductions and expf (through libmvec). The
 # kernels never rely on inf or NaN arithmetic (running maxima start at -FLT_MAX; the bfloat16
 # NaN test looks at bits), and linking is a separate step without fast-math, so gcc's
@@ -36,7 +38,7 @@ _I = ctypes.c_int
 _F = ctypes.c_float
 SIGNATURES: dict[str, tuple[object, ...]] = {
     "paged_attention": (_P, _P, _P, _P, _P, _P, _P, _I64, _I, _I, _I, _I, _I, _F),
-    "rope_write_kv": (_P, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I, _I, _I),
+    "rope_write_kv": (_P, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I, _I, _I, _I),
     "add_rms_norm": (_P, _P, _P, _P, _I64, _I, _F),
     "silu_and_mul": (_P, _P, _I64, _I),
     "quant_matmul": (_P, _I64, _I64, _P, _P, _P, _I, _I64, _P, _I64, _I64, _I),
@@ -56,6 +58,9 @@ class NativeLibrary:
         if self._lib.flintlm_kernels_abi_version() != ABI_VERSION:
             raise RuntimeError(f"{path} has another ABI version than {ABI_VERSION}")
         self.has_int8_dot = bool(self._lib.quant_int8_available())
+        self.argmax_rows = self._lib.argmax_rows_f32
+        self.argmax_rows.argtypes = [_P, _I64, _I64, _P]
+        self.argmax_rows.restype = None
         self._functions: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}
         for name, argtypes in SIGNATURES.items():
             for dtype, suffix in SUFFIXES.items():
@@ -91,11 +96,14 @@ def _cache_dir() -> Path:
 def _build(compiler: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        obj = Path(scratch) / "cpu_kernels.o"
+        objects = []
+        for source in SOURCES:
+            obj = Path(scratch) / source.replace(".c", ".o")
+            subprocess.run([compiler, *COMPILE_FLAGS, "-c", str(SOURCE_DIR / source), "-o",
+                            str(obj)], check=True, capture_output=True, text=True)
+            objects.append(str(obj))
         lib = Path(scratch) / target.name
-        subprocess.run([compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(obj)],
-                       check=True, capture_output=True, text=True)
-        subprocess.run([compiler, str(obj), "-o", str(lib), *LINK_FLAGS],
+        subprocess.run([compiler, *objects, "-o", str(lib), *LINK_FLAGS],
                        check=True, capture_output=True, text=True)
         os.replace(lib, target)  # atomic: a concurrent process sees the old file or the new
 
@@ -117,9 +125,9 @@ def _load_uncached() -> NativeLibrary | None:
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                                  check=True).stdout
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(COMPILE_FLAGS),
-                                        " ".join(LINK_FLAGS), version, _cpu_identity()])
-                             .encode()).hexdigest()[:16]
+        texts = [(SOURCE_DIR / name).read_text() for name in SOURCES + HEADERS]
+        key = hashlib.sha256("\0".join([*texts, " ".join(COMPILE_FLAGS), " ".join(LINK_FLAGS),
+                                        version, _cpu_identity()]).encode()).hexdigest()[:16]
         target = _cache_dir() / f"flintlm_cpu_kernels_{key}.so"
         if not target.exists():
             logger.info("building the CPU kernels with %s into %s", compiler, target)

@@ -21,7 +21,7 @@ KERNEL_MODES = ("auto", "native", "torch")
 @dataclass(frozen=True)
 class QuantMatrix:
     """A quantized weight [N, K] in the layout `quant_matmul` reads: w = d * q + m per block of
-    32 along K (see cpu_kernels.c). Built by models/quant.py from the GGUF's blocks."""
+    32 along K (see quant_matmul.c). Built by models/quant.py from the GGUF's blocks."""
 
     q: torch.Tensor  # [N, K / 2] uint8 (4-bit: two values a byte) or [N, K] uint8 (q + 128)
     d: torch.Tensor  # [N, K / 32] float32
@@ -52,6 +52,7 @@ class CpuKernels:
         self._add_rms_norm = library.function("add_rms_norm", dtype)
         self._silu_and_mul = library.function("silu_and_mul", dtype)
         self._quant_matmul = library.function("quant_matmul", dtype)
+        self._argmax_rows = library.argmax_rows
 
     @classmethod
     def create(cls, device: torch.device, dtype: torch.dtype, mode: str = "auto"
@@ -73,6 +74,50 @@ class CpuKernels:
                                  f"available for {device.type}/{dtype}; use kernels='auto'")
             return None
         return cls(library, dtype)
+
+    def argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [R, V] float32 (whatever the kernels' dtype) -> [R] int64 index of each row's
+        maximum (the first on ties, as torch.argmax)."""
+        _require_contiguous(logits)
+        if logits.dtype != torch.float32:
+            raise ValueError("argmax takes float32 logits")
+        out = torch.empty(logits.shape[0], dtype=torch.long)
+        self._argmax_rows(logits.data_ptr(), logits.shape[0], logits.shape[1], out.data_ptr())
+        return out
+
+    # -- the KV cache in the kernels' layout (attention.c) ---------------------------------------
+
+    @property
+    def pair(self) -> int:
+        """Elements per pair in the cache layout: 2 for bfloat16 (AVX512-BF16 dot products)."""
+        return 2 if self.dtype == torch.bfloat16 else 1
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int, num_kv_heads: int,
+                          head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeroed K [blocks, kv heads, head_dim / P, block_size, P] and V [blocks, kv heads,
+        block_size / P, head_dim, P]."""
+        pair = self.pair
+        keys = torch.zeros(num_blocks, num_kv_heads, head_dim // pair, block_size, pair,
+                           dtype=self.dtype)
+        values = torch.zeros(num_blocks, num_kv_heads, block_size // pair, head_dim, pair,
+                             dtype=self.dtype)
+        return keys, values
+
+    def from_token_major(self, k_cache: torch.Tensor, v_cache: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[blocks, block_size, kv heads, head_dim] caches (the torch backend's layout) -> this
+        layout; for tests and tools."""
+        num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+        pair = self.pair
+        keys = (k_cache.permute(0, 2, 3, 1)  # [blocks, heads, dim, tokens]
+                .reshape(num_blocks, num_kv_heads, head_dim // pair, pair, block_size)
+                .transpose(3, 4).contiguous())
+        values = (v_cache.permute(0, 2, 1, 3)  # [blocks, heads, tokens, dim]
+                  .reshape(num_blocks, num_kv_heads, block_size // pair, pair, head_dim)
+                  .transpose(3, 4).contiguous())
+        return keys, values
+
+    # -- layers ----------------------------------------------------------------------------------
 
     def add_rms_norm(self, x: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor,
                      eps: float) -> torch.Tensor:
@@ -97,12 +142,14 @@ class CpuKernels:
                       slot_mapping: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                       num_heads: int, num_kv_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate q [T, H*D] and k [T, KVH*D] (row-strided views of one tensor, as the fused
-        qkv projection gives them), write rotated k and v into the cache slots.
+        qkv projection gives them), write rotated k and v into the cache slots (caches from
+        `allocate_kv_cache`).
 
         Returns q [T, H, D] and k [T, KVH, D] rotated, contiguous.
         """
         num_tokens = q.shape[0]
         head_dim = cos.shape[-1]
+        block_size = k_cache.shape[3]
         row_stride = q.stride(0)
         if not (k.stride(0) == v.stride(0) == row_stride and q.stride(1) == k.stride(1) ==
                 v.stride(1) == 1):
@@ -114,7 +161,7 @@ class CpuKernels:
                             positions.data_ptr(), cos.data_ptr(), sin.data_ptr(),
                             slot_mapping.data_ptr(), q_out.data_ptr(), k_out.data_ptr(),
                             k_cache.data_ptr(), v_cache.data_ptr(), num_tokens, num_heads,
-                            num_kv_heads, head_dim)
+                            num_kv_heads, head_dim, block_size)
         return q_out, k_out
 
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -124,7 +171,7 @@ class CpuKernels:
         sequence whose blocks are block_tables[row_seq[r]] (int32 tensors)."""
         _require_contiguous(q, k_cache, v_cache, block_tables, row_seq, row_ctx)
         num_rows, num_heads, head_dim = q.shape
-        _num_blocks, block_size, num_kv_heads, _ = k_cache.shape
+        _num_blocks, num_kv_heads, _, block_size, _ = k_cache.shape
         out = torch.empty_like(q)
         self._paged_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
                               block_tables.data_ptr(), row_seq.data_ptr(), row_ctx.data_ptr(),

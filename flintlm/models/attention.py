@@ -9,8 +9,10 @@ written earlier in the same step.
 Backends (chosen by `attention_backend`):
 - `TorchAttention`: pure torch, any device; decode gathers each sequence's blocks.
 - `CpuNativeAttention`: flintlm's CPU kernels: rotary + KV write in one pass, and paged
-  attention that reads each cached K/V row once, in place (no gather copy).
-Chunks that start a sequence use SDPA (flash on CPU and CUDA) in both.
+  attention that reads each cached K/V row once, in place (no gather copy), from a cache laid
+  out for it (keys transposed per block; see kernels/attention.c).
+Chunks that start a sequence use SDPA (flash on CPU and CUDA) in both. Each backend allocates
+the KV cache in its own layout; nothing outside the backend looks inside it.
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ class NativeAttentionMetadata:
 
 
 class AttentionBackend(Protocol):
+    def allocate_kv_cache(self, num_layers: int, num_blocks: int, block_size: int,
+                          num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                          device: torch.device) -> list[KVCache]: ...
+
     def metadata(self, layout: BatchLayout, device: torch.device) -> object: ...
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -117,6 +123,16 @@ def _fresh_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: Fr
 
 class TorchAttention:
     """Reference backend: torch ops only, on any device."""
+
+    def allocate_kv_cache(self, num_layers: int, num_blocks: int, block_size: int,
+                          num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                          device: torch.device) -> list[KVCache]:
+        """[blocks, block_size, kv heads, head_dim] per layer, zeroed."""
+        # NOTE: zeros, not empty: masked attention multiplies never-written slots by a zero
+        # probability, and 0 * NaN from uninitialised memory would poison the whole row.
+        shape = (num_blocks, block_size, num_kv_heads, head_dim)
+        return [(torch.zeros(shape, dtype=dtype, device=device),
+                 torch.zeros(shape, dtype=dtype, device=device)) for _ in range(num_layers)]
 
     def metadata(self, layout: BatchLayout, device: torch.device) -> TorchAttentionMetadata:
         block_size = layout.block_size
@@ -199,8 +215,17 @@ class CpuNativeAttention:
 
     @classmethod
     def supports(cls, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int) -> bool:
+        """Head layouts and block sizes the kernels take (vectors of 16 along both)."""
         return (num_heads // num_kv_heads <= cls.MAX_GROUP and head_dim <= cls.MAX_HEAD_DIM
-                and head_dim % 2 == 0 and block_size <= cls.MAX_BLOCK_SIZE)
+                and head_dim % 16 == 0 and block_size <= cls.MAX_BLOCK_SIZE
+                and block_size % 16 == 0)
+
+    def allocate_kv_cache(self, num_layers: int, num_blocks: int, block_size: int,
+                          num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                          device: torch.device) -> list[KVCache]:
+        """The kernels' layout (`CpuKernels.allocate_kv_cache`), zeroed, per layer."""
+        return [self.kernels.allocate_kv_cache(num_blocks, block_size, num_kv_heads, head_dim)
+                for _ in range(num_layers)]
 
     def metadata(self, layout: BatchLayout, device: torch.device) -> NativeAttentionMetadata:
         paged = [s for s in layout.sequences if s.start_position > 0]
@@ -224,7 +249,8 @@ class CpuNativeAttention:
                 meta: NativeAttentionMetadata, scale: float) -> torch.Tensor:
         """q [T, H*D], k/v [T, KVH*D] (pre-rotary, row views of one tensor) -> [T, H, D]."""
         k_cache, v_cache = kv_cache
-        num_kv_heads, head_dim = k_cache.shape[2:]
+        head_dim = rotary.cos.shape[-1]
+        num_kv_heads = k_cache.shape[1]
         q, k = self.kernels.rope_write_kv(q, k, v, positions, rotary.cos, rotary.sin,
                                           meta.slot_mapping, k_cache, v_cache,
                                           q.shape[1] // head_dim, num_kv_heads)

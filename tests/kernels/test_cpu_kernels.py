@@ -62,7 +62,8 @@ def test_paged_attention_matches_the_reference(kernels, num_heads, num_kv_heads,
     q = torch.randn(len(row_seq), num_heads, head_dim).to(dtype)
     scale = head_dim ** -0.5
 
-    out = kernels.paged_attention(q, k_cache, v_cache, tables, row_seq, row_ctx, scale)
+    native_k, native_v = kernels.from_token_major(k_cache, v_cache)
+    out = kernels.paged_attention(q, native_k, native_v, tables, row_seq, row_ctx, scale)
 
     for row in range(len(row_seq)):
         blocks = sequences[row_seq[row]][0]
@@ -80,8 +81,7 @@ def test_rope_write_kv_rotates_and_fills_the_slots(kernels):
                          num_kv_heads * head_dim], dim=-1)
     positions = torch.tensor([0, 1, 5, 17, 100, 200, 255])
     slots = torch.tensor([3, 4, 9, 31, 0, 12, 20])
-    k_cache = torch.zeros(2, 16, num_kv_heads, head_dim, dtype=dtype)
-    v_cache = torch.zeros_like(k_cache)
+    k_cache, v_cache = kernels.allocate_kv_cache(2, 16, num_kv_heads, head_dim)
 
     q_rot, k_rot = kernels.rope_write_kv(q, k, v, positions, rotary.cos, rotary.sin, slots,
                                          k_cache, v_cache, num_heads, num_kv_heads)
@@ -90,13 +90,15 @@ def test_rope_write_kv_rotates_and_fills_the_slots(kernels):
                           k.reshape(num_tokens, num_kv_heads, head_dim))
     close(q_rot, q_ref, dtype)
     close(k_rot, k_ref, dtype)
-    flat_k = k_cache.view(-1, num_kv_heads, head_dim)
-    flat_v = v_cache.view(-1, num_kv_heads, head_dim)
-    assert torch.equal(flat_k[slots], k_rot)
-    assert torch.equal(flat_v[slots], v.reshape(num_tokens, num_kv_heads, head_dim))
-    untouched = torch.ones(32, dtype=torch.bool)
-    untouched[slots] = False
-    assert not flat_k[untouched].any() and not flat_v[untouched].any()
+    # The same writes into a token-major cache, converted, must give the kernel's cache.
+    expected_k = torch.zeros(2, 16, num_kv_heads, head_dim, dtype=dtype)
+    expected_v = torch.zeros_like(expected_k)
+    expected_k.view(-1, num_kv_heads, head_dim)[slots] = k_rot
+    expected_v.view(-1, num_kv_heads, head_dim)[slots] = v.reshape(num_tokens, num_kv_heads,
+                                                                   head_dim)
+    native_k, native_v = kernels.from_token_major(expected_k, expected_v)
+    assert torch.equal(k_cache, native_k)
+    assert torch.equal(v_cache, native_v)
 
 
 def test_add_rms_norm_updates_the_residual_and_normalises(kernels):
@@ -179,3 +181,12 @@ def test_quant_matmul_refuses_too_many_rows(kernels):
     with pytest.raises(ValueError, match="rows"):
         kernels.quant_matmul(torch.zeros(9, 32, dtype=kernels.dtype), weight,
                              torch.zeros(9, 4, dtype=kernels.dtype), 0, use_int8=False)
+
+
+@pytest.mark.parametrize("vocab", [7, 33, 49152, 49155])
+def test_argmax_matches_torch_including_ties(kernels, vocab):
+    logits = torch.randn(9, vocab)
+    logits[1, 0] = logits[1, vocab - 1] = 50.0  # a tie: the first index wins
+    logits[2, :] = 1.0  # all equal
+    logits[3, vocab - 1] = 60.0  # the maximum in the scalar tail
+    assert torch.equal(kernels.argmax(logits), logits.argmax(dim=-1))

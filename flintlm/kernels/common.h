@@ -1,0 +1,47 @@
+/* Shared by flintlm's CPU kernels: bfloat16 <-> float32, feature tests, size limits.
+ *
+ * The kernels are built at run time by kernels/native.py (cc -O3 -march=native -fopenmp) and
+ * called through ctypes with raw pointers; every tensor is contiguous unless a stride is
+ * passed. Each exists for float32 (suffix _f32) and bfloat16 (suffix _bf16); arithmetic is
+ * float32. OpenMP here shares PyTorch's libgomp (same soname, already loaded), hence its
+ * thread pool.
+ */
+#ifndef FLINTLM_KERNELS_COMMON_H
+#define FLINTLM_KERNELS_COMMON_H
+
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__) && defined(__F16C__)
+#include <immintrin.h>
+#define HAVE_AVX512 1
+#endif
+
+typedef uint16_t bf16;
+
+static inline float bf16_load(bf16 x) {
+    uint32_t bits = (uint32_t)x << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+/* Round to nearest even, as torch does; NaN stays NaN (quieted). */
+static inline bf16 bf16_store(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    uint32_t rounded = bits + 0x7FFFu + ((bits >> 16) & 1u);
+    uint32_t is_nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
+    return (bf16)((is_nan ? (bits | 0x00400000u) : rounded) >> 16);
+}
+
+static inline float f32_load(float x) { return x; }
+static inline float f32_store(float x) { return x; }
+
+#define MAX_GROUP 16      /* query heads per KV head */
+#define MAX_HEAD_DIM 256
+#define MAX_BLOCK 128     /* tokens per KV block */
+
+#endif

@@ -1,0 +1,205 @@
+#include "common.h"
+
+/* ---- Small-batch matmul on quantized weights -----------------------------------------------
+ * y[r, n] = sum_k W[n, k] x[r, k] for a few rows r (decode steps), reading GGUF-quantized
+ * weights instead of a dense copy: at small batch sizes a step's time is the bytes of weights
+ * it reads. models/quant.py repacks each GGML matrix once into this layout, per weight row n:
+ *   q [N, K] as bytes: Q4 types two 4-bit values a byte (block of 32: byte j holds element j in
+ *     its low and element j + 16 in its high nibble, as GGML stores it); Q8 types one byte a
+ *     weight, stored as q + 128 (unsigned)
+ *   d [N, K/32] float32 scale, m [N, K/32] float32 offset:  w = d * q + m
+ *     (Q4_1: m as stored; Q4_0: q - 8 folded into m = -8 d; Q8_0: m = -128 d)
+ * Two ways to multiply, both float32-accumulated:
+ *   exact: x as float32 (the dequantized weights times x, as the dense path computes)
+ *   int8:  x quantized to int8 per block of 32 (scale max|x| / 127), integer dot products on
+ *          AVX-512 VNNI, as llama.cpp does for its own Q4/Q8 kernels (bfloat16 mode only). */
+
+#define QBLOCK 32
+#define MAX_QROWS 8
+#define QROW_GROUP 4  /* weight rows per pass: independent FMA chains sharing the x loads */
+
+typedef struct {
+    const uint8_t *q;  /* [n, row_q_bytes] */
+    const float *d;    /* [n, nb] */
+    const float *m;    /* [n, nb] */
+    int64_t row_q_bytes, nb;
+    int is_q4;
+} qweights;
+
+/* Prepared activations: float copy, per-block sums (exact), and the int8 form. */
+typedef struct {
+    float *xf;     /* [rows, k] */
+    float *xsum;   /* [rows, nb] sum of the block's x */
+    int8_t *xq;    /* [rows, k] round(x / dx) */
+    float *dx;     /* [rows, nb] */
+    float *xqsum;  /* [rows, nb] dx * sum of the block's xq (offsets against quantized x) */
+} qactivations;
+
+static float offset_dot(const float *m, const float *sums, int64_t nb) {
+    float total = 0.0f;
+    for (int64_t b = 0; b < nb; b++) total += m[b] * sums[b];
+    return total;
+}
+
+/* Exact float path, `count` weight rows from `first` against activation row r. */
+static void qdot_exact(const qweights *w, int64_t first, int count, const qactivations *a,
+                       int64_t r, int64_t k, float *out) {
+    const int64_t nb = w->nb;
+    const float *x = a->xf + r * k;
+    for (int i = 0; i < count; i++) {
+        const int64_t row = first + i;
+        const uint8_t *q = w->q + row * w->row_q_bytes;
+        const float *d = w->d + row * nb;
+        float total = 0.0f;
+#ifdef HAVE_AVX512
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            __m512 lo, hi;
+            if (w->is_q4) {
+                const __m512i packed = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + b * 16)));
+                lo = _mm512_cvtepi32_ps(_mm512_and_si512(packed, _mm512_set1_epi32(0x0F)));
+                hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(packed, 4));
+            } else {
+                lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + b * 32))));
+                hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + b * 32 + 16))));
+            }
+            const __m512 t = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + b * QBLOCK + 16),
+                                             _mm512_mul_ps(lo, _mm512_loadu_ps(x + b * QBLOCK)));
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), t, acc);
+        }
+        total = _mm512_reduce_add_ps(acc);
+#else
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xb = x + b * QBLOCK;
+            float dot = 0.0f;
+            for (int j = 0; j < QBLOCK; j++) {
+                const int value = w->is_q4 ? (j < 16 ? q[b * 16 + j] & 0x0F : q[b * 16 + j - 16] >> 4)
+                                           : q[b * 32 + j];
+                dot += (float)value * xb[j];
+            }
+            total += d[b] * dot;
+        }
+#endif
+        out[i] = total + offset_dot(w->m + row * nb, a->xsum + r * nb, nb);
+    }
+}
+
+#if defined(HAVE_AVX512) && defined(__AVX512VNNI__)
+#define HAVE_VNNI 1
+/* int8 path: two blocks per 512-bit integer dot product, QROW_GROUP rows sharing x. */
+static void qdot_int8(const qweights *w, int64_t first, int count, const qactivations *a,
+                      int64_t r, int64_t k, float *out) {
+    const int64_t nb = w->nb;
+    const int8_t *xq = a->xq + r * k;
+    const float *dx = a->dx + r * nb;
+    const __m512i nibble_order = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+    const __m512i pair_lanes = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
+    __m512 acc[QROW_GROUP];
+    for (int i = 0; i < count; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b += 2) {
+        const int is_pair = b + 1 < nb;
+        const __mmask64 bytes = is_pair ? ~(__mmask64)0 : (__mmask64)0xFFFFFFFFu;
+        const __m512i xv = _mm512_maskz_loadu_epi8(bytes, xq + b * QBLOCK);
+        const __m128 dx_pair = _mm_castpd_ps(_mm_load_sd((const double *)(dx + b)));
+        for (int i = 0; i < count; i++) {
+            const int64_t row = first + i;
+            const uint8_t *q = w->q + row * w->row_q_bytes;
+            __m512i qv;
+            if (w->is_q4) {
+                /* [A bytes | B bytes] -> [A low | A high | B low | B high] nibbles */
+                const __m512i raw = _mm512_castsi256_si512(
+                    _mm256_maskz_loadu_epi8(is_pair ? 0xFFFFFFFFu : 0xFFFFu, q + b * 16));
+                const __m512i lo = _mm512_and_si512(raw, low_nibbles);
+                const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles);
+                qv = _mm512_permutex2var_epi64(lo, nibble_order, hi);
+            } else {
+                qv = _mm512_maskz_loadu_epi8(bytes, q + b * 32);
+            }
+            const __m512i isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qv, xv);
+            const __m128 d_pair = _mm_castpd_ps(_mm_load_sd((const double *)(w->d + row * nb + b)));
+            const __m512 scale = _mm512_permutexvar_ps(pair_lanes,
+                                                       _mm512_castps128_ps512(_mm_mul_ps(d_pair, dx_pair)));
+            acc[i] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[i]);
+        }
+    }
+    /* NOTE: the offsets multiply the sums of the quantized x too, so the result is the exact
+     * product of the dequantized weights with the quantized x: with the exact sums instead, the
+     * rounding of x would be scaled by q (0..15) rather than by the centred weight. */
+    const float *sums = a->xqsum + r * nb;
+    for (int i = 0; i < count; i++)
+        out[i] = _mm512_reduce_add_ps(acc[i]) + offset_dot(w->m + (first + i) * nb, sums, nb);
+}
+#endif
+
+/* Room for every field of `a`, with xf unset: the caller fills it, then calls block_stats. */
+static int alloc_activations(qactivations *a, int64_t rows, int64_t k) {
+    const int64_t nb = k / QBLOCK;
+    a->xf = malloc(sizeof(float) * (size_t)(rows * k + 3 * rows * nb) + (size_t)(rows * k));
+    if (a->xf == 0) return 0;
+    a->xsum = a->xf + rows * k;
+    a->dx = a->xsum + rows * nb;
+    a->xqsum = a->dx + rows * nb;
+    a->xq = (int8_t *)(a->xqsum + rows * nb);
+    return 1;
+}
+
+static void block_stats(qactivations *a, int64_t rows, int64_t k, int want_int8) {
+    const int64_t nb = k / QBLOCK;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xb = a->xf + r * k + b * QBLOCK;
+            float sum = 0.0f, amax = 0.0f;
+            for (int j = 0; j < QBLOCK; j++) {
+                sum += xb[j];
+                amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
+            }
+            a->xsum[r * nb + b] = sum;
+            if (!want_int8) continue;
+            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            int qsum = 0;
+            for (int j = 0; j < QBLOCK; j++) {
+                const int value = (int)lrintf(xb[j] * inv);
+                a->xq[r * k + b * QBLOCK + j] = (int8_t)value;
+                qsum += value;
+            }
+            a->dx[r * nb + b] = amax / 127.0f;
+            a->xqsum[r * nb + b] = amax / 127.0f * (float)qsum;
+        }
+}
+
+#ifdef HAVE_VNNI
+#define QDOT(use_int8, ...) ((use_int8) ? qdot_int8(__VA_ARGS__) : qdot_exact(__VA_ARGS__))
+int quant_int8_available(void) { return 1; }
+#else
+#define QDOT(use_int8, ...) qdot_exact(__VA_ARGS__)
+int quant_int8_available(void) { return 0; }
+#endif
+
+#define DEFINE_QMATMUL(SUFFIX, T, LOAD, STORE)                                                   \
+/* x [rows, k] (T); weights as documented above, n rows; writes y[r, col0 + j] (row stride     \
+ * y_stride) for j < n. rows <= MAX_QROWS, k a multiple of 32. use_int8 needs VNNI. */           \
+void quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,             \
+                           const float *d, const float *m, int is_q4, int64_t n, T *y,          \
+                           int64_t y_stride, int64_t col0, int use_int8) {                      \
+    qactivations a;                                                                             \
+    if (!alloc_activations(&a, rows, k)) return;                                                \
+    for (int64_t i = 0; i < rows * k; i++) a.xf[i] = LOAD(x[i]);                                \
+    block_stats(&a, rows, k, use_int8);                                                         \
+    const qweights w = {q, d, m, is_q4 ? k / 2 : k, k / QBLOCK, is_q4};                         \
+    _Pragma("omp parallel for schedule(static)")                                                \
+    for (int64_t first = 0; first < n; first += QROW_GROUP) {                                   \
+        const int count = n - first < QROW_GROUP ? (int)(n - first) : QROW_GROUP;               \
+        float dots[QROW_GROUP];                                                                 \
+        for (int64_t r = 0; r < rows; r++) {                                                    \
+            QDOT(use_int8, &w, first, count, &a, r, k, dots);                                   \
+            for (int i = 0; i < count; i++) y[r * y_stride + col0 + first + i] = STORE(dots[i]);\
+        }                                                                                       \
+    }                                                                                           \
+    free(a.xf);                                                                                 \
+}
+
+
+DEFINE_QMATMUL(f32, float, f32_load, f32_store)
+DEFINE_QMATMUL(bf16, bf16, bf16_load, bf16_store)
+
