@@ -129,6 +129,34 @@ static void attend_f32(const float *query, const float *k_cache, const float *v_
 #ifdef HAVE_BF16_DOT
 __m512 _ZGVeN16v_expf(__m512 x); /* glibc's libmvec: expf on 16 lanes */
 
+/* One query's block of scores [0, count) -> online-softmax update of its running max and sum,
+ * the factor its accumulator must be rescaled by, and the probabilities as bf16 (zero from
+ * `count` to the next multiple of 16), 16 tokens a vector. */
+static inline void softmax_row_to_bf16(const float *scores, int count, float *running_max,
+                                       float *running_sum, float *correction, bf16 *probs) {
+    float block_max = *running_max;
+    for (int chunk = 0; chunk < count; chunk += 16) {
+        const __mmask16 live = count - chunk >= 16 ? 0xFFFF
+                                                   : (__mmask16)((1u << (count - chunk)) - 1u);
+        const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-FLT_MAX), live, scores + chunk);
+        const float chunk_max = _mm512_reduce_max_ps(v);
+        block_max = chunk_max > block_max ? chunk_max : block_max;
+    }
+    *correction = expf(*running_max - block_max);
+    *running_max = block_max;
+    float sum = 0.0f;
+    for (int chunk = 0; chunk < count; chunk += 16) {
+        const __mmask16 live = count - chunk >= 16 ? 0xFFFF
+                                                   : (__mmask16)((1u << (count - chunk)) - 1u);
+        const __m512 v = _mm512_loadu_ps(scores + chunk);
+        const __m512 p = _mm512_maskz_mov_ps(
+            live, _ZGVeN16v_expf(_mm512_sub_ps(v, _mm512_set1_ps(block_max))));
+        sum += _mm512_reduce_add_ps(p);
+        _mm256_storeu_si256((__m256i *)(probs + chunk), (__m256i)_mm512_cvtneps_pbh(p));
+    }
+    *running_sum = *running_sum * *correction + sum;
+}
+
 /* Specialised per group size G so every accumulator has a constant index and stays in a
  * register: the dot products are latency-bound chains otherwise (measured 3x slower). The
  * scores of a 16-token chunk use CHAINS independent sums per query; p.v covers 64 dims
@@ -171,32 +199,9 @@ static void attend_bf16_g##G(const uint32_t q_pairs[][MAX_HEAD_DIM / 2], const b
                 _mm512_storeu_ps(scores[g] + chunk, _mm512_mul_ps(total, _mm512_set1_ps(scale))); \
             }                                                                                     \
         }                                                                                         \
-        /* online softmax, 16 tokens a vector; probabilities rounded to bf16 pairs directly */ \
-        for (int g = 0; g < G; g++) {                                                             \
-            float block_max = running_max[g];                                                     \
-            for (int chunk = 0; chunk < count; chunk += 16) {                                     \
-                const __mmask16 live = count - chunk >= 16 ? 0xFFFF                               \
-                                                           : (__mmask16)((1u << (count - chunk)) - 1u); \
-                const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-FLT_MAX), live,             \
-                                                      scores[g] + chunk);                         \
-                const float chunk_max = _mm512_reduce_max_ps(v);                                  \
-                block_max = chunk_max > block_max ? chunk_max : block_max;                        \
-            }                                                                                     \
-            correction[g] = expf(running_max[g] - block_max);                                     \
-            running_max[g] = block_max;                                                           \
-            float sum = 0.0f;                                                                     \
-            for (int chunk = 0; chunk < count; chunk += 16) {                                     \
-                const __mmask16 live = count - chunk >= 16 ? 0xFFFF                               \
-                                                           : (__mmask16)((1u << (count - chunk)) - 1u); \
-                const __m512 v = _mm512_loadu_ps(scores[g] + chunk);                              \
-                const __m512 p = _mm512_maskz_mov_ps(                                             \
-                    live, _ZGVeN16v_expf(_mm512_sub_ps(v, _mm512_set1_ps(block_max))));           \
-                sum += _mm512_reduce_add_ps(p);                                                   \
-                _mm256_storeu_si256((__m256i *)(p_pairs[g] + chunk / 2),                          \
-                                    (__m256i)_mm512_cvtneps_pbh(p));                              \
-            }                                                                                     \
-            running_sum[g] = running_sum[g] * correction[g] + sum;                                \
-        }                                                                                         \
+        for (int g = 0; g < G; g++)                                                               \
+            softmax_row_to_bf16(scores[g], count, &running_max[g], &running_sum[g],               \
+                                &correction[g], (bf16 *)p_pairs[g]);                              \
         const int num_pairs = (count + 1) / 2;                                                    \
         for (int dc = 0; dc < head_dim; dc += 64) {                                               \
             if (head_dim - dc >= 64)                                                              \
@@ -240,6 +245,7 @@ DEFINE_ATTEND_BF16(6, 2)
 DEFINE_ATTEND_BF16(7, 1)
 DEFINE_ATTEND_BF16(8, 1)
 #endif
+
 
 /* Generic bfloat16 path: any group size, and CPUs without AVX512-BF16. */
 static void attend_bf16_scalar(const bf16 *query, const bf16 *k_cache, const bf16 *v_cache,
