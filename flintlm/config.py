@@ -32,7 +32,8 @@ class ModelConfig:
     served_model_name: str | None = None
     """Name clients use in the `model` field; defaults to "default" or the file/folder name."""
     dtype: str = "auto"
-    """Compute dtype: auto, float32, bfloat16 or float16 (auto: bfloat16 on CUDA, float32 on CPU)."""
+    """Compute dtype: auto, float32, bfloat16 or float16 (auto: bfloat16 on CUDA and on CPUs with
+    bf16 units (AVX512-BF16/AMX), else float32)."""
     device: str = "auto"
     """Device: auto, cpu or cuda (auto picks cuda when available)."""
     max_model_len: int | None = None

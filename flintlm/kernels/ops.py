@@ -97,10 +97,10 @@ class CpuKernels:
         """Zeroed K [blocks, kv heads, head_dim / P, block_size, P] and V [blocks, kv heads,
         block_size / P, head_dim, P]."""
         pair = self.pair
-        keys = torch.zeros(num_blocks, num_kv_heads, head_dim // pair, block_size, pair,
-                           dtype=self.dtype)
-        values = torch.zeros(num_blocks, num_kv_heads, block_size // pair, head_dim, pair,
-                             dtype=self.dtype)
+        keys = lazy_zeros((num_blocks, num_kv_heads, head_dim // pair, block_size, pair),
+                          self.dtype)
+        values = lazy_zeros((num_blocks, num_kv_heads, block_size // pair, head_dim, pair),
+                            self.dtype)
         return keys, values
 
     def from_token_major(self, k_cache: torch.Tensor, v_cache: torch.Tensor
@@ -201,6 +201,19 @@ class CpuKernels:
         self._quant_matmul(x.data_ptr(), rows, k, weight.q.data_ptr(), weight.d.data_ptr(),
                            weight.m.data_ptr(), int(weight.is_4bit), weight.out_features,
                            out.data_ptr(), out.stride(0), col0, int(use_int8))
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed CPU tensor whose pages the OS maps on first write (calloc, through numpy).
+
+    NOTE: torch.zeros writes every page at once: a 512 MiB KV cache cost ~0.4 s of start-up
+    and was resident from the first second; this way memory follows the cache's use.
+    """
+    import numpy as np
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    raw = np.zeros(int(np.prod(shape)) * itemsize, dtype=np.uint8)
+    return torch.from_numpy(raw).view(dtype).view(shape)
 
 
 def _require_contiguous(*tensors: torch.Tensor) -> None:

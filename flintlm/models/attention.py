@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch.nn import functional as F
 
+from flintlm.kernels.ops import lazy_zeros
+
 if TYPE_CHECKING:
     from flintlm.kernels.ops import CpuKernels
     from flintlm.models.layers import RotaryEmbedding
@@ -131,8 +133,13 @@ class TorchAttention:
         # NOTE: zeros, not empty: masked attention multiplies never-written slots by a zero
         # probability, and 0 * NaN from uninitialised memory would poison the whole row.
         shape = (num_blocks, block_size, num_kv_heads, head_dim)
-        return [(torch.zeros(shape, dtype=dtype, device=device),
-                 torch.zeros(shape, dtype=dtype, device=device)) for _ in range(num_layers)]
+
+        def zeros() -> torch.Tensor:
+            if device.type == "cpu":
+                return lazy_zeros(shape, dtype)
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        return [(zeros(), zeros()) for _ in range(num_layers)]
 
     def metadata(self, layout: BatchLayout, device: torch.device) -> TorchAttentionMetadata:
         block_size = layout.block_size

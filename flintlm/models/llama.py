@@ -84,7 +84,10 @@ class LlamaForCausalLM(nn.Module):
                                  arch.rope_theta, arch.rope_scaling)
         self.rotary = rotary
         self.attention = attention_backend(kernels)
-        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
+        # NOTE: an explicit (uninitialised) weight skips Embedding's normal_() init: on the meta
+        # device that first call imports torch's Python decompositions, 3.3 s of start-up.
+        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size,
+                                         _weight=torch.empty(arch.vocab_size, arch.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(arch, rotary, self.attention, kernels)
                                     for _ in range(arch.num_layers))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, kernels)
