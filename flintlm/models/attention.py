@@ -57,10 +57,16 @@ class BatchLayout:
 
 @dataclass(slots=True)
 class FreshSpan:
-    """Rows [start, end) of a chunk that starts its sequence: it attends only to itself."""
+    """`num_seqs` consecutive chunks of `length` rows each, from row `start`, that start their
+    sequences: each attends only to itself (causally)."""
 
     start: int
-    end: int
+    length: int
+    num_seqs: int = 1
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length * self.num_seqs
 
 
 @dataclass(slots=True)
@@ -101,26 +107,38 @@ def attention_backend(kernels: CpuKernels | None) -> AttentionBackend:
 
 
 def _fresh_spans(layout: BatchLayout) -> list[FreshSpan]:
-    spans, row = [], 0
+    """The chunks that start their sequences, consecutive ones of one length merged (one SDPA
+    call for the batch of equal prompts a benchmark or a burst of requests brings)."""
+    spans: list[FreshSpan] = []
+    row = 0
     for seq in layout.sequences:
         if seq.start_position == 0 and seq.num_rows > 0:
-            spans.append(FreshSpan(row, row + seq.num_rows))
+            last = spans[-1] if spans else None
+            if last is not None and last.end == row and last.length == seq.num_rows:
+                last.num_seqs += 1
+            else:
+                spans.append(FreshSpan(row, seq.num_rows))
         row += seq.num_rows
     return spans
 
 
 def _fresh_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: FreshSpan,
                      scale: float) -> torch.Tensor:
-    """Causal SDPA over one chunk that starts its sequence; q [L, H, D], k/v [L, KVH, D]."""
+    """Causal SDPA over the span's chunks; q [T, H, D], k/v [T, KVH, D] -> [rows, H, D]."""
     group = q.shape[1] // k.shape[1]
     rows = slice(span.start, span.end)
+    shape = (span.num_seqs, span.length)
+
+    def heads_first(x: torch.Tensor) -> torch.Tensor:  # [rows, heads, D] -> [B, heads, L, D]
+        return x[rows].reshape(*shape, *x.shape[1:]).transpose(1, 2)
+
     # NOTE: 4-D inputs with K/V repeated per query head take SDPA's flash kernel on CPU;
     # 3-D or enable_gqa fall back to the math path (4x slower at 128 tokens, measured).
-    keys = k[rows].transpose(0, 1).repeat_interleave(group, dim=0).unsqueeze(0)
-    values = v[rows].transpose(0, 1).repeat_interleave(group, dim=0).unsqueeze(0)
-    out = F.scaled_dot_product_attention(q[rows].transpose(0, 1).unsqueeze(0), keys, values,
-                                         is_causal=True, scale=scale)
-    return out[0].transpose(0, 1)  # [L, H, D]
+    keys = heads_first(k).repeat_interleave(group, dim=1)
+    values = heads_first(v).repeat_interleave(group, dim=1)
+    out = F.scaled_dot_product_attention(heads_first(q), keys, values, is_causal=True,
+                                         scale=scale)
+    return out.transpose(1, 2).reshape(span.end - span.start, *q.shape[1:])
 
 
 class TorchAttention:
