@@ -24,8 +24,8 @@ class QuantMatrix:
     32 along K (see quant_matmul.c). Built by models/quant.py from the GGUF's blocks."""
 
     q: torch.Tensor  # [N, K / 2] uint8 (4-bit: two values a byte) or [N, K] uint8 (q + 128)
-    d: torch.Tensor  # [N, K / 32] float32
-    m: torch.Tensor  # [N, K / 32] float32
+    d: torch.Tensor  # [N, K / 32] float16
+    m: torch.Tensor  # [N, K / 32] float16
     is_4bit: bool
 
     @property
@@ -187,15 +187,16 @@ class CpuKernels:
         """out[:, col0:col0 + N] = x @ W.T, reading W quantized.
 
         Args:
-            x: [rows, K] activations, rows <= MAX_QUANT_ROWS, K a multiple of 32.
+            x: [rows, K] activations, rows <= MAX_QUANT_ROWS, K a multiple of 32 (<= 32768).
             out: [rows, >= col0 + N], written in place.
             use_int8: quantize x to int8 per block of 32 (VNNI dot products, as llama.cpp);
                 else multiply x in float32, exactly as the dense path.
         """
         _require_contiguous(x, out, weight.q, weight.d, weight.m)
         rows, k = x.shape
-        if rows > self.MAX_QUANT_ROWS or k % 32:
-            raise ValueError(f"quant_matmul takes <= {self.MAX_QUANT_ROWS} rows and K % 32 == 0")
+        if rows > self.MAX_QUANT_ROWS or k % 32 or k > 32768:
+            raise ValueError(f"quant_matmul takes <= {self.MAX_QUANT_ROWS} rows and K % 32 == 0, "
+                             "K <= 32768")
         if use_int8 and not self.has_int8_dot:
             raise ValueError("use_int8 needs AVX-512 VNNI")
         self._quant_matmul(x.data_ptr(), rows, k, weight.q.data_ptr(), weight.d.data_ptr(),

@@ -7,7 +7,7 @@
  *   q [N, K] as bytes: Q4 types two 4-bit values a byte (block of 32: byte j holds element j in
  *     its low and element j + 16 in its high nibble, as GGML stores it); Q8 types one byte a
  *     weight, stored as q + 128 (unsigned)
- *   d [N, K/32] float32 scale, m [N, K/32] float32 offset:  w = d * q + m
+ *   d [N, K/32] float16 scale, m [N, K/32] float16 offset:  w = d * q + m
  *     (Q4_1: m as stored; Q4_0: q - 8 folded into m = -8 d; Q8_0: m = -128 d)
  * Two ways to multiply, both float32-accumulated:
  *   exact: x as float32 (the dequantized weights times x, as the dense path computes)
@@ -17,11 +17,12 @@
 #define QBLOCK 32
 #define MAX_QROWS 8
 #define QROW_GROUP 4  /* weight rows per pass: independent FMA chains sharing the x loads */
+#define MAX_QBLOCKS 1024  /* blocks of 32 per row: K <= 32768 */
 
 typedef struct {
     const uint8_t *q;  /* [n, row_q_bytes] */
-    const float *d;    /* [n, nb] */
-    const float *m;    /* [n, nb] */
+    const uint16_t *d; /* [n, nb] float16 */
+    const uint16_t *m; /* [n, nb] float16 */
     int64_t row_q_bytes, nb;
     int is_q4;
 } qweights;
@@ -35,9 +36,42 @@ typedef struct {
     float *xqsum;  /* [rows, nb] dx * sum of the block's xq (offsets against quantized x) */
 } qactivations;
 
-static float offset_dot(const float *m, const float *sums, int64_t nb) {
+static inline float f16_to_f32(uint16_t h) {
+#ifdef HAVE_AVX512
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exponent = (h >> 10) & 0x1Fu, mantissa = h & 0x3FFu;
+    uint32_t bits;
+    if (exponent == 0x1Fu) {
+        bits = sign | 0x7F800000u | (mantissa << 13);
+    } else if (exponent != 0) {
+        bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+    } else { /* zero or subnormal: mantissa * 2^-24 */
+        const float value = (float)mantissa * 5.9604645e-8f;
+        return sign ? -value : value;
+    }
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+#endif
+}
+
+/* dst[0..n) = src as float32 (one weight row's scales). */
+static inline void f16_row(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i = 0;
+#ifdef HAVE_AVX512
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+#endif
+    for (; i < n; i++) dst[i] = f16_to_f32(src[i]);
+}
+
+static float offset_dot(const uint16_t *m, const float *sums, int64_t nb) {
+    float offsets[MAX_QBLOCKS];
+    f16_row(m, offsets, nb);
     float total = 0.0f;
-    for (int64_t b = 0; b < nb; b++) total += m[b] * sums[b];
+    for (int64_t b = 0; b < nb; b++) total += offsets[b] * sums[b];
     return total;
 }
 
@@ -49,7 +83,8 @@ static void qdot_exact(const qweights *w, int64_t first, int count, const qactiv
     for (int i = 0; i < count; i++) {
         const int64_t row = first + i;
         const uint8_t *q = w->q + row * w->row_q_bytes;
-        const float *d = w->d + row * nb;
+        float d[MAX_QBLOCKS];
+        f16_row(w->d + row * nb, d, nb);
         float total = 0.0f;
 #ifdef HAVE_AVX512
         __m512 acc = _mm512_setzero_ps();
@@ -117,7 +152,7 @@ static void qdot_int8(const qweights *w, int64_t first, int count, const qactiva
                 qv = _mm512_maskz_loadu_epi8(bytes, q + b * 32);
             }
             const __m512i isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qv, xv);
-            const __m128 d_pair = _mm_castpd_ps(_mm_load_sd((const double *)(w->d + row * nb + b)));
+            const __m128 d_pair = _mm_cvtph_ps(_mm_cvtsi32_si128(*(const int *)(w->d + row * nb + b)));
             const __m512 scale = _mm512_permutexvar_ps(pair_lanes,
                                                        _mm512_castps128_ps512(_mm_mul_ps(d_pair, dx_pair)));
             acc[i] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[i]);
@@ -180,7 +215,7 @@ int quant_int8_available(void) { return 0; }
 /* x [rows, k] (T); weights as documented above, n rows; writes y[r, col0 + j] (row stride     \
  * y_stride) for j < n. rows <= MAX_QROWS, k a multiple of 32. use_int8 needs VNNI. */           \
 void quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,             \
-                           const float *d, const float *m, int is_q4, int64_t n, T *y,          \
+                           const uint16_t *d, const uint16_t *m, int is_q4, int64_t n, T *y,    \
                            int64_t y_stride, int64_t col0, int use_int8) {                      \
     qactivations a;                                                                             \
     if (!alloc_activations(&a, rows, k)) return;                                                \

@@ -30,14 +30,15 @@ _VALUES_AT = {"Q4_0": 2, "Q4_1": 4, "Q8_0": 2}
 KEPT_TYPES = frozenset(_BLOCK_BYTES)
 
 
-def repack(weight: QuantizedWeight) -> QuantMatrix:
-    """GGML blocks -> `QuantMatrix`: the same weights, scales split out as float32."""
+def repack(weight: QuantizedWeight) -> QuantMatrix | None:
+    """GGML blocks -> `QuantMatrix`: the same weights, float16 scales split out; None in the
+    (unseen) case where an offset does not fit float16."""
     kind = weight.type_name
     rows = weight.blocks.shape[0]
     blocks = weight.blocks.view(rows, -1, _BLOCK_BYTES[kind])  # [N, K / 32, bytes]
 
     def f16_field(start: int) -> torch.Tensor:
-        return blocks[..., start:start + 2].contiguous().view(torch.float16).float().squeeze(-1)
+        return blocks[..., start:start + 2].contiguous().view(torch.float16).squeeze(-1)
 
     d = f16_field(0)
     values = blocks[..., _VALUES_AT[kind]:].reshape(rows, -1)
@@ -48,6 +49,8 @@ def repack(weight: QuantizedWeight) -> QuantMatrix:
     else:  # Q8_0: int8 q stored as q + 128 so the kernel reads unsigned bytes
         values = values.view(torch.int8).to(torch.int16).add_(128).to(torch.uint8)
         m = -128.0 * d
+    if not torch.isfinite(m).all():  # -8 d or -128 d beyond float16's range
+        return None
     return QuantMatrix(values.contiguous(), d.contiguous(), m.contiguous(),
                        is_4bit=kind != "Q8_0")
 
@@ -111,10 +114,13 @@ def keep_quantized(model: nn.Module, quantized: dict[str, QuantizedWeight],
         parts = [quantized.get(name + ".weight") for name in sources]
         if any(p is None or p.type_name not in KEPT_TYPES for p in parts):
             continue
+        matrices = [repack(p) for p in parts]
+        if any(m is None for m in matrices):
+            continue
         dense = model.get_submodule(module_name)
         bias = getattr(dense, "bias", None)
         parent_name, _, child_name = module_name.rpartition(".")
-        wrapped = SmallBatchQuantLinear(dense, [repack(p) for p in parts],
+        wrapped = SmallBatchQuantLinear(dense, matrices,  # type: ignore[arg-type]
                                         None if bias is None else bias.detach(), kernels,
                                         max_rows)
         setattr(model.get_submodule(parent_name), child_name, wrapped)
@@ -126,6 +132,7 @@ def quantized_logits(dense: nn.Module, quantized: dict[str, QuantizedWeight], ti
                      kernels: CpuKernels, max_rows: int) -> nn.Module:
     """The output projection with small batches read from its GGML blocks, when stored so."""
     weight = quantized.get("model.embed_tokens.weight" if tied else "lm_head.weight")
-    if weight is None or weight.type_name not in KEPT_TYPES:
+    matrix = repack(weight) if weight is not None and weight.type_name in KEPT_TYPES else None
+    if matrix is None:
         return dense
-    return SmallBatchQuantLogits(dense, repack(weight), kernels, max_rows)
+    return SmallBatchQuantLogits(dense, matrix, kernels, max_rows)

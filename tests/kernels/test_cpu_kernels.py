@@ -176,8 +176,9 @@ def test_quant_matmul_multiplies_the_stored_weights(kernels, type_name, rows):
 def test_quant_matmul_refuses_too_many_rows(kernels):
     from flintlm.kernels.ops import QuantMatrix
 
-    weight = QuantMatrix(torch.zeros(4, 16, dtype=torch.uint8), torch.ones(4, 1),
-                         torch.zeros(4, 1), is_4bit=True)
+    weight = QuantMatrix(torch.zeros(4, 16, dtype=torch.uint8),
+                         torch.ones(4, 1, dtype=torch.float16),
+                         torch.zeros(4, 1, dtype=torch.float16), is_4bit=True)
     with pytest.raises(ValueError, match="rows"):
         kernels.quant_matmul(torch.zeros(9, 32, dtype=kernels.dtype), weight,
                              torch.zeros(9, 4, dtype=kernels.dtype), 0, use_int8=False)
