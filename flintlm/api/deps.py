@@ -135,8 +135,7 @@ class Admission:
         ticket = Ticket(self, request_id, key, key.cache_salt(cache_salt), end_user)
         self._open[request_id] = ticket
         if not key.is_model_allowed(self.model_name):
-            await self.settle(ticket, NO_USAGE, status=UsageStatus.REJECTED,
-                              error_code=PermissionDenied.default_code)
+            await self._reject(ticket, PermissionDenied.default_code)
             raise PermissionDenied(f"The key {key.id} may not use the model {self.model_name!r}.",
                                    param="model")
         num_prompt = sum(len(prompt) for prompt in prompts)
@@ -149,15 +148,18 @@ class Admission:
             decision = await self.run(self._admit, ticket, num_prompt, num_completion)
         except LimitStoreError as exc:
             logger.error("admission of %s failed: %s", request_id, exc)
-            await self.settle(ticket, NO_USAGE, status=UsageStatus.REJECTED,
-                              error_code="limits_unavailable")
+            await self._reject(ticket, "limits_unavailable")
             raise ServiceUnavailable("the rate-limit store is unreachable; retry shortly",
                                      code="limits_unavailable") from exc
         if not decision.allowed:
-            await self.settle(ticket, NO_USAGE, status=UsageStatus.REJECTED,
-                              error_code=decision.code)
+            await self._reject(ticket, decision.code)
             raise _refusal(decision)
         return ticket
+
+    async def _reject(self, ticket: Ticket, error_code: str | None) -> None:
+        timings = Timings(total_time_s=time.monotonic() - ticket.created_s)
+        await self.settle(ticket, NO_USAGE, status=UsageStatus.REJECTED, error_code=error_code,
+                          timings=timings)
 
     def _admit(self, ticket: Ticket, num_prompt: int, num_completion: int) -> AdmissionDecision:
         decision = self.platform.admit(ticket.key, self.model_name, prompt_tokens=num_prompt,
