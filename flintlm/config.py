@@ -126,7 +126,8 @@ class PlatformConfig:
     def __post_init__(self) -> None:
         for name in ("ledger_flush_interval_s", "rate_window_s"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive number of seconds")
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive number "
+                                 "of seconds")
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,7 @@ def _log_key_mode(config: FlintConfig, platform: Platform) -> None:
     redis_url = config.platform.redis_url
     limits = f"Redis at {urlsplit(redis_url).hostname}" if redis_url else "in-process"
     logger.info("platform store: %s; rate limits: %s", store, limits)
-    if config.server.api_key is None and not platform.has_admin_key and not platform.keys.has_keys():
+    is_configured = config.server.api_key is not None or platform.has_admin_key
+    if not is_configured and not platform.keys.has_keys():
         logger.warning("no API key is configured (--api-key, --admin-key or `flintlm keys "
                        "create`): every request is served as 'anonymous' (dev mode)")

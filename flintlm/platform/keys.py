@@ -137,7 +137,8 @@ class KeyStore:
         expires_at: datetime | None = None,
     ) -> NewKey:
         """Issue a key. `tenant_id` defaults to the key's id; `expires_at` is naive UTC."""
-        if tenant_id is not None and (not tenant_id or tenant_id.startswith(_BUILTIN_TENANT_PREFIX)):
+        is_reserved = tenant_id is not None and tenant_id.startswith(_BUILTIN_TENANT_PREFIX)
+        if tenant_id == "" or is_reserved:
             raise ValueError(f"tenant_id={tenant_id!r} must be non-empty and not start with "
                              f"{_BUILTIN_TENANT_PREFIX!r} (reserved for the server's own keys)")
         limits = limits or KeyLimits()

@@ -53,6 +53,8 @@ class Timings:
     total_time_s: float | None = None
 
 
+_ISO = "%Y-%m-%dT%H:%M:%SZ"
+
 NO_USAGE = TokenCounts()
 """The usage of a request refused before it ran (status `rejected`)."""
 
@@ -118,9 +120,9 @@ class Platform:
         if record is None:
             return "Incorrect API key provided."
         if record.revoked_at is not None:
-            return f"The API key {record.prefix}... was revoked at {record.revoked_at:%Y-%m-%dT%H:%M:%SZ}."
+            return f"The API key {record.prefix}... was revoked at {record.revoked_at:{_ISO}}."
         if record.expires_at is not None and record.expires_at <= self.keys.now():
-            return f"The API key {record.prefix}... expired at {record.expires_at:%Y-%m-%dT%H:%M:%SZ}."
+            return f"The API key {record.prefix}... expired at {record.expires_at:{_ISO}}."
         return "Incorrect API key provided."  # became valid between the two lookups: retry
 
     @property
