@@ -95,7 +95,8 @@ class ServerConfig:
     port: int = 8000
     """TCP port to listen on."""
     api_key: str | None = None
-    """If set, every /v1 request must send `Authorization: Bearer <api_key>`."""
+    """One shared key (key id "static", no limits), accepted besides the store's keys; setting it
+    turns the no-key dev mode off."""
     drain_timeout_s: float = 30.0
     """On SIGTERM, how long in-flight requests may run before the server exits."""
     log_level: str = "info"

@@ -199,7 +199,7 @@ class Admission:
                              ticket.request_id, ticket.key.id, usage.prompt_tokens,
                              usage.completion_tokens)
             return
-        logger.debug("settled %s key=%s user=%s status=%s prompt=%d cached=%d completion=%d",
+        logger.info("settled %s key=%s user=%s status=%s prompt=%d cached=%d completion=%d",
                      ticket.request_id, ticket.key.id, ticket.end_user, status.value,
                      usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens)
 
