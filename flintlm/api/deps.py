@@ -139,9 +139,11 @@ class Admission:
             raise PermissionDenied(f"The key {key.id} may not use the model {self.model_name!r}.",
                                    param="model")
         num_prompt = sum(len(prompt) for prompt in prompts)
-        num_completion = params.n * sum(
-            max(0, self.max_model_len - len(prompt)) if params.max_tokens is None
-            else params.max_tokens for prompt in prompts)
+        # NOTE: parameters are validated after admission (a bad one is a 400 and a rejected
+        # row); here a negative max_tokens only must not make a negative reservation.
+        num_completion = max(1, params.n) * sum(
+            max(0, self.max_model_len - len(prompt) if params.max_tokens is None
+                else params.max_tokens) for prompt in prompts)
         # NOTE: the reservation lands on the ticket inside the worker thread, so a request
         # cancelled while it waits still has it released (by close()) instead of leaking it.
         try:

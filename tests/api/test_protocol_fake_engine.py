@@ -316,3 +316,15 @@ def test_draining_refuses_new_requests_with_retry_after(fake_server: FakeServer)
         serving.is_draining, serving.drain_deadline_s = False, None
     assert _error(response, 503)["code"] == "server_draining"
     assert response.headers["Retry-After"] and health.status_code == 503
+
+
+def test_invalid_params_after_admission_are_a_400_and_a_rejected_settle(
+    fake_server: FakeServer
+) -> None:
+    admission = fake_server.admission
+    before = len(admission.settled)
+    with fake_server.client() as client:
+        for body in ({"prompt": "x", "max_tokens": -1}, {"prompt": "x", "n": 0, "stream": True}):
+            assert _error(client.post("/v1/completions", json=body), 400)["param"]
+    assert [(u.total_tokens, status.value) for _, u, status in admission.settled[before:]] == [
+        (0, "rejected"), (0, "rejected")]

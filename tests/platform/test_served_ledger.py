@@ -58,6 +58,12 @@ async def _chat(client: openai.AsyncOpenAI, i: int) -> Outcome:
     return _finished(reply.id, reply.usage)
 
 
+async def _completion(client: openai.AsyncOpenAI, i: int) -> Outcome:
+    reply = await client.completions.create(model="default", prompt=f"Word {i}:",
+                                            max_tokens=MAX_TOKENS, temperature=0)
+    return _finished(reply.id, reply.usage)
+
+
 async def _chat_streamed(client: openai.AsyncOpenAI, i: int) -> Outcome:
     stream = await client.chat.completions.create(
         model="default", messages=[{"role": "user", "content": f"Stream {i}: say a word."}],
@@ -161,7 +167,7 @@ async def test_the_ledger_is_exact_over_500_concurrent_requests(served: Platform
     fanned_out = served.create_key("fanned-out")
     n = NUM_PER_KEY
     plan = {
-        plain: [_chat] * (n - 5) + [_context_too_long] * 5,
+        plain: [_completion] * (n - 5) + [_context_too_long] * 5,
         streamed: [_chat_streamed] * n,
         leaving: [_completion_left_mid_stream] * n,
         limited: [_chat, _chat_streamed] * (n // 2),
