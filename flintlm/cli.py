@@ -1,8 +1,9 @@
-"""The `flintlm` command: serve | chat | generate | bench (keys and usage join with the platform).
+"""The `flintlm` command: serve | chat | generate | keys | usage | bench.
 
 Each command parses its flags into a `FlintConfig` and calls one function. A flag left out falls
 back to FLINTLM_<FLAG> (read through `flintlm.env`), then to the config default; `--help` text is
-the config field's docstring.
+the config field's docstring. `keys` and `usage` work on the platform store directly (the one
+`serve` uses with the same --data-dir / --database-url), so they need no running server.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import asyncio
 import dataclasses
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,11 +24,15 @@ from flintlm.config import (
     CacheConfig,
     FlintConfig,
     ModelConfig,
+    PlatformConfig,
     SchedulerConfig,
     ServerConfig,
     field_docs,
     parse_size,
 )
+
+if TYPE_CHECKING:
+    from flintlm.platform.db import Database
 
 app = typer.Typer(
     name="flintlm", help="An OpenAI-compatible LLM server with its own PyTorch engine.",
@@ -38,12 +45,16 @@ except ImportError:
     bench_app = None
 if bench_app is not None:
     app.add_typer(bench_app, name="bench")
-# `keys` and `usage` (platform) mount here the same way.
+keys_app = typer.Typer(help="Issue, list and revoke API keys in the platform store.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 _SECTIONS = {"model": ModelConfig, "cache": CacheConfig, "scheduler": SchedulerConfig,
-             "server": ServerConfig}
+             "server": ServerConfig, "platform": PlatformConfig}
+# NOTE: the guardrail settings are not wired into the server yet, so they are no flags either.
+_NOT_FLAGS = {"blocked_phrases", "max_prompt_chars"}
 _FIELD_SECTION = {f.name: (section, f) for section, cls in _SECTIONS.items()
-                  for f in dataclasses.fields(cls)}
+                  for f in dataclasses.fields(cls) if f.name not in _NOT_FLAGS}
 _SIZE_FIELDS = {"kv_cache_memory", "max_kv_cache_memory"}
 
 
@@ -111,6 +122,13 @@ def serve(
     api_key: Annotated[str | None, _opt("api_key")] = None,
     drain_timeout_s: Annotated[float | None, _opt("drain_timeout_s")] = None,
     log_level: Annotated[str | None, _opt("log_level")] = None,
+    data_dir: Annotated[str | None, _opt("data_dir")] = None,
+    database_url: Annotated[str | None, _opt("database_url")] = None,
+    redis_url: Annotated[str | None, _opt("redis_url")] = None,
+    admin_key: Annotated[str | None, _opt("admin_key")] = None,
+    prices_file: Annotated[str | None, _opt("prices_file")] = None,
+    ledger_flush_interval_s: Annotated[float | None, _opt("ledger_flush_interval_s")] = None,
+    rate_window_s: Annotated[float | None, _opt("rate_window_s")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, ...)."""
     config = build_config(locals())
@@ -276,6 +294,159 @@ class _RemoteBackend:
 
     async def aclose(self) -> None:
         await self.client.close()
+
+
+# -- keys and usage: the platform store, no server needed ---------------------------------------
+
+DataDirOpt = Annotated[str | None, _opt("data_dir")]
+DatabaseUrlOpt = Annotated[str | None, _opt("database_url")]
+
+
+@contextmanager
+def _store(data_dir: str | None, database_url: str | None) -> Iterator[Database]:
+    """The migrated store that `serve` with the same flags (or FLINTLM_* variables) uses."""
+    from flintlm.platform.db import Database
+
+    config = build_config({"data_dir": data_dir, "database_url": database_url}).platform
+    db = Database.from_config(config)
+    try:
+        db.migrate()
+        yield db
+    finally:
+        db.close()
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [list(header)] + [["-" if cell is None else str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _when(text: str | None, flag: str) -> Any:
+    from flintlm.platform.tables import parse_db_time
+
+    try:
+        return None if text is None else parse_db_time(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=flag) from None
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A name for people to tell keys apart.")],
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(
+        help="Tokens per minute (prompt + max_tokens reserved, settled to real use).")] = None,
+    token_quota: Annotated[int | None, typer.Option(
+        help="Tokens (prompt + completion) per quota period.")] = None,
+    quota_period: Annotated[str, typer.Option(
+        help="Period of the token quota and budget: day or month (UTC).")] = "month",
+    budget_usd: Annotated[str | None, typer.Option(help="USD per quota period.")] = None,
+    models: Annotated[str | None, typer.Option(
+        help="Comma-separated models (or globs) the key may use; all when unset.")] = None,
+    expires: Annotated[str | None, typer.Option(
+        help="When the key stops working: ISO date or date-time, UTC unless an offset is given.")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(
+        help="Tenant id: keys of one tenant share the prefix cache; default: the key's own.")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Issue a key and print its secret (to stdout, this once: only its hash is stored)."""
+    from flintlm.platform.keys import KeyLimits, KeyStore
+
+    try:
+        budget = None if budget_usd is None else Decimal(budget_usd)
+        limits = KeyLimits(rpm=rpm, tpm=tpm, token_quota=token_quota, budget_usd=budget,
+                           quota_period=quota_period)  # type: ignore[arg-type]
+    except (ValueError, InvalidOperation) as exc:
+        raise typer.BadParameter(str(exc) or f"cannot read budget {budget_usd!r}") from None
+    allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    with _store(data_dir, database_url) as db:
+        try:
+            new_key = KeyStore(db).create(name, tenant_id=tenant, limits=limits,
+                                          allowed_models=allowed,
+                                          expires_at=_when(expires, "--expires"))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--tenant") from None
+    typer.echo(new_key.secret)
+    typer.echo(f"created {new_key.record.id} ({name}); the secret above is shown this once",
+               err=True)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDirOpt = None, database_url: DatabaseUrlOpt = None) -> None:
+    """List every key (never a secret: the prefix only tells them apart)."""
+    from flintlm.api.platform_protocol import KeyInfo
+    from flintlm.platform.keys import KeyStore
+
+    with _store(data_dir, database_url) as db:
+        store = KeyStore(db)
+        keys = [KeyInfo.of(record, store.now()) for record in store.list()]
+    _print_table(
+        ["ID", "NAME", "PREFIX", "STATUS", "RPM", "TPM", "QUOTA", "BUDGET_USD", "MODELS",
+         "EXPIRES", "CREATED"],
+        [[k.id, k.name, k.prefix + "...", k.status, k.rpm, k.tpm,
+          k.token_quota and f"{k.token_quota}/{k.quota_period}",
+          k.budget_usd and f"{k.budget_usd}/{k.quota_period}",
+          k.models and ",".join(k.models), k.expires_at, k.created_at] for k in keys])
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `keys list`).")],
+                data_dir: DataDirOpt = None, database_url: DatabaseUrlOpt = None) -> None:
+    """Revoke a key for good: its requests get 401 from now on, on every server of the store."""
+    from flintlm.platform.keys import KeyStore
+
+    with _store(data_dir, database_url) as db:
+        store = KeyStore(db)
+        if not store.revoke(key_id):
+            record = store.get(key_id)
+            why = "no such key" if record is None else "it was already revoked"
+            typer.echo(f"cannot revoke {key_id}: {why}", err=True)
+            raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+@app.command()
+def usage(
+    start: Annotated[str | None, typer.Option(
+        help="From (ISO date/date-time or epoch seconds, UTC); default: this month's first.")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="Until, exclusive; default: now.")] = None,
+    group_by: Annotated[str, typer.Option(help="Any of key, model, day, comma-separated.")
+                        ] = "key,model,day",
+    key: Annotated[str | None, typer.Option(help="Only this key id.")] = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Print the usage ledger's sums: requests, tokens and cost."""
+    from flintlm.api.errors import InvalidParam
+    from flintlm.api.platform_protocol import parse_group_by, usage_window
+    from flintlm.platform.ledger import Ledger
+
+    try:
+        window = usage_window(start, end)
+        dimensions = parse_group_by(group_by, ("key", "model", "day"))
+    except InvalidParam as exc:
+        raise typer.BadParameter(exc.message, param_hint=f"--{exc.param}") from None
+    with _store(data_dir, database_url) as db:
+        ledger = Ledger(db)
+        try:
+            rows = ledger.usage(*window, key_id=key, group_by=dimensions)
+        finally:
+            ledger.close()
+    typer.echo(f"usage from {window[0]:%Y-%m-%d %H:%M:%S} to {window[1]:%Y-%m-%d %H:%M:%S} UTC",
+               err=True)
+    columns = {"key": "KEY", "model": "MODEL", "day": "DAY"}
+    _print_table(
+        [columns[d] for d in dimensions]
+        + ["REQUESTS", "PROMPT", "CACHED", "COMPLETION", "TOTAL", "COST_USD"],
+        [[{"key": r.key_id, "model": r.model, "day": r.day}[d] for d in dimensions]
+         + [r.num_requests, r.prompt_tokens, r.cached_tokens, r.completion_tokens,
+            r.total_tokens, f"{r.cost_usd:f}"] for r in rows])
 
 
 def main() -> None:

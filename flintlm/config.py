@@ -106,7 +106,8 @@ class ServerConfig:
     port: int = 8000
     """TCP port to listen on."""
     api_key: str | None = None
-    """If set, every /v1 request must send `Authorization: Bearer <api_key>`."""
+    """One shared key (key id "static", no limits), accepted besides the store's keys; setting it
+    turns the no-key dev mode off."""
     drain_timeout_s: float = 30.0
     """On SIGTERM, how long in-flight requests may run before the server exits."""
     log_level: str = "info"
@@ -126,11 +127,19 @@ class PlatformConfig:
     prices_file: str | None = None
     """TOML file of prices per model per 1M tokens; built-in defaults when unset."""
     ledger_flush_interval_s: float = 1.0
-    """How often buffered usage rows are written to the database."""
+    """How often buffered usage rows are written to the database (a crash loses at most this)."""
+    rate_window_s: float = 60.0
+    """Window of the rpm and tpm limits in seconds: 60 makes them per minute (shorter for tests)."""
     blocked_phrases: tuple[str, ...] = ()
     """Phrases refused in prompts and completions with a 400 content_policy_violation."""
     max_prompt_chars: int | None = None
     """Longest prompt text accepted, in characters, before tokenizing; no cap when unset."""
+
+    def __post_init__(self) -> None:
+        for name in ("ledger_flush_interval_s", "rate_window_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive number "
+                                 "of seconds")
 
 
 @dataclass(frozen=True)

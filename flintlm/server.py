@@ -1,39 +1,47 @@
-"""build_app(config, engine): the FastAPI app around a running engine; serve(config): load the
-model, then run uvicorn until SIGTERM/SIGINT, draining in-flight requests before exiting 0.
+"""build_app(config, engine, admission): the FastAPI app around a running engine and the
+platform; serve(config): open the platform store, load the model, then run uvicorn until
+SIGTERM/SIGINT, draining in-flight requests before exiting 0.
 
 Drain order: the signal marks the app draining (new requests get 503, /health 503); uvicorn stops
 accepting connections and waits up to `drain_timeout_s` for open responses; the lifespan then
-shuts the engine down, aborting whatever is left, and the process exits 0.
+shuts the engine down, aborting whatever is left, waits for every admitted request to settle and
+closes the platform, which flushes the ledger; then the process exits 0.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI
 
 from flintlm.api.deps import Admission, ServingState
 from flintlm.api.errors import install_error_handlers
-from flintlm.api.routes import chat, completions, health, models, tokenize
+from flintlm.api.middleware import RateLimitHeaders
+from flintlm.api.routes import admin, chat, completions, health, models, tokenize, usage
 from flintlm.observability.logging import configure as configure_logging
 from flintlm.observability.metrics import Metrics
 
 if TYPE_CHECKING:
     from flintlm.config import FlintConfig
     from flintlm.engine.async_engine import AsyncEngine
+    from flintlm.platform.service import Platform
+
+logger = logging.getLogger("flintlm.server")
 
 
-def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission | None = None
-              ) -> FastAPI:
-    """The HTTP app; its lifespan starts the engine loop and shuts it down (the drain)."""
-    serving = ServingState(config, engine, Metrics(engine.stats, engine.model_name),
-                           admission or Admission(), created=int(time.time()))
+def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission) -> FastAPI:
+    """The HTTP app; its lifespan starts the engine loop, and at the end drains the engine,
+    settles what is left and closes the platform (`admission.close()` flushes the ledger)."""
+    serving = ServingState(config, engine, Metrics(engine.stats, engine.model_name), admission,
+                           created=int(time.time()))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -42,12 +50,16 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission | N
             yield
         finally:
             serving.begin_drain(config.server.drain_timeout_s)
-            await engine.shutdown(drain_timeout_s=serving.drain_time_left_s())
+            try:
+                await engine.shutdown(drain_timeout_s=serving.drain_time_left_s())
+            finally:
+                await admission.close()
 
     app = FastAPI(title="flintlm", summary="OpenAI-compatible LLM API", lifespan=lifespan)
     app.state.serving = serving
     install_error_handlers(app)
-    for module in (chat, completions, models, tokenize, health):
+    app.add_middleware(RateLimitHeaders)
+    for module in (chat, completions, models, tokenize, usage, admin, health):
         app.include_router(module.router)
     return app
 
@@ -66,12 +78,22 @@ class _DrainingServer(uvicorn.Server):
 
 
 def serve(config: FlintConfig) -> None:
-    """Load the model (with a progress bar), then serve until a signal drains the server."""
+    """Open the platform store, load the model (with a progress bar), then serve until a
+    signal drains the server."""
     from flintlm.engine.async_engine import AsyncEngine
+    from flintlm.platform.service import Platform
 
     configure_logging(config.server.log_level)
-    engine = AsyncEngine.from_config(config, progress=True)
-    app = build_app(config, engine)
+    platform = Platform.from_config(config.platform)  # a bad store fails before the model loads
+    try:
+        engine = AsyncEngine.from_config(config, progress=True)
+        _log_key_mode(config, platform)
+    except BaseException:
+        platform.close()
+        raise
+    admission = Admission(platform, model_name=engine.model_name,
+                          max_model_len=engine.max_model_len, static_key=config.server.api_key)
+    app = build_app(config, engine, admission)
     uvicorn_config = uvicorn.Config(
         app, host=config.server.host, port=config.server.port,
         log_level=config.server.log_level, timeout_graceful_shutdown=config.server.drain_timeout_s,
@@ -82,3 +104,14 @@ def serve(config: FlintConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     server.run()
+
+
+def _log_key_mode(config: FlintConfig, platform: Platform) -> None:
+    store = platform.db.engine.url.render_as_string(hide_password=True)
+    redis_url = config.platform.redis_url
+    limits = f"Redis at {urlsplit(redis_url).hostname}" if redis_url else "in-process"
+    logger.info("platform store: %s; rate limits: %s", store, limits)
+    is_configured = config.server.api_key is not None or platform.has_admin_key
+    if not is_configured and not platform.keys.has_keys():
+        logger.warning("no API key is configured (--api-key, --admin-key or `flintlm keys "
+                       "create`): every request is served as 'anonymous' (dev mode)")

@@ -72,22 +72,32 @@ class LiveServer:
             raise
 
 
-def start_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_KEY) -> LiveServer:
-    """Start `python -m flintlm serve` and return once /health answers 200."""
+def launch_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_KEY
+                  ) -> LiveServer:
+    """Start `python -m flintlm serve` without waiting for it (see `wait_until_ready`).
+
+    Its platform store is SQLite in `log_dir` unless `extra_args` name one.
+    """
     port = free_port()
     args = [sys.executable, "-m", "flintlm", "serve", *SERVER_ARGS, "--port", str(port),
             *extra_args]
     if api_key:
         args += ["--api-key", api_key]
+    if "--data-dir" not in extra_args and "--database-url" not in extra_args:
+        args += ["--data-dir", str(log_dir / f"data-{port}")]
     log_path = log_dir / f"server-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLINTLM_")}
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = LiveServer(process, port, api_key, log_path)
+    return LiveServer(process, port, api_key, log_path)
+
+
+def wait_until_ready(server: LiveServer) -> LiveServer:
+    """Return once /health answers 200; fail with the server's log if it never does."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
         try:
             if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
                 return server
@@ -96,6 +106,11 @@ def start_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_K
         time.sleep(0.2)
     server.stop(signal.SIGKILL)
     raise RuntimeError(f"server not ready after {READY_TIMEOUT_S}s:\n{server.log()}")
+
+
+def start_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_KEY) -> LiveServer:
+    """Start `python -m flintlm serve` and return once /health answers 200."""
+    return wait_until_ready(launch_server(log_dir, *extra_args, api_key=api_key))
 
 
 @pytest.fixture(scope="module")

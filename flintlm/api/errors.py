@@ -51,16 +51,38 @@ class AuthenticationFailed(APIError):
     default_code = "invalid_api_key"
 
 
+class PermissionDenied(APIError):
+    status_code = 403
+    error_type = "invalid_request_error"
+    default_code = "model_not_allowed"
+
+
 class ModelNotFound(APIError):
     status_code = 404
     error_type = "invalid_request_error"
     default_code = "model_not_found"
 
 
+class NotFound(APIError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
 class RateLimited(APIError):
+    """A per-minute limit; OpenAI's `type` names it ("requests" or "tokens")."""
+
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(APIError):
+    """A token quota or budget is spent; retrying before it resets cannot succeed."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
 
 
 class ServiceUnavailable(APIError):
@@ -93,8 +115,10 @@ def to_api_error(exc: BaseException) -> APIError:
 
 def _json(error: APIError) -> JSONResponse:
     headers = dict(error.headers or {})
-    if error.status_code in (429, 503):
-        headers.setdefault("Retry-After", str(RETRY_AFTER_S))
+    is_final = any(k.lower() == "x-should-retry" and v == "false" for k, v in headers.items())
+    has_retry_after = any(k.lower() == "retry-after" for k in headers)
+    if error.status_code in (429, 503) and not (is_final or has_retry_after):
+        headers["Retry-After"] = str(RETRY_AFTER_S)
     body = error_body(error.message, error.error_type, error.param, error.code)
     return JSONResponse(body, status_code=error.status_code, headers=headers)
 

@@ -4,7 +4,8 @@ together, and settled once.
 `Generation.start` returns only after every branch produced its first output, so validation and
 overload errors surface before the route commits to a status code. From then until `close()` a
 watcher aborts all branches as soon as the client disconnects. `close()` is the one place where
-usage settles (through the admission `Ticket`) and per-request metrics are observed.
+usage settles (through the admission `Ticket`, with the request's status and timings) and
+per-request metrics are observed.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flintlm.api.errors import APIError, ClientDisconnected, ServiceUnavailable
+from flintlm.api.errors import APIError, ClientDisconnected, ServiceUnavailable, to_api_error
 from flintlm.engine.request import FinishReason, RequestOutput, SamplingParams, TokenLogprobs, Usage
+from flintlm.platform.ledger import UsageStatus
+from flintlm.platform.service import Timings
 
 if TYPE_CHECKING:
     from flintlm.api.deps import Ticket
@@ -68,6 +71,7 @@ class Generation:
         self.branches: list[Branch] = []
         self.start_s = time.monotonic()
         self.is_disconnected = False
+        self.error: BaseException | None = None  # what failed the request, if anything did
         self._is_closed = False
         self._watcher = asyncio.create_task(self._watch_disconnect(receive))
 
@@ -104,8 +108,8 @@ class Generation:
             for branch in generation.branches:  # a failure in the first step is still a status
                 if branch.last is not None:
                     raise_if_failed(branch.last, generation.is_disconnected)
-        except BaseException:
-            await generation.close()
+        except BaseException as exc:
+            await generation.close(error=exc)
             raise
         return generation
 
@@ -142,6 +146,14 @@ class Generation:
 
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Every output of every branch (the first ones included), in arrival order."""
+        try:
+            async for item in self._outputs():
+                yield item
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    async def _outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         for branch in self.branches:
             if branch.last is not None:  # always: start() waited for it
                 yield branch.index, branch.last
@@ -212,18 +224,60 @@ class Generation:
             if not branch.is_finished:
                 self.engine.abort(branch.request_id)
 
-    async def close(self) -> None:
-        """Abort what still runs, settle usage once, observe metrics. Safe to call twice."""
+    async def close(self, error: BaseException | None = None) -> None:
+        """Abort what still runs, settle usage once, observe metrics. Safe to call twice.
+
+        Args:
+            error: what ended the request before it started, if anything did.
+        """
         if self._is_closed:
             return
         self._is_closed = True
-        self._watcher.cancel()
-        self.abort()
-        for branch in self.branches:
-            with contextlib.suppress(Exception):
-                await branch.stream.aclose()  # type: ignore[attr-defined]
-        self.ticket.settle(self.usage)
-        self._observe()
+        if error is not None and self.error is None:
+            self.error = error
+        try:
+            self._watcher.cancel()
+            self.abort()
+            for branch in self.branches:
+                with contextlib.suppress(Exception):
+                    await branch.stream.aclose()  # type: ignore[attr-defined]
+        finally:  # even when cancelled (shutdown): every admitted request gets its ledger row
+            status, error_code = self._outcome()
+            await self.ticket.settle(self.usage, status=status, error_code=error_code,
+                                     timings=self._timings())
+            self._observe()
+
+    def _outcome(self) -> tuple[UsageStatus, str | None]:
+        """The ledger status of the request and, unless it finished, an error code."""
+        error = self.error
+        if error is not None and not isinstance(error, ClientDisconnected | asyncio.CancelledError):
+            api_error = to_api_error(error)
+            code = api_error.code or api_error.error_type
+            # Refused by the engine (bad input, overloaded): like a 429, nothing ran.
+            is_refusal = api_error.status_code < 500 or api_error.status_code == 503
+            if is_refusal and self.usage.total_tokens == 0:
+                return UsageStatus.REJECTED, code
+            return UsageStatus.FAILED, code
+        reasons = [b.last.finish_reason if b.last else None for b in self.branches]
+        if FinishReason.ERROR in reasons:
+            return UsageStatus.FAILED, "engine_error"
+        if self.is_disconnected or isinstance(error, ClientDisconnected):
+            return UsageStatus.ABORTED, "client_disconnected"
+        if reasons and all(r in (FinishReason.STOP, FinishReason.LENGTH) for r in reasons):
+            return UsageStatus.FINISHED, None
+        return UsageStatus.ABORTED, "server_draining"  # the engine shut down under it
+
+    def _timings(self) -> Timings:
+        """From admission: time to the first token of any branch and to now; the longest queue."""
+        start = self.ticket.created_s
+        first_tokens = [b.first_token_s for b in self.branches if b.first_token_s is not None]
+        queues = [b.last.queue_time_s for b in self.branches
+                  if b.last is not None and b.last.queue_time_s is not None]
+        return Timings(
+            queue_time_s=max(queues, default=None),
+            ttft_s=min(first_tokens) - start if first_tokens else None,
+            total_time_s=time.monotonic() - start,
+        )
 
     def _observe(self) -> None:
         now = time.monotonic()

@@ -5,8 +5,10 @@ random bits) is returned once by `create` and never stored: the table keeps its 
 short display prefix. Everything here is synchronous DB I/O; call it off the event loop.
 
 Public API:
-    QuotaPeriod, KeyLimits, KeyRecord (.is_active(now), .is_model_allowed(model)), NewKey
-    KeyStore(db, clock): create, get, list, update_limits, revoke, verify(secret) -> KeyRecord | None
+    QuotaPeriod, KeyLimits, KeyRecord (.is_active(now), .is_model_allowed(model),
+        .cache_salt(client_salt)), NewKey, builtin_key(key_id), STATIC_KEY_ID, ANONYMOUS_KEY_ID
+    KeyStore(db, clock): create, get, list, has_keys, update_limits, revoke,
+        find(secret) -> KeyRecord | None (any state), verify(secret) -> KeyRecord | None (active)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import enum
 import fnmatch
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +38,10 @@ SECRET_PREFIX = "flint-sk-"
 _SECRET_BYTES = 32
 _SECRET_LENGTH = len(SECRET_PREFIX) + 43  # token_urlsafe(32) is 43 characters
 _DISPLAY_LENGTH = len(SECRET_PREFIX) + 6
+# Keys without a row: the server's one shared `--api-key`, and everyone when no key is configured.
+STATIC_KEY_ID = "static"
+ANONYMOUS_KEY_ID = "anonymous"
+_BUILTIN_TENANT_PREFIX = "flintlm:"
 
 
 class QuotaPeriod(str, enum.Enum):
@@ -88,6 +95,22 @@ class KeyRecord:
             return True
         return any(fnmatch.fnmatchcase(model, allowed) for allowed in self.allowed_models)
 
+    def cache_salt(self, client_salt: str | None) -> str:
+        """The prefix-cache salt of this key's requests: its tenant's, narrowed by `client_salt`.
+
+        Cached KV blocks are shared only between requests with equal salts, so a request can hit
+        (or time) blocks of its own tenant only; a client salt splits the tenant's cache further
+        but, hashed together with the tenant, can never name another tenant's.
+        """
+        payload = json.dumps([self.tenant_id, client_salt])  # unambiguous, unlike concatenation
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def builtin_key(key_id: str) -> KeyRecord:
+    """A key without a row or limits: `STATIC_KEY_ID` or `ANONYMOUS_KEY_ID`, its own tenant."""
+    return KeyRecord(id=key_id, name=key_id, tenant_id=_BUILTIN_TENANT_PREFIX + key_id,
+                     prefix="", created_at=datetime(1970, 1, 1), expires_at=None, revoked_at=None)
+
 
 @dataclass(frozen=True)
 class NewKey:
@@ -114,6 +137,10 @@ class KeyStore:
         expires_at: datetime | None = None,
     ) -> NewKey:
         """Issue a key. `tenant_id` defaults to the key's id; `expires_at` is naive UTC."""
+        is_reserved = tenant_id is not None and tenant_id.startswith(_BUILTIN_TENANT_PREFIX)
+        if tenant_id == "" or is_reserved:
+            raise ValueError(f"tenant_id={tenant_id!r} must be non-empty and not start with "
+                             f"{_BUILTIN_TENANT_PREFIX!r} (reserved for the server's own keys)")
         limits = limits or KeyLimits()
         key_id = "key_" + secrets.token_hex(12)
         secret = SECRET_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
@@ -146,6 +173,11 @@ class KeyStore:
         with self._db.session() as session:
             return [_to_record(row) for row in session.scalars(query)]
 
+    def has_keys(self) -> bool:
+        """Whether any key was ever issued (revoked and expired ones count)."""
+        with self._db.session() as session:
+            return session.scalar(sa.select(ApiKeyRow.id).limit(1)) is not None
+
     def update_limits(self, key_id: str, limits: KeyLimits) -> KeyRecord | None:
         """Replace a key's limits; returns None for an unknown key."""
         with self._db.session() as session:
@@ -167,6 +199,15 @@ class KeyStore:
 
     def verify(self, secret: str) -> KeyRecord | None:
         """The active key whose secret this is, or None (unknown, malformed, revoked, expired)."""
+        record = self.find(secret)
+        return record if record is not None and record.is_active(self.now()) else None
+
+    def now(self) -> datetime:
+        """This store's clock as the naive UTC time `KeyRecord.is_active` takes."""
+        return db_time(self._clock())
+
+    def find(self, secret: str) -> KeyRecord | None:
+        """The key whose secret this is, revoked or expired ones too; None if unknown."""
         if not secret.startswith(SECRET_PREFIX) or len(secret) != _SECRET_LENGTH:
             return None
         secret_hash = _hash_secret(secret)
@@ -178,8 +219,7 @@ class KeyStore:
             # compare_digest keeps the final check constant-time all the same.
             if row is None or not hmac.compare_digest(row.secret_hash, secret_hash):
                 return None
-            record = _to_record(row)
-        return record if record.is_active(db_time(self._clock())) else None
+            return _to_record(row)
 
 
 def _hash_secret(secret: str) -> str:

@@ -8,13 +8,15 @@ The two implementations run one algorithm (Python here, Lua in Redis) and one te
 Public API:
     Limit, AdmitPlan, SettlePlan, PeriodUsage, Verdict, StoreResult, LimitStoreError
     LimitStore (abstract): admit(plan) -> StoreResult, settle(plan)
-    MemoryLimitStore(), RedisLimitStore(client, prefix) / RedisLimitStore.from_url(url)
+    MemoryLimitStore(window_s), RedisLimitStore(client, prefix, window_s) /
+        RedisLimitStore.from_url(url, window_s=); .window_s
 """
 
 from __future__ import annotations
 
 import abc
 import enum
+import math
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,10 +24,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import redis
 
-# Buckets refill from empty to full in one window: a limit "per minute".
+# Buckets refill from empty to full in one window: a limit "per minute". Stores take another
+# window only so that tests can watch a limit recover without waiting a minute.
 RATE_WINDOW_S = 60.0
-# A bucket untouched for a whole window is full again, so Redis may forget it after that.
-_RATE_STATE_TTL_S = int(2 * RATE_WINDOW_S)
 
 
 class Limit(str, enum.Enum):
@@ -98,6 +99,9 @@ class LimitStoreError(RuntimeError):
 
 
 class LimitStore(abc.ABC):
+    window_s: float = RATE_WINDOW_S
+    """Seconds in which an empty bucket refills to its limit (rpm and tpm are per window)."""
+
     @abc.abstractmethod
     def admit(self, plan: AdmitPlan) -> StoreResult: ...
 
@@ -105,9 +109,15 @@ class LimitStore(abc.ABC):
     def settle(self, plan: SettlePlan) -> None: ...
 
 
-def _refill(level: float, updated_at: float, capacity: int, now: float) -> float:
+def _check_window(window_s: float) -> float:
+    if window_s <= 0:
+        raise ValueError(f"rate window {window_s}s must be positive (60 for per-minute limits)")
+    return float(window_s)
+
+
+def _refill(level: float, updated_at: float, capacity: int, now: float, window_s: float) -> float:
     elapsed = max(0.0, now - updated_at)
-    return min(float(capacity), level + elapsed * capacity / RATE_WINDOW_S)
+    return min(float(capacity), level + elapsed * capacity / window_s)
 
 
 @dataclass(slots=True)
@@ -128,7 +138,8 @@ class _PeriodCounters:
 class MemoryLimitStore(LimitStore):
     """Counters in this process, under one lock. Limits are per process: use Redis to share."""
 
-    def __init__(self) -> None:
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self.window_s = _check_window(window_s)
         self._lock = threading.Lock()
         self._buckets: dict[tuple[str, Limit], tuple[float, float]] = {}  # -> (level, updated_at)
         self._periods: dict[str, _PeriodCounters] = {}  # key_id -> its current period
@@ -160,7 +171,7 @@ class MemoryLimitStore(LimitStore):
             refund = plan.reserved.num_tokens - plan.used.num_tokens
             state = self._buckets.get((plan.key_id, Limit.TOKENS))
             if plan.tpm is not None and state is not None and refund:
-                level = _refill(*state, plan.tpm, plan.now)
+                level = _refill(*state, plan.tpm, plan.now, self.window_s)
                 self._buckets[plan.key_id, Limit.TOKENS] = (min(plan.tpm, level + refund), plan.now)
             counters = self._periods.get(plan.key_id)
             # A counter of an earlier period is gone: its usage is in the ledger for good.
@@ -186,7 +197,7 @@ class MemoryLimitStore(LimitStore):
         if capacity is None:
             return None
         state = self._buckets.get((key_id, limit))
-        return float(capacity) if state is None else _refill(*state, capacity, now)
+        return float(capacity) if state is None else _refill(*state, capacity, now, self.window_s)
 
 
 def _first_refusal(
@@ -293,26 +304,33 @@ class RedisLimitStore(LimitStore):
     NOTE: `now` comes from the server's clock, so servers sharing limits need synced clocks.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "flintlm") -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str = "flintlm", window_s: float = RATE_WINDOW_S
+    ) -> None:
+        self.window_s = _check_window(window_s)
+        # A bucket untouched for a whole window is full again, so Redis may forget it after that.
+        self._state_ttl_s = max(1, math.ceil(2 * self.window_s))
         self._client = client
         self._prefix = prefix
         self._admit = client.register_script(_ADMIT_LUA)
         self._settle = client.register_script(_SETTLE_LUA)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "flintlm") -> RedisLimitStore:
+    def from_url(
+        cls, url: str, prefix: str = "flintlm", *, window_s: float = RATE_WINDOW_S
+    ) -> RedisLimitStore:
         """Connects lazily: start-up does not wait for Redis; the first admission does."""
         import redis
 
-        return cls(redis.Redis.from_url(url, decode_responses=True), prefix)
+        return cls(redis.Redis.from_url(url, decode_responses=True), prefix, window_s)
 
     def admit(self, plan: AdmitPlan) -> StoreResult:
         seed = plan.seed or PeriodUsage(-1, -1)
         args = [
             repr(plan.now), plan.rpm or 0, plan.tpm or 0, plan.num_tokens, plan.cost_nano_usd,
             int(plan.period_id is not None), plan.token_quota or 0, plan.budget_nano_usd or 0,
-            plan.period_ttl_s, seed.num_tokens, seed.cost_nano_usd, RATE_WINDOW_S,
-            _RATE_STATE_TTL_S,
+            plan.period_ttl_s, seed.num_tokens, seed.cost_nano_usd, self.window_s,
+            self._state_ttl_s,
         ]
         reply = self._call(self._admit, self._keys(plan.key_id, plan.period_id), args)
         if reply[0] == "needs_seed":
@@ -331,7 +349,7 @@ class RedisLimitStore(LimitStore):
         args = [
             repr(plan.now), plan.tpm or 0, plan.reserved.num_tokens - plan.used.num_tokens,
             int(plan.period_id is not None), -plan.reserved.num_tokens, plan.used.num_tokens,
-            -plan.reserved.cost_nano_usd, plan.used.cost_nano_usd, RATE_WINDOW_S,
+            -plan.reserved.cost_nano_usd, plan.used.cost_nano_usd, self.window_s,
         ]
         self._call(self._settle, self._keys(plan.key_id, plan.period_id), args)
 

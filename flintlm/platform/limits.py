@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from flintlm.platform.keys import QuotaPeriod
 from flintlm.platform.limit_store import (
-    RATE_WINDOW_S,
     AdmitPlan,
     Limit,
     LimitStore,
@@ -153,8 +152,8 @@ class Limiter:
                 allowed=False,
                 limit=Limit.TOKENS,
                 message=(f"Request too large for key {key.id}: it needs {num_tokens} tokens "
-                         f"(prompt + max_tokens) but the limit is {limits.tpm} tokens per minute. "
-                         "Shorten the prompt or lower max_tokens."),
+                         f"(prompt + max_tokens) but the limit is {limits.tpm} tokens "
+                         f"{_per(self._store.window_s)}. Shorten the prompt or lower max_tokens."),
             )
         period = None
         if limits.token_quota is not None or limits.budget_usd is not None:
@@ -176,7 +175,7 @@ class Limiter:
             totals = self._usage.totals_since(key.id, period.start)
             seed = PeriodUsage(totals.num_tokens, usd_to_nanos(totals.cost_usd))
             result = self._store.admit(replace(plan, seed=seed))
-        return _decide(key, plan, period, result)
+        return _decide(key, plan, period, result, self._store.window_s)
 
     def settle(self, reservation: Reservation, *, num_tokens: int, cost_usd: Decimal) -> None:
         """Replace the reservation by real use: refund unused TPM, count tokens and USD spent.
@@ -199,10 +198,10 @@ class Limiter:
 
 
 def _decide(
-    key: KeyRecord, plan: AdmitPlan, period: Period | None, result: StoreResult
+    key: KeyRecord, plan: AdmitPlan, period: Period | None, result: StoreResult, window_s: float
 ) -> AdmissionDecision:
-    requests = _window(plan.rpm, result.requests_level)
-    tokens = _window(plan.tpm, result.tokens_level)
+    requests = _window(plan.rpm, result.requests_level, window_s)
+    tokens = _window(plan.tpm, result.tokens_level, window_s)
     if result.verdict is Verdict.ALLOWED:
         reserved = PeriodUsage(plan.num_tokens, plan.cost_nano_usd)
         reservation = Reservation(key.id, plan.tpm, plan.period_id, reserved)
@@ -215,17 +214,18 @@ def _decide(
         return AdmissionDecision(False, refused_by, message, retry_after, requests, tokens)
     # Both per-minute buckets may be short; the caller must wait for the slower one.
     waits = {
-        Limit.REQUESTS: _wait_s(plan.rpm, result.requests_level, 1),
-        Limit.TOKENS: _wait_s(plan.tpm, result.tokens_level, plan.num_tokens),
+        Limit.REQUESTS: _wait_s(plan.rpm, result.requests_level, 1, window_s),
+        Limit.TOKENS: _wait_s(plan.tpm, result.tokens_level, plan.num_tokens, window_s),
     }
     limit = max(waits, key=lambda name: waits[name])
     retry_after = waits[limit]
+    per = _per(window_s)
     if limit is Limit.REQUESTS:
-        message = (f"Rate limit reached for requests per minute on key {key.id}: "
+        message = (f"Rate limit reached for requests {per} on key {key.id}: "
                    f"limit {plan.rpm}. Please try again in {format_duration(retry_after)}.")
     else:
         remaining = tokens.remaining if tokens else 0
-        message = (f"Rate limit reached for tokens per minute on key {key.id}: limit {plan.tpm}, "
+        message = (f"Rate limit reached for tokens {per} on key {key.id}: limit {plan.tpm}, "
                    f"remaining {remaining}, requested {plan.num_tokens} (prompt + max_tokens). "
                    f"Please try again in {format_duration(retry_after)}.")
     return AdmissionDecision(False, limit, message, retry_after, requests, tokens)
@@ -256,17 +256,21 @@ def _usd(amount: Decimal | None) -> str:
     return f"${amount.normalize():f}" if amount is not None else "no limit"
 
 
-def _window(capacity: int | None, level: float | None) -> RateWindow | None:
+def _per(window_s: float) -> str:
+    return "per minute" if window_s == 60 else f"per {window_s:g}s"
+
+
+def _window(capacity: int | None, level: float | None, window_s: float) -> RateWindow | None:
     if capacity is None or level is None:
         return None
-    reset_s = max(0.0, capacity - level) * RATE_WINDOW_S / capacity
+    reset_s = max(0.0, capacity - level) * window_s / capacity
     return RateWindow(capacity, max(0, math.floor(level)), reset_s)
 
 
-def _wait_s(capacity: int | None, level: float | None, needed: int) -> float:
+def _wait_s(capacity: int | None, level: float | None, needed: int, window_s: float) -> float:
     if capacity is None or level is None or level >= needed:
         return 0.0
-    return (needed - level) * RATE_WINDOW_S / capacity
+    return (needed - level) * window_s / capacity
 
 
 def format_duration(seconds: float) -> str:

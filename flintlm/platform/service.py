@@ -53,6 +53,8 @@ class Timings:
     total_time_s: float | None = None
 
 
+_ISO = "%Y-%m-%dT%H:%M:%SZ"
+
 NO_USAGE = TokenCounts()
 """The usage of a request refused before it ran (status `rejected`)."""
 
@@ -93,8 +95,10 @@ class Platform:
         db = Database.from_config(config)
         db.migrate()
         ledger = Ledger(db, flush_interval_s=config.ledger_flush_interval_s, clock=clock)
+        window_s = config.rate_window_s
         store: LimitStore = (
-            RedisLimitStore.from_url(config.redis_url) if config.redis_url else MemoryLimitStore()
+            RedisLimitStore.from_url(config.redis_url, window_s=window_s) if config.redis_url
+            else MemoryLimitStore(window_s)
         )
         return cls(
             db=db,
@@ -109,6 +113,21 @@ class Platform:
     def authenticate(self, secret: str) -> KeyRecord | None:
         """The active key for a bearer secret, or None (unknown, revoked or expired)."""
         return self.keys.verify(secret)
+
+    def refusal(self, secret: str) -> str:
+        """Why `authenticate(secret)` found no active key, for the 401; never echoes the secret."""
+        record = self.keys.find(secret)
+        if record is None:
+            return "Incorrect API key provided."
+        if record.revoked_at is not None:
+            return f"The API key {record.prefix}... was revoked at {record.revoked_at:{_ISO}}."
+        if record.expires_at is not None and record.expires_at <= self.keys.now():
+            return f"The API key {record.prefix}... expired at {record.expires_at:{_ISO}}."
+        return "Incorrect API key provided."  # became valid between the two lookups: retry
+
+    @property
+    def has_admin_key(self) -> bool:
+        return self._admin_key is not None
 
     def is_admin(self, secret: str) -> bool:
         """Whether `secret` is the configured admin key; always False when none is set."""

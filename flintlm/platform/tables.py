@@ -28,6 +28,28 @@ def db_time(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC).replace(tzinfo=None)
 
 
+def parse_db_time(text: str) -> datetime:
+    """A time a person wrote, as naive UTC: an ISO 8601 date or date-time (UTC unless it has an
+    offset; a bare date is its midnight), or epoch seconds.
+
+    Raises:
+        ValueError: the text is none of these.
+    """
+    text = text.strip()
+    try:
+        return db_time(float(text))
+    except (ValueError, OverflowError, OSError):
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"cannot read the time {text!r}; write it like 2025-01-31, "
+                         "2025-01-31T12:00:00Z or as epoch seconds") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
 class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 

@@ -1,4 +1,5 @@
-"""API test fixtures: an in-process server around `FakeEngine` (fast, inspectable)."""
+"""API test fixtures: an in-process server around `FakeEngine` (fast, inspectable), on a real
+platform (SQLite in a temporary folder) with the shared `--api-key` FAKE_KEY."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import httpx
 import pytest
 import uvicorn
 
-from flintlm.api.deps import Admission, KeyInfo, ServingState, Ticket
-from flintlm.config import FlintConfig, ServerConfig
-from flintlm.engine.request import SamplingParams, Usage
+from flintlm.api.deps import Admission, ServingState, Ticket
+from flintlm.config import FlintConfig, PlatformConfig, ServerConfig
+from flintlm.engine.request import Usage
+from flintlm.platform.ledger import UsageStatus
+from flintlm.platform.service import Platform, Timings
 from flintlm.server import build_app
 
 from .fakes import FakeEngine
@@ -28,25 +31,20 @@ def free_port() -> int:
 
 
 class RecordingAdmission(Admission):
-    """Admits everything and keeps every ticket, to check that each settles exactly once."""
+    """Keeps every settle call, to check that each request settles exactly once."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.tickets: list[Ticket] = []
-        self.settled: list[tuple[str, Usage]] = []
+        self.settled: list[tuple[str, Usage, UsageStatus]] = []
 
-    async def admit(self, key: KeyInfo, request_id: str, prompts: list[list[int]],
-                    params: SamplingParams, end_user: str | None = None) -> Ticket:
-        ticket = await super().admit(key, request_id, prompts, params, end_user)
-        original = ticket.settle
-
-        def settle(usage: Usage) -> None:
-            if not ticket.is_settled:
-                self.settled.append((request_id, usage))
-            original(usage)
-
-        ticket.settle = settle  # type: ignore[method-assign]
-        self.tickets.append(ticket)
-        return ticket
+    async def settle(self, ticket: Ticket, usage: Usage, *, status: UsageStatus,
+                     error_code: str | None = None, timings: Timings | None = None) -> None:
+        if not ticket.is_settled:
+            self.tickets.append(ticket)
+            self.settled.append((ticket.request_id, usage, status))
+        await super().settle(ticket, usage, status=status, error_code=error_code,
+                             timings=timings)
 
 
 class FakeServer:
@@ -63,11 +61,15 @@ class FakeServer:
 
 
 @pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeServer]:
+def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer]:
     engine = FakeEngine()
     port = free_port()
-    config = FlintConfig(server=ServerConfig(port=port, api_key=FAKE_KEY))
-    admission = RecordingAdmission()
+    platform_config = PlatformConfig(data_dir=str(tmp_path_factory.mktemp("platform")))
+    config = FlintConfig(server=ServerConfig(port=port, api_key=FAKE_KEY),
+                         platform=platform_config)
+    admission = RecordingAdmission(Platform.from_config(platform_config),
+                                   model_name=engine.model_name,
+                                   max_model_len=engine.max_model_len, static_key=FAKE_KEY)
     app = build_app(config, engine, admission)  # type: ignore[arg-type]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

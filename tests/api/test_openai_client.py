@@ -192,7 +192,10 @@ def test_disconnect_mid_stream_frees_kv_blocks(server: LiveServer) -> None:
             "ignore_eos": True}
     with server.http() as http, http.stream("POST", "/v1/completions", json=body) as response:
         seen = 0
-        for line in response.iter_lines():
+        # NOTE: held in a name, so that leaving the loop does not garbage-collect the iterator,
+        # which closes the connection (the disconnect would race the /metrics read below).
+        lines = response.iter_lines()
+        for line in lines:
             seen += line.startswith("data: {")
             if seen == 40:
                 break

@@ -53,9 +53,23 @@ def test_every_honoured_chat_param_reaches_the_engine(fake_server: FakeServer) -
         {65: 3.0}, 11, ["zz", "yy"], 3, 5, 0.05)
     assert (p.repetition_penalty, p.min_tokens, p.ignore_eos, p.stop_token_ids, p.n) == (
         1.1, 1, True, [1], 1)
-    assert (sub.priority, sub.cache_salt) == (2, "salt")
+    assert sub.priority == 2 and sub.cache_salt not in (None, "salt")  # the tenant's, narrowed
     prompt = bytes(sub.prompt_token_ids).decode()
     assert prompt == "<system>be brief\n<user>hi\n<assistant>"
+
+
+def test_the_engine_gets_the_tenant_salt_narrowed_by_the_client_salt(
+    fake_server: FakeServer
+) -> None:
+    salts = []
+    with fake_server.client() as client:
+        for client_salt in (None, None, "a", "a", "b"):
+            body = {"prompt": "x", "max_tokens": 1, "cache_salt": client_salt}
+            assert client.post("/v1/completions", json=body).status_code == 200
+            salts.append(fake_server.engine.submitted[-1].cache_salt)
+    assert None not in salts and "a" not in salts and "b" not in salts
+    assert salts[0] == salts[1] and salts[2] == salts[3]
+    assert len({salts[0], salts[2], salts[4]}) == 3
 
 
 def test_every_honoured_completion_param_reaches_the_engine(fake_server: FakeServer) -> None:
@@ -285,9 +299,9 @@ def test_usage_settles_once_per_request(fake_server: FakeServer) -> None:
         client.post("/v1/completions", json={"prompt": "x", "max_tokens": 3, "stream": True})
         client.post("/v1/completions", json={"prompt": "fail-at-once"})
     settled = admission.settled[before:]
-    assert len(settled) == 3 and len({request_id for request_id, _ in settled}) == 3
-    assert [(u.prompt_tokens, u.completion_tokens) for _, u in settled] == [(4, 8), (1, 3),
-                                                                            (0, 0)]
+    assert len(settled) == 3 and len({request_id for request_id, _, _ in settled}) == 3
+    assert [(u.prompt_tokens, u.completion_tokens, status.value) for _, u, status in settled] == [
+        (4, 8, "finished"), (1, 3, "finished"), (0, 0, "failed")]
     assert all(t.is_settled for t in admission.tickets)
 
 
@@ -302,3 +316,15 @@ def test_draining_refuses_new_requests_with_retry_after(fake_server: FakeServer)
         serving.is_draining, serving.drain_deadline_s = False, None
     assert _error(response, 503)["code"] == "server_draining"
     assert response.headers["Retry-After"] and health.status_code == 503
+
+
+def test_invalid_params_after_admission_are_a_400_and_a_rejected_settle(
+    fake_server: FakeServer
+) -> None:
+    admission = fake_server.admission
+    before = len(admission.settled)
+    with fake_server.client() as client:
+        for body in ({"prompt": "x", "max_tokens": -1}, {"prompt": "x", "n": 0, "stream": True}):
+            assert _error(client.post("/v1/completions", json=body), 400)["param"]
+    assert [(u.total_tokens, status.value) for _, u, status in admission.settled[before:]] == [
+        (0, "rejected"), (0, "rejected")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -59,9 +60,9 @@ def _reachable_postgres_url() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A URL whose connections see only a fresh schema of this test session."""
+@contextmanager
+def fresh_postgres_schema() -> Iterator[str]:
+    """A URL whose connections see only a new schema, dropped afterwards (skips without PG)."""
     base_url = _reachable_postgres_url()
     if base_url is None:
         pytest.skip(f"PostgreSQL is unreachable at {POSTGRES_URLS}; set FLINTLM_TEST_POSTGRES_URL")
@@ -70,10 +71,31 @@ def postgres_url() -> Iterator[str]:
     with admin.begin() as connection:
         connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
     url = sa.make_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.begin() as connection:
-        connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A URL whose connections see only a fresh schema of this test session."""
+    with fresh_postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[str]:
+    """An empty store of each kind for one test module's servers (they migrate it)."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("store") / "flintlm.db"
+        yield sa.URL.create("sqlite+pysqlite", database=str(path)).render_as_string()
+        return
+    with fresh_postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

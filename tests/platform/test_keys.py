@@ -10,7 +10,15 @@ import pytest
 import sqlalchemy as sa
 
 from flintlm.platform.db import Database
-from flintlm.platform.keys import SECRET_PREFIX, KeyLimits, KeyStore, QuotaPeriod
+from flintlm.platform.keys import (
+    ANONYMOUS_KEY_ID,
+    SECRET_PREFIX,
+    STATIC_KEY_ID,
+    KeyLimits,
+    KeyStore,
+    QuotaPeriod,
+    builtin_key,
+)
 from flintlm.platform.tables import ApiKeyRow, db_time
 
 if TYPE_CHECKING:
@@ -90,3 +98,39 @@ def test_unscoped_key_allows_every_model_and_empty_scope_none(db: Database) -> N
 def test_nonsense_limits_are_refused(limits: dict) -> None:
     with pytest.raises(ValueError, match="positive"):
         KeyLimits(**limits)
+
+
+def test_find_tells_revoked_and_expired_keys_and_has_keys_counts_them(
+    db: Database, clock: FakeClock
+) -> None:
+    keys = KeyStore(db, clock)
+    assert not keys.has_keys()
+    issued = keys.create("short", expires_at=db_time(clock.now) + timedelta(seconds=5))
+    keys.revoke(keys.create("gone").record.id)
+    assert keys.has_keys()
+    clock.advance(10)
+    assert keys.verify(issued.secret) is None
+    found = keys.find(issued.secret)
+    assert found is not None and found.id == issued.record.id and not found.is_active(keys.now())
+    assert keys.find(SECRET_PREFIX + "x" * 43) is None
+
+
+def test_cache_salts_separate_tenants_and_client_salts_narrow_only(db: Database) -> None:
+    keys = KeyStore(db)
+    first = keys.create("a").record
+    colleague = keys.create("b", tenant_id=first.tenant_id).record
+    stranger = keys.create("c").record
+    assert first.cache_salt(None) == colleague.cache_salt(None) != stranger.cache_salt(None)
+    assert first.cache_salt("x") == colleague.cache_salt("x") != stranger.cache_salt("x")
+    salts = {first.cache_salt(s) for s in (None, "", "x", "null")}
+    assert len(salts) == 4 and stranger.cache_salt(None) not in salts
+    # Nothing a client sends reproduces another tenant's salt, not even its tenant id.
+    assert stranger.cache_salt(first.tenant_id) != first.cache_salt(None)
+
+
+def test_builtin_keys_have_tenants_no_issued_key_can_claim(db: Database) -> None:
+    static = builtin_key(STATIC_KEY_ID)
+    assert static.id == STATIC_KEY_ID and static.is_model_allowed("any")
+    assert builtin_key(ANONYMOUS_KEY_ID).cache_salt(None) != static.cache_salt(None)
+    with pytest.raises(ValueError, match="reserved"):
+        KeyStore(db).create("impostor", tenant_id=static.tenant_id)

@@ -21,7 +21,12 @@ import pytest
 import flintlm
 from flintlm.platform.keys import KeyLimits, KeyRecord
 from flintlm.platform.ledger import UsageTotals
-from flintlm.platform.limit_store import LimitStore, LimitStoreError, RedisLimitStore
+from flintlm.platform.limit_store import (
+    LimitStore,
+    LimitStoreError,
+    MemoryLimitStore,
+    RedisLimitStore,
+)
 from flintlm.platform.limits import Limit, Limiter, format_duration
 
 if TYPE_CHECKING:
@@ -73,6 +78,29 @@ def test_requests_per_minute_refuse_then_recover(limit_store: LimitStore, clock:
     clock.advance(60)
     recovered = limiter.admit(key, num_tokens=10, max_cost_usd=FREE)
     assert recovered.requests is not None and recovered.requests.remaining == 2
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_shorter_window_refills_faster(kind: str, request: pytest.FixtureRequest,
+                                         clock: FakeClock) -> None:
+    if kind == "memory":
+        store: LimitStore = MemoryLimitStore(window_s=6)
+    else:
+        import redis
+
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        store = RedisLimitStore(redis.Redis.from_url(url, decode_responses=True), prefix, 6)
+    limiter = Limiter(store, FixedTotals(), clock)
+    key = make_key(rpm=3, tpm=300)
+    for _ in range(3):
+        assert limiter.admit(key, num_tokens=100, max_cost_usd=FREE).allowed
+    refused = limiter.admit(key, num_tokens=100, max_cost_usd=FREE)
+    assert refused.retry_after_s == pytest.approx(2.0)  # a request and 100 tokens per 2 s
+    assert refused.message is not None and "per 6s" in refused.message
+    clock.advance(2)
+    assert limiter.admit(key, num_tokens=100, max_cost_usd=FREE).allowed
+    with pytest.raises(ValueError, match="positive"):
+        MemoryLimitStore(window_s=0)
 
 
 def test_tokens_per_minute_reserve_then_settle_to_actual_use(

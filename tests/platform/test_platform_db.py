@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import platformdirs
@@ -12,7 +13,7 @@ from alembic.migration import MigrationContext
 
 from flintlm.config import PlatformConfig
 from flintlm.platform.db import Database, database_url
-from flintlm.platform.tables import Base
+from flintlm.platform.tables import Base, parse_db_time
 
 
 def test_default_store_is_sqlite_in_the_user_data_dir() -> None:
@@ -47,3 +48,18 @@ def test_migrations_are_idempotent_and_match_the_tables(db: Database) -> None:
         assert compare_metadata(context, Base.metadata) == []
         tables = set(sa.inspect(connection).get_table_names())
     assert {"api_keys", "usage_events", "alembic_version"} <= tables
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2025-01-31", datetime(2025, 1, 31)),
+    ("2025-01-31T12:30:00Z", datetime(2025, 1, 31, 12, 30)),
+    ("2025-01-31T14:30:00+02:00", datetime(2025, 1, 31, 12, 30)),
+    ("1738326600", datetime(2025, 1, 31, 12, 30)),
+])
+def test_times_people_write_become_naive_utc(text: str, expected: datetime) -> None:
+    assert parse_db_time(text) == expected
+
+
+def test_an_unreadable_time_says_how_to_write_it() -> None:
+    with pytest.raises(ValueError, match="2025-01-31T12:00:00Z"):
+        parse_db_time("next tuesday")

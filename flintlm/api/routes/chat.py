@@ -48,10 +48,11 @@ async def create_chat_completion(
     prompt_ids = render_chat(engine.tokenizer, body.messages, tools=body.tools)
     params = body.sampling_params()
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    ticket = await admission.admit(key, request_id, [prompt_ids], params, body.end_user)
+    ticket = await admission.admit(key, request_id, [prompt_ids], params, body.end_user,
+                                   cache_salt=body.cache_salt)
     generation = await Generation.start(
         engine, serving.metrics, ticket, request.receive, [prompt_ids], params,
-        priority=body.priority, cache_salt=body.cache_salt,
+        priority=body.priority, cache_salt=ticket.cache_salt,
     )
     encoder = ChatEncoder(request_id, engine.model_name, engine.tokenizer, body)
     return await respond(generation, encoder, stream=body.stream,

@@ -43,10 +43,11 @@ async def create_completion(
     prompts = completion_prompts(engine.tokenizer, body.prompt)
     params = body.sampling_params()
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    ticket = await admission.admit(key, request_id, prompts, params, body.end_user)
+    ticket = await admission.admit(key, request_id, prompts, params, body.end_user,
+                                   cache_salt=body.cache_salt)
     generation = await Generation.start(
         engine, serving.metrics, ticket, request.receive, prompts, params,
-        priority=body.priority, cache_salt=body.cache_salt,
+        priority=body.priority, cache_salt=ticket.cache_salt,
     )
     encoder = CompletionEncoder(request_id, engine.model_name, engine.tokenizer, body, prompts)
     return await respond(generation, encoder, stream=body.stream,
