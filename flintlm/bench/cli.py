@@ -227,6 +227,10 @@ def serve(
     dataset: DatasetOpt = None,
     api_key: Annotated[str | None, typer.Option(help="bearer key for --base-url")] = None,
     llama_server: Annotated[Path | None, typer.Option(help="llama-server binary")] = None,
+    launch: Annotated[bool, typer.Option(
+        help="start this checkout's `flintlm serve` and drive it (instead of --base-url)")] = False,
+    serve_args: Annotated[str, typer.Option(
+        help="extra `flintlm serve` flags for --launch, e.g. '--dtype bfloat16'")] = "",
     threads: ThreadsOpt = None,
     out: OutOpt = Path("bench/results"),
     tag: TagOpt = None,
@@ -235,14 +239,15 @@ def serve(
 
     Requests per run default to max(16, 2 x concurrency).
     """
-    from flintlm.bench.peers import LlamaServer, num_cores
+    from flintlm.bench.peers import FlintlmServer, LlamaServer, num_cores
     from flintlm.bench.serve import ServeConfig, run_sweep
 
     peer = peer or []
     if endpoint not in ("completions", "chat"):
         raise typer.BadParameter(f"--endpoint {endpoint!r}: use 'completions' or 'chat'")
-    if base_url is None and Peer.LLAMA_CPP not in peer:
-        raise typer.BadParameter("nothing to drive: pass --base-url and/or --peer llama-cpp")
+    if base_url is None and not launch and Peer.LLAMA_CPP not in peer:
+        raise typer.BadParameter("nothing to drive: pass --base-url, --launch and/or "
+                                 "--peer llama-cpp")
     levels = _ints(concurrency or ["1", "8", "32"])
     workload = _workload(model, prompt_format, input_len, output_len, dataset, vocab_size)
     meta = report.environment()
@@ -274,6 +279,13 @@ def serve(
 
     if base_url is not None:
         sweep(name, base_url, model, api_key)
+    if launch:
+        log = Path(tempfile.gettempdir()) / "flintlm-bench-flintlm-server.log"
+        with tempfile.TemporaryDirectory() as data_dir, FlintlmServer(
+                model, serve_args.split(), Path(data_dir), log) as server:
+            typer.echo(f"flintlm on {server.base_url} (log {log}): {' '.join(server.command)}")
+            meta["flintlm_server_command"] = server.command
+            sweep("flintlm", server.base_url, model, None)
     if Peer.LLAMA_CPP in peer:
         gguf = resolve_gguf(model)
         parallel = max(levels)

@@ -345,51 +345,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class LlamaServer:
-    """Context manager: start `llama-server` on loopback, wait for /health, stop on exit.
+class ManagedServer:
+    """Context manager around a server subprocess on loopback: start it with `command`, wait
+    for /health, stop it (SIGTERM, then SIGKILL) on exit. Subclasses set the command."""
 
-    `LD_LIBRARY_PATH` is extended with the directory holding llama.cpp's shared libraries next
-    to the binary, as the pip-built package leaves them outside the loader's path.
-    """
+    label = "server"
+    command: list[str]
 
-    def __init__(
-        self,
-        gguf: Path,
-        parallel: int,
-        ctx_len: int,
-        n_threads: int,
-        binary: Path | None = None,
-        log_path: Path | None = None,
-        repack: bool = DEFAULT_LLAMA_REPACK,
-    ) -> None:
-        self.binary = binary or find_llama_server()
-        repair_library_links(self.binary.parent)
+    def __init__(self, log_path: Path | None = None) -> None:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.command = [
-            str(self.binary), "-m", str(gguf), "--parallel", str(parallel), "-c", str(ctx_len),
-            "--cont-batching", "-t", str(n_threads), "-tb", str(n_threads),
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--repack" if repack else "--no-repack",
-        ]  # fmt: skip
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 
-    def version(self) -> str:
-        """`llama-server --version` (the package's build carries no commit hash)."""
-        done = subprocess.run(
-            [str(self.binary), "--version"], env=self.environment(), capture_output=True,
-            text=True, timeout=60, check=False,
-        )  # fmt: skip
-        return " ".join((done.stdout + done.stderr).split())
-
     def environment(self) -> dict[str, str]:
-        lib_dirs = llama_server_lib_dirs(self.binary)
-        env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            [*map(str, lib_dirs), *filter(None, [env.get("LD_LIBRARY_PATH")])]
-        )
-        return env
+        return dict(os.environ)
 
     def __enter__(self) -> Self:
         log = open(self._log_path, "wb") if self._log_path else subprocess.DEVNULL
@@ -414,7 +384,7 @@ class LlamaServer:
     @property
     def pid(self) -> int:
         if self._process is None:
-            raise RuntimeError("llama-server is not running")
+            raise RuntimeError(f"{self.label} is not running")
         return self._process.pid
 
     def is_alive(self) -> bool:
@@ -430,6 +400,67 @@ class LlamaServer:
             self._process.kill()
             self._process.wait()
         self._process = None
+
+
+class LlamaServer(ManagedServer):
+    """`llama-server` on loopback with continuous batching over `parallel` slots.
+
+    `LD_LIBRARY_PATH` is extended with the directory holding llama.cpp's shared libraries next
+    to the binary, as the pip-built package leaves them outside the loader's path.
+    """
+
+    label = "llama-server"
+
+    def __init__(
+        self,
+        gguf: Path,
+        parallel: int,
+        ctx_len: int,
+        n_threads: int,
+        binary: Path | None = None,
+        log_path: Path | None = None,
+        repack: bool = DEFAULT_LLAMA_REPACK,
+    ) -> None:
+        super().__init__(log_path)
+        self.binary = binary or find_llama_server()
+        repair_library_links(self.binary.parent)
+        self.command = [
+            str(self.binary), "-m", str(gguf), "--parallel", str(parallel), "-c", str(ctx_len),
+            "--cont-batching", "-t", str(n_threads), "-tb", str(n_threads),
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--repack" if repack else "--no-repack",
+        ]  # fmt: skip
+
+    def version(self) -> str:
+        """`llama-server --version` (the package's build carries no commit hash)."""
+        done = subprocess.run(
+            [str(self.binary), "--version"], env=self.environment(), capture_output=True,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return " ".join((done.stdout + done.stderr).split())
+
+    def environment(self) -> dict[str, str]:
+        lib_dirs = llama_server_lib_dirs(self.binary)
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [*map(str, lib_dirs), *filter(None, [env.get("LD_LIBRARY_PATH")])]
+        )
+        return env
+
+
+class FlintlmServer(ManagedServer):
+    """This checkout's `flintlm serve` (same Python), for the serve benchmark to drive the
+    same way as llama-server; its platform store lives in a temporary folder."""
+
+    label = "flintlm"
+
+    def __init__(self, model: str, extra_args: list[str], data_dir: Path,
+                 log_path: Path | None = None) -> None:
+        super().__init__(log_path)
+        self.command = [
+            sys.executable, "-m", "flintlm", "serve", "--model", model, "--host", "127.0.0.1",
+            "--port", str(self.port), "--data-dir", str(data_dir), *extra_args,
+        ]  # fmt: skip
 
 
 def llama_server_lib_dirs(binary: Path) -> list[Path]:
