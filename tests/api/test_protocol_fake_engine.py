@@ -79,9 +79,8 @@ def test_chat_without_max_tokens_runs_to_the_context_length(fake_server: FakeSer
 @pytest.mark.parametrize(("field", "value"), [
     ("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
     ("prediction", {"type": "content", "content": "x"}), ("store", True),
-    ("response_format", {"type": "json_object"}), ("tools", [{"type": "function"}]),
-    ("tool_choice", "auto"), ("parallel_tool_calls", True), ("reasoning_effort", "low"),
-    ("functions", [{"name": "f"}]),
+    ("reasoning_effort", "low"), ("functions", [{"name": "f"}]),
+    ("function_call", {"name": "f"}),
 ])
 def test_known_unsupported_chat_field_is_rejected(fake_server: FakeServer, field: str,
                                                   value: object) -> None:
