@@ -113,6 +113,7 @@ def test_no_op_values_of_unsupported_fields_are_accepted(fake_server: FakeServer
     ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21},
      "top_logprobs"),
     ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"x": 1}}, "logit_bias"),
+    ({"messages": [{"role": "user", "content": "x"}], "stop": 5}, "stop"),  # no union member
     ({"messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": True}},
      "stream_options"),
     ({"messages": []}, "messages"),
