@@ -9,9 +9,11 @@ xgrammar would silently not enforce are refused, never half-honoured.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,14 +28,17 @@ if TYPE_CHECKING:
 
 
 class GrammarCompiler:
-    """Compiles a request's structured-output parameters; xgrammar caches each distinct grammar,
-    so a schema is compiled once per process however many requests use it."""
+    """Compiles a request's structured-output parameters once per distinct grammar: compiled
+    grammars stay in an LRU cache of `cache_size` entries, so a server that meets many one-off
+    schemas does not grow without bound. Thread-safe; compiles run outside the lock."""
 
-    def __init__(self, tokenizer: Tokenizer, vocab_size: int):
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, cache_size: int = 256):
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
         self._compiler: xgrammar.GrammarCompiler | None = None
         self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[str, str], xgrammar.CompiledGrammar] = OrderedDict()
+        self._cache_size = cache_size
 
     def _get_compiler(self) -> xgrammar.GrammarCompiler:
         # NOTE: built on first use: the vocabulary scan costs ~1 s and most servers never need it.
@@ -45,7 +50,8 @@ class GrammarCompiler:
                 vocab = [tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
                 info = xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, vocab_size=self._vocab_size,
                                          stop_token_ids=sorted(tokenizer.eos_token_ids))
-                self._compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=True)
+                # NOTE: xgrammar's own cache is unbounded; the LRU above replaces it.
+                self._compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=False)
             return self._compiler
 
     def compile(self, params: SamplingParams) -> xgrammar.CompiledGrammar | None:
@@ -54,24 +60,36 @@ class GrammarCompiler:
         Raises InvalidRequestError (param "response_format") for an invalid or unsupported one;
         the API checks each field earlier with `check_structured_output` to name its own param.
         """
-        spec = _spec_of(params)
-        if spec is None:
+        key = _key_of(params)
+        if key is None:
             return None
-        kind, value = spec
-        if kind == "json_schema":
-            check_json_schema(value, "response_format")
+        with self._lock:
+            compiled = self._cache.get(key)
+            if compiled is not None:
+                self._cache.move_to_end(key)
+                return compiled
+        problem = _problem(*key)
+        if problem is not None:
+            raise InvalidRequestError(problem, param="response_format")
+        compiled = self._compile(*key)
+        with self._lock:
+            self._cache[key] = compiled
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def _compile(self, kind: str, text: str) -> xgrammar.CompiledGrammar:
         compiler = self._get_compiler()
         try:
             if kind == "json_schema":
-                return compiler.compile_json_schema(_json_text(value), any_whitespace=False,
-                                                    strict_mode=True)
+                return compiler.compile_json_schema(text, any_whitespace=False, strict_mode=True)
             if kind == "json_object":
                 return compiler.compile_builtin_json_grammar()
             if kind == "regex":
-                return compiler.compile_regex(value)
+                return compiler.compile_regex(text)
             if kind == "grammar":
-                return compiler.compile_grammar(value)
-            return compiler.compile_structural_tag(_json_text(value))
+                return compiler.compile_grammar(text)
+            return compiler.compile_structural_tag(text)
         except Exception as exc:  # xgrammar raises RuntimeError/ValueError with its own message
             raise InvalidRequestError(f"invalid {_KIND_NAMES[kind]}: {_clean(exc)}",
                                       param="response_format") from exc
@@ -129,28 +147,41 @@ _SUBSCHEMAS = ("additionalProperties", "unevaluatedProperties", "items", "additi
 
 def check_structured_output(params: SamplingParams, param: str) -> None:
     """Raise InvalidRequestError naming `param` if the structured-output spec in `params` is
-    invalid or unsupported. Builds the grammar without a tokenizer: fast, and no mask cache."""
-    spec = _spec_of(params)
-    if spec is None:
-        return
-    kind, value = spec
+    invalid or unsupported. Builds the grammar without a tokenizer (no mask cache), and
+    remembers the verdict per spec, so a schema sent again costs a dictionary lookup."""
+    key = _key_of(params)
+    problem = None if key is None else _problem(*key)
+    if problem is not None:
+        raise InvalidRequestError(problem, param=param)
+
+
+def clear_check_cache() -> None:
+    """Forget the remembered verdicts (a benchmark uses it to time a first check again)."""
+    _problem.cache_clear()
+
+
+@functools.lru_cache(maxsize=512)  # NOTE: a pure function's memo: same spec, same verdict
+def _problem(kind: str, text: str) -> str | None:
+    """What is wrong with a spec, or None; `text` is the JSON text of a schema or tag."""
     if kind == "json_schema":
-        check_json_schema(value, param)
+        try:
+            check_json_schema(text, "")
+        except InvalidRequestError as exc:
+            return exc.message
     import xgrammar as xgr
 
     try:
         if kind == "json_schema":
-            xgr.Grammar.from_json_schema(_json_text(value), any_whitespace=False,
-                                         strict_mode=True)
+            xgr.Grammar.from_json_schema(text, any_whitespace=False, strict_mode=True)
         elif kind == "regex":
-            xgr.Grammar.from_regex(value)
+            xgr.Grammar.from_regex(text)
         elif kind == "grammar":
-            xgr.Grammar.from_ebnf(value)
+            xgr.Grammar.from_ebnf(text)
         elif kind == "structural_tag":
-            xgr.Grammar.from_structural_tag(_json_text(value))
+            xgr.Grammar.from_structural_tag(text)
     except Exception as exc:
-        raise InvalidRequestError(f"invalid {_KIND_NAMES[kind]}: {_clean(exc)}",
-                                  param=param) from exc
+        return f"invalid {_KIND_NAMES[kind]}: {_clean(exc)}"
+    return None
 
 
 def check_json_schema(schema: Any, param: str) -> None:
@@ -210,17 +241,18 @@ def _unenforced_keyword(schema: Any, where: str) -> str | None:
     return None
 
 
-def _spec_of(params: SamplingParams) -> tuple[str, Any] | None:
+def _key_of(params: SamplingParams) -> tuple[str, str] | None:
+    """(kind, text) of the one spec in `params`: what the cache and the checks are keyed on."""
     if params.json_schema is not None:
-        return "json_schema", params.json_schema
+        return "json_schema", _json_text(params.json_schema)
     if params.json_object:
-        return "json_object", None
+        return "json_object", ""
     if params.regex:
         return "regex", params.regex
     if params.grammar:
         return "grammar", params.grammar
     if params.structural_tag is not None:
-        return "structural_tag", params.structural_tag
+        return "structural_tag", _json_text(params.structural_tag)
     return None
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import jsonschema
 import openai
+import pydantic
 import pytest
 
 from tests.conftest import LiveServer
@@ -111,9 +112,23 @@ def test_20_json_schemas_in_one_batch_all_validate(server: LiveServer) -> None:
         jsonschema.validate(json.loads(_stop_text(choice)), schema, format_checker=FORMATS)
 
 
+class City(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=30)
+    population: int
+
+
+def test_the_sdks_parse_helper_gets_its_pydantic_model(server: LiveServer) -> None:
+    completion = server.openai().chat.completions.parse(
+        model="default", messages=[{"role": "user", "content": "Name a big city and its "
+                                                                "population."}],
+        response_format=City, temperature=0, max_tokens=MAX_TOKENS)
+    assert completion.choices[0].finish_reason == "stop"
+    assert isinstance(completion.choices[0].message.parsed, City)
+
+
 def test_guided_json_and_structured_outputs_on_both_endpoints(server: LiveServer) -> None:
     client = server.openai()
-    prompt, schema = SCHEMAS[8]
+    prompt, schema = SCHEMAS[1]
     completion = client.completions.create(
         model="default", prompt=f"{prompt} As JSON:", temperature=0, max_tokens=MAX_TOKENS,
         extra_body={"guided_json": schema})
