@@ -67,10 +67,10 @@ def test_each_way_of_asking_for_structure_reaches_the_engine(
 
 
 def test_text_response_format_and_no_tools_constrain_nothing(fake_server: FakeServer) -> None:
-    params = _submitted(fake_server, "/v1/chat/completions",
-                        {"messages": USER, "response_format": {"type": "text"},
-                         "tools": TOOLS, "tool_choice": "none"}).params  # type: ignore[attr-defined]
-    assert not params.has_structured_output
+    body = {"messages": USER, "response_format": {"type": "text"}, "tools": TOOLS,
+            "tool_choice": "none"}
+    submitted = _submitted(fake_server, "/v1/chat/completions", body)
+    assert not submitted.params.has_structured_output  # type: ignore[attr-defined]
 
 
 BAD_SCHEMA = {"type": "object", "properties": {"a": {"type": "integr"}}}

@@ -231,7 +231,8 @@ def test_named_tool_is_the_one_called(server: LiveServer) -> None:
 
 
 def _reassembled(stream: Any) -> tuple[str, list[tuple[str, str]], str | None]:
-    content, calls, finish_reason = "", {}, None
+    content, finish_reason = "", None
+    calls: dict[int, list[str]] = {}
     for chunk in stream:
         if not chunk.choices:
             continue
@@ -244,7 +245,8 @@ def _reassembled(stream: Any) -> tuple[str, list[tuple[str, str]], str | None]:
                 calls[call.index] = [call.function.name, ""]
             calls[call.index][1] += call.function.arguments or ""
         finish_reason = chunk.choices[0].finish_reason or finish_reason
-    return content, [tuple(c) for _, c in sorted(calls.items())], finish_reason  # type: ignore[misc]
+    return content, [(name, arguments) for _, (name, arguments) in sorted(calls.items())], (
+        finish_reason)
 
 
 @pytest.mark.parametrize(("prompt", "tool_choice"), [
