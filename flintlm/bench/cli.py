@@ -296,9 +296,9 @@ def structured(
     tag: TagOpt = None,
 ) -> None:
     """Structured output's cost: a batch with some requests under a JSON schema versus none,
-    and a schema's first and second (cached) compile."""
+    the grammar work per decode step on its own, and a schema's first and second compile."""
     from flintlm import LLM, SamplingParams
-    from flintlm.bench.structured import endless_schema, run_batch, time_compiles
+    from flintlm.bench.structured import endless_schema, run_batch, time_compiles, time_steps
 
     num_constrained = num_prompts // 2 if constrained is None else constrained
     meta = report.environment()
@@ -313,22 +313,27 @@ def structured(
     # Untimed: compile the batch's schema (the compile has its own timing below) and warm up.
     llm.engine.grammars.compile(SamplingParams(json_schema=endless_schema(output_len)))
     run_batch(llm, 2, 1, 8, 8, seed=0)
+    outputs: list[list[int]] = []
     for run in range(runs):
         order = list(batches) if run % 2 == 0 else list(batches)[::-1]  # alternate: drift
         for count in order:
-            result = run_batch(llm, num_prompts, count, input_len, output_len, seed=run + 1)
+            result, constrained_outputs = run_batch(llm, num_prompts, count, input_len,
+                                                    output_len, seed=run + 1)
+            outputs = constrained_outputs or outputs
             batches[count].runs.append(result.to_flat_dict())
             typer.echo(f"  run {run + 1}/{runs}, {count} constrained: "
                        f"{result.output_throughput:.1f} output tok/s")  # fmt: skip
-    compiles = report.BenchRecord(f"{system} xgrammar compile", "compile", {})
-    for _ in range(runs):
-        compiles.runs.append(time_compiles(llm))  # a fresh compiler each run: a true first
-    records = [*batches.values(), compiles]
+    timings = report.BenchRecord(f"{system} structured-output work", "compile",
+                                 {**params, "num_constrained": num_constrained})
+    for run in range(runs):
+        # Fresh compiler each run (a true first compile); the replay uses the last batch's tokens.
+        timings.runs.append({**time_compiles(llm), **time_steps(llm, num_prompts, outputs)})
+    records = [*batches.values(), timings]
     path = out / f"{tag or f'structured-{dt.date.today().isoformat()}'}.json"
     report.write_json(path, records, meta)
     typer.echo("\n" + report.format_table(records))
-    for key, value in compiles.median().items():
-        low, high = compiles.spread(key)
+    for key, value in timings.median().items():
+        low, high = timings.spread(key)
         typer.echo(f"  {key}: {value:.2f} ms (min-max {low:.2f}-{high:.2f})")
     typer.echo(f"results: {path}")
 

@@ -57,9 +57,11 @@ COMPILE_SCHEMAS: dict[str, dict[str, Any]] = {
 
 
 def run_batch(llm: LLM, num_prompts: int, num_constrained: int, input_len: int,
-              output_len: int, seed: int) -> OfflineResult:
-    """One timed pass of `num_prompts` prompts, the first `num_constrained` under the schema.
+              output_len: int, seed: int) -> tuple[OfflineResult, list[list[int]]]:
+    """One timed pass of `num_prompts` prompts, `num_constrained` of them under the schema.
 
+    Returns:
+        The timing, and the token ids the constrained requests generated (for `time_steps`).
     Raises:
         RuntimeError: a request did not generate exactly `output_len` tokens (the two batches
             would not be comparable).
@@ -80,11 +82,66 @@ def run_batch(llm: LLM, num_prompts: int, num_constrained: int, input_len: int,
     lengths = {len(r.token_ids) for r in results}
     if lengths != {output_len}:
         raise RuntimeError(f"expected {output_len} tokens per request, got {sorted(lengths)}")
-    return OfflineResult(
+    result = OfflineResult(
         num_prompts=num_prompts, num_prompt_tokens=num_prompts * input_len,
         num_output_tokens=num_prompts * output_len, elapsed_s=elapsed,
         peak_rss_mib=rss.peak_mib,
         extra={"num_cached_tokens": sum(r.num_cached_tokens for r in results)})
+    return result, [r.token_ids for r, p in zip(results, params) if p.json_schema is not None]
+
+
+def time_steps(llm: LLM, num_prompts: int, outputs: list[list[int]]) -> dict[str, float]:
+    """Milliseconds per decode step of the structured-output work alone, replaying `outputs`
+    (the constrained requests' tokens) through the engine's own pieces: filling the batch's
+    bitmask, sampling a [num_prompts, V] batch with the mask versus without, and advancing each
+    grammar by its token. Free of the model's (noisy) cost, unlike the throughput pair.
+    """
+    import torch
+
+    from flintlm import SamplingParams
+    from flintlm.engine.request import Request
+    from flintlm.engine.sampler import Sampler
+    from flintlm.engine.structured import GrammarState, build_bitmask
+
+    engine = llm.engine
+    vocab = engine.vocab_size
+    schema = SamplingParams(max_tokens=len(outputs[0]), temperature=0.0,
+                            json_schema=endless_schema(len(outputs[0])))
+    compiled = engine.grammars.compile(schema)
+
+    def batch(with_grammar: bool) -> list[Request]:
+        requests = [Request(f"r{i}", [1], schema if i < len(outputs) and with_grammar
+                            else SamplingParams(temperature=0.0), max_output_tokens=1)
+                    for i in range(num_prompts)]
+        for request in requests[:len(outputs)] if with_grammar else []:
+            request.grammar = GrammarState(compiled)
+        return requests
+
+    sampler = Sampler(vocab, torch.device("cpu"))
+    logits = torch.randn(num_prompts, vocab)
+    totals = {"fill_bitmask": 0.0, "sample_with_mask": 0.0, "sample_without": 0.0,
+              "accept": 0.0}
+    constrained, free = batch(True), batch(False)
+    num_steps = min(len(o) for o in outputs)
+    for step in range(num_steps):
+        start = time.perf_counter()
+        bitmask = build_bitmask(constrained, vocab)
+        totals["fill_bitmask"] += time.perf_counter() - start
+        for requests, key in ((constrained, "sample_with_mask"), (free, "sample_without")):
+            prepared = sampler.prepare(requests)
+            prepared.token_bitmask = bitmask if requests is constrained else None
+            start = time.perf_counter()
+            sampler.sample(logits.clone(), prepared)
+            totals[key] += time.perf_counter() - start
+        start = time.perf_counter()
+        for request, output in zip(constrained, outputs):
+            if not request.grammar.accept(output[step]):  # type: ignore[union-attr]
+                raise RuntimeError("a replayed token was rejected by its grammar")
+        totals["accept"] += time.perf_counter() - start
+    figures = {f"{key}_ms": 1e3 * value / num_steps for key, value in totals.items()}
+    figures["overhead_ms"] = (figures["fill_bitmask_ms"] + figures["accept_ms"]
+                              + figures["sample_with_mask_ms"] - figures["sample_without_ms"])
+    return figures
 
 
 def time_compiles(llm: LLM) -> dict[str, float]:
