@@ -322,7 +322,8 @@ def structured(
             outputs = constrained_outputs or outputs
             batches[count].runs.append(result.to_flat_dict())
             typer.echo(f"  run {run + 1}/{runs}, {count} constrained: "
-                       f"{result.output_throughput:.1f} output tok/s")  # fmt: skip
+                       f"{result.output_throughput:.1f} output tok/s, "
+                       f"{result.extra['output_tokens_per_cpu_s']:.1f} per CPU-s")  # fmt: skip
     timings = report.BenchRecord(f"{system} structured-output work", "compile",
                                  {**params, "num_constrained": num_constrained})
     for run in range(runs):

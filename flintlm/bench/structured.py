@@ -76,9 +76,9 @@ def run_batch(llm: LLM, num_prompts: int, num_constrained: int, input_len: int,
     prompts = synthetic_token_prompts(num_prompts, input_len, output_len,
                                       llm.tokenizer.vocab_size, seed)
     with PeakRss() as rss:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         results = llm.generate([p.token_ids or [] for p in prompts], params)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
     lengths = {len(r.token_ids) for r in results}
     if lengths != {output_len}:
         raise RuntimeError(f"expected {output_len} tokens per request, got {sorted(lengths)}")
@@ -86,7 +86,10 @@ def run_batch(llm: LLM, num_prompts: int, num_constrained: int, input_len: int,
         num_prompts=num_prompts, num_prompt_tokens=num_prompts * input_len,
         num_output_tokens=num_prompts * output_len, elapsed_s=elapsed,
         peak_rss_mib=rss.peak_mib,
-        extra={"num_cached_tokens": sum(r.num_cached_tokens for r in results)})
+        extra={"num_cached_tokens": sum(r.num_cached_tokens for r in results),
+               # NOTE: this process's CPU time (all threads): on a shared machine it moves far
+               # less with the other processes' load than the wall time does.
+               "cpu_s": cpu_s, "output_tokens_per_cpu_s": num_prompts * output_len / cpu_s})
     return result, [r.token_ids for r, p in zip(results, params) if p.json_schema is not None]
 
 
