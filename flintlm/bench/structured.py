@@ -93,11 +93,13 @@ def run_batch(llm: LLM, num_prompts: int, num_constrained: int, input_len: int,
     return result, [r.token_ids for r, p in zip(results, params) if p.json_schema is not None]
 
 
-def time_steps(llm: LLM, num_prompts: int, outputs: list[list[int]]) -> dict[str, float]:
+def time_steps(llm: LLM, num_prompts: int, outputs: list[list[int]], repeats: int = 5
+               ) -> dict[str, float]:
     """Milliseconds per decode step of the structured-output work alone, replaying `outputs`
     (the constrained requests' tokens) through the engine's own pieces: filling the batch's
     bitmask, sampling a [num_prompts, V] batch with the mask versus without, and advancing each
-    grammar by its token. Free of the model's (noisy) cost, unlike the throughput pair.
+    grammar by its token. Free of the model's (noisy) cost, unlike the throughput pair; each
+    part is the fastest of `repeats` replays.
     """
     import torch
 
@@ -122,25 +124,30 @@ def time_steps(llm: LLM, num_prompts: int, outputs: list[list[int]]) -> dict[str
 
     sampler = Sampler(vocab, torch.device("cpu"))
     logits = torch.randn(num_prompts, vocab)
-    totals = {"fill_bitmask": 0.0, "sample_with_mask": 0.0, "sample_without": 0.0,
-              "accept": 0.0}
-    constrained, free = batch(True), batch(False)
     num_steps = min(len(o) for o in outputs)
-    for step in range(num_steps):
-        start = time.perf_counter()
-        bitmask = build_bitmask(constrained, vocab)
-        totals["fill_bitmask"] += time.perf_counter() - start
-        for requests, key in ((constrained, "sample_with_mask"), (free, "sample_without")):
-            prepared = sampler.prepare(requests)
-            prepared.token_bitmask = bitmask if requests is constrained else None
+    best: dict[str, float] = {}
+    for _ in range(repeats):  # NOTE: the fastest replay per part: interference only adds time
+        totals = dict.fromkeys(("fill_bitmask", "sample_with_mask", "sample_without", "accept"),
+                               0.0)
+        constrained, free = batch(True), batch(False)
+        for step in range(num_steps):
             start = time.perf_counter()
-            sampler.sample(logits.clone(), prepared)
-            totals[key] += time.perf_counter() - start
-        start = time.perf_counter()
-        for request, output in zip(constrained, outputs):
-            if not request.grammar.accept(output[step]):  # type: ignore[union-attr]
-                raise RuntimeError("a replayed token was rejected by its grammar")
-        totals["accept"] += time.perf_counter() - start
+            bitmask = build_bitmask(constrained, vocab)
+            totals["fill_bitmask"] += time.perf_counter() - start
+            for requests, key in ((constrained, "sample_with_mask"), (free, "sample_without")):
+                prepared = sampler.prepare(requests)
+                prepared.token_bitmask = bitmask if requests is constrained else None
+                fresh = logits.clone()  # sample() writes into its logits
+                start = time.perf_counter()
+                sampler.sample(fresh, prepared)
+                totals[key] += time.perf_counter() - start
+            start = time.perf_counter()
+            for request, output in zip(constrained, outputs):
+                if not request.grammar.accept(output[step]):  # type: ignore[union-attr]
+                    raise RuntimeError("a replayed token was rejected by its grammar")
+            totals["accept"] += time.perf_counter() - start
+        best = {k: min(v, best.get(k, v)) for k, v in totals.items()}
+    totals = best
     figures = {f"{key}_ms": 1e3 * value / num_steps for key, value in totals.items()}
     figures["overhead_ms"] = (figures["fill_bitmask_ms"] + figures["accept_ms"]
                               + figures["sample_with_mask_ms"] - figures["sample_without_ms"])

@@ -158,16 +158,14 @@ def check_structured_output(params: SamplingParams, param: str) -> None:
 def clear_check_cache() -> None:
     """Forget the remembered verdicts (a benchmark uses it to time a first check again)."""
     _problem.cache_clear()
+    _schema_problem.cache_clear()
 
 
 @functools.lru_cache(maxsize=512)  # NOTE: a pure function's memo: same spec, same verdict
 def _problem(kind: str, text: str) -> str | None:
     """What is wrong with a spec, or None; `text` is the JSON text of a schema or tag."""
-    if kind == "json_schema":
-        try:
-            check_json_schema(text, "")
-        except InvalidRequestError as exc:
-            return exc.message
+    if kind == "json_schema" and (problem := _schema_problem(text)) is not None:
+        return problem
     import xgrammar as xgr
 
     try:
@@ -185,16 +183,23 @@ def _problem(kind: str, text: str) -> str | None:
 
 
 def check_json_schema(schema: Any, param: str) -> None:
-    """Raise InvalidRequestError naming `param` unless `schema` is a valid JSON schema object
-    whose every keyword constrained decoding can enforce."""
-    if isinstance(schema, str):
-        try:
-            schema = json.loads(schema)
-        except ValueError as exc:
-            raise InvalidRequestError(f"the JSON schema is not valid JSON: {exc}",
-                                      param=param) from exc
+    """Raise InvalidRequestError naming `param` unless `schema` (an object or its JSON text) is a
+    valid JSON schema whose every keyword constrained decoding can enforce."""
+    text = schema if isinstance(schema, str) else json.dumps(schema)
+    problem = _schema_problem(text)
+    if problem is not None:
+        raise InvalidRequestError(problem, param=param)
+
+
+@functools.lru_cache(maxsize=512)  # NOTE: a pure function's memo, as _problem's
+def _schema_problem(text: str) -> str | None:
+    """What is wrong with a JSON schema given as JSON text, or None."""
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        return f"the JSON schema is not valid JSON: {exc}"
     if not isinstance(schema, dict):
-        raise InvalidRequestError("the JSON schema must be an object", param=param)
+        return "the JSON schema must be an object"
     import jsonschema
 
     validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
@@ -202,12 +207,11 @@ def check_json_schema(schema: Any, param: str) -> None:
         validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
-        raise InvalidRequestError(f"invalid JSON schema at '{where or '.'}': {exc.message}",
-                                  param=param) from exc
+        return f"invalid JSON schema at '{where or '.'}': {exc.message}"
     problem = _unenforced_keyword(schema, "")
     if problem is not None:
-        raise InvalidRequestError(f"unsupported JSON schema: {problem}; constrained decoding "
-                                  "cannot enforce it", param=param)
+        return f"unsupported JSON schema: {problem}; constrained decoding cannot enforce it"
+    return None
 
 
 def _unenforced_keyword(schema: Any, where: str) -> str | None:
