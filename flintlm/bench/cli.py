@@ -317,8 +317,10 @@ def structured(
     for run in range(runs):
         order = list(batches) if run % 2 == 0 else list(batches)[::-1]  # alternate: drift
         for count in order:
+            # NOTE: fresh prompts for every batch: a repeated one would hit the prefix cache.
+            seed = 1 + 2 * run + (count > 0)
             result, constrained_outputs = run_batch(llm, num_prompts, count, input_len,
-                                                    output_len, seed=run + 1)
+                                                    output_len, seed=seed)
             outputs = constrained_outputs or outputs
             batches[count].runs.append(result.to_flat_dict())
             typer.echo(f"  run {run + 1}/{runs}, {count} constrained: "
