@@ -210,8 +210,9 @@ def _apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int])
     """Mask out tokens whose bit is 0 in a packed int32 bitmask [B, ceil(V/32)]; only `rows`
     have a grammar (the others' bits are all 1), so only they are unpacked and written.
 
-    NOTE: on the CPU this is ~1.5x faster than xgrammar's own kernel on real JSON masks (that
-    kernel is single-threaded) and ~2x faster than unpacking the whole batch.
+    NOTE: with half a batch of 32 constrained by JSON masks, on the 2-core CPU, this takes 3.0 ms
+    a step against 4.1 ms for unpacking the whole batch and 4.2 ms for xgrammar's own CPU
+    kernel (single-threaded).
     """
     vocab = logits.shape[-1]
     bits = torch.arange(32, device=logits.device, dtype=torch.int32)
