@@ -19,20 +19,18 @@ if TYPE_CHECKING:
     from flintlm.api.protocol import ChatMessage, ToolDefinition
     from flintlm.loading.tokenizer import Tokenizer
 
-# NOTE: one sentence per line (no hard wraps inside a sentence): this is what the model reads.
-TOOLS_PROMPT = "\n".join([
-    "# Tools",
-    "",
-    "You can call functions to help with the user's request. Each function is described by a "
-    "JSON object inside <tools></tools>; its parameters are a JSON schema:",
-    "<tools>",
-    "{tools}",
-    "</tools>",
-    "",
-    "To call a function, write one block per call with the function's name and a JSON object of "
-    "arguments that matches its parameters:",
-    "{example}",
-])
+# NOTE: no line breaks inside a sentence (the backslashes): this is what the model reads.
+TOOLS_PROMPT = """# Tools
+
+You can call functions to help with the user's request. Each function is described by a JSON \
+object inside <tools></tools>; its parameters are a JSON schema:
+<tools>
+{tools}
+</tools>
+
+To call a function, write one block per call with the function's name and a JSON object of \
+arguments that matches its parameters:
+{example}"""
 
 
 def tools_system_prompt(tools: list[ToolDefinition]) -> str:

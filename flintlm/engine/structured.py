@@ -90,7 +90,7 @@ class GrammarCompiler:
             if kind == "grammar":
                 return compiler.compile_grammar(text)
             return compiler.compile_structural_tag(text)
-        except Exception as exc:  # xgrammar raises RuntimeError/ValueError with its own message
+        except (RuntimeError, ValueError, TypeError) as exc:  # xgrammar's, with its message
             raise InvalidRequestError(f"invalid {_KIND_NAMES[kind]}: {_clean(exc)}",
                                       param="response_format") from exc
 
@@ -177,7 +177,7 @@ def _problem(kind: str, text: str) -> str | None:
             xgr.Grammar.from_ebnf(text)
         elif kind == "structural_tag":
             xgr.Grammar.from_structural_tag(text)
-    except Exception as exc:
+    except (RuntimeError, ValueError, TypeError) as exc:  # xgrammar's, with its message
         return f"invalid {_KIND_NAMES[kind]}: {_clean(exc)}"
     return None
 

@@ -28,8 +28,8 @@ from flintlm.api.protocol import (
     TopLogprob,
     usage_info,
 )
-from flintlm.api.tool_calls import CallDelta, ToolCallParser, parse_all
 from flintlm.api.streaming import respond
+from flintlm.api.tool_calls import CallDelta, ToolCallParser, parse_all
 from flintlm.engine.request import Logprob, RequestOutput, TokenLogprobs, Usage
 
 if TYPE_CHECKING:
