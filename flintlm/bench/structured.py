@@ -113,6 +113,8 @@ def time_steps(llm: LLM, num_prompts: int, outputs: list[list[int]], repeats: in
     schema = SamplingParams(max_tokens=len(outputs[0]), temperature=0.0,
                             json_schema=endless_schema(len(outputs[0])))
     compiled = engine.grammars.compile(schema)
+    if compiled is None:
+        raise RuntimeError("the schema compiled to no grammar")
 
     def batch(with_grammar: bool) -> list[Request]:
         requests = [Request(f"r{i}", [1], schema if i < len(outputs) and with_grammar
