@@ -131,13 +131,28 @@ def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
     return text or None
 
 
+def _error_loc(errors: list[Any]) -> tuple[Any, ...]:
+    """Where the first error is. When every error sits under one field, that field: pydantic
+    reports a value no member of a union accepts once per member, with the member's name in
+    the location (`stop.str`, `stop.list[str]`), and the client sent `stop`."""
+    locs = [tuple(error.get("loc", ())) for error in errors]
+    if len(locs) < 2:
+        return locs[0] if locs else ()
+    common: list[Any] = []
+    for parts in zip(*locs):
+        if len(set(map(repr, parts))) != 1:
+            break
+        common.append(parts[0])
+    return tuple(common) if _param_from_loc(tuple(common)) else locs[0]
+
+
 def _validation_error(exc: RequestValidationError) -> APIError:
     first = exc.errors()[0] if exc.errors() else {}
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "")
         return InvalidParam(f"could not parse the JSON body: {detail}".rstrip(": "))
     ctx = first.get("ctx") or {}
-    param = ctx.get("param") or _param_from_loc(tuple(first.get("loc", ())))
+    param = ctx.get("param") or _param_from_loc(_error_loc(list(exc.errors())))
     if first.get("type") == "missing":
         return InvalidParam(f"missing required parameter: {param!r}", param=param)
     message = str(first.get("msg", "invalid request"))

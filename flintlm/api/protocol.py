@@ -9,6 +9,7 @@ carries its no-op value), or unknown to both (accepted, ignored and logged). Ran
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any, ClassVar, Literal
@@ -17,13 +18,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SerializerFunctionWrapHandler,
     model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from flintlm.engine.request import SamplingParams, Usage
+from flintlm.api import constraints
+from flintlm.engine.request import InvalidRequestError, SamplingParams, Usage
 
 logger = logging.getLogger("flintlm.api")
 
@@ -59,6 +62,32 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None  # NOTE: constrained decoding enforces the schema either way
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs` object: exactly one of its fields."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    json_: str | dict[str, Any] | None = Field(default=None, alias="json")
+    regex: str | None = None
+    grammar: str | None = None
+    choice: list[str] | None = None
+    json_object: bool | None = None
+    structural_tag: str | dict[str, Any] | None = None
+
+
 class _GenerationRequest(BaseModel):
     """Fields shared by chat and completions: OpenAI's sampling knobs plus our extensions."""
 
@@ -89,6 +118,14 @@ class _GenerationRequest(BaseModel):
     skip_special_tokens: bool = True
     priority: int = 0
     cache_salt: str | None = None
+    # Structured output: OpenAI's field, then vLLM's (older guided_* and newer object).
+    response_format: ResponseFormat | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_grammar: str | None = None
+    guided_choice: list[str] | None = None
+    structured_outputs: StructuredOutputs | None = None
+    _constraint: constraints.Constraint | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_fields(self) -> _GenerationRequest:
@@ -103,7 +140,23 @@ class _GenerationRequest(BaseModel):
                 raise invalid("logit_bias", f"logit_bias keys must be token ids, got {token_id!r}")
         if self.stream_options is not None and not self.stream:
             raise invalid("stream_options", "stream_options is only allowed when stream is true")
+        try:
+            guided = {name: getattr(self, name) for name in constraints.GUIDED_FIELDS
+                      if getattr(self, name) is not None}
+            constraint = constraints.from_request(self.response_format, guided,
+                                                  self.structured_outputs)
+            tool_constraint = self._tool_constraint()
+        except InvalidRequestError as exc:
+            raise invalid(exc.param or "response_format", exc.message) from exc
+        if constraint is not None and tool_constraint is not None:
+            raise invalid(constraint.param, f"{constraint.param} cannot be combined with tools "
+                          "unless tool_choice is 'none'")
+        self._constraint = constraint or tool_constraint
         return self
+
+    def _tool_constraint(self) -> constraints.Constraint | None:
+        """Chat: the constraint its tools put on the output (completions have none)."""
+        return None
 
     @property
     def include_usage(self) -> bool:
@@ -139,6 +192,7 @@ class _GenerationRequest(BaseModel):
             include_stop_str_in_output=self.include_stop_str_in_output,
             ignore_eos=self.ignore_eos,
             skip_special_tokens=self.skip_special_tokens,
+            **(self._constraint.fields if self._constraint is not None else {}),
         )
 
 
@@ -151,12 +205,25 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(BaseModel):
+    """A call in an assistant message: in the input history and in responses."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
 
     def text(self) -> str:
@@ -165,10 +232,28 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; None: no arguments
+    strict: bool | None = None  # NOTE: the call is constrained to the schema either way
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_GenerationRequest):
@@ -179,11 +264,8 @@ class ChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    # Structured output and tools: accepted only in their no-op form until structured output
-    # lands; prompts.render_chat already takes `tools` so the template can show them.
-    response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
@@ -192,16 +274,39 @@ class ChatCompletionRequest(_GenerationRequest):
             _check_message(i, message)
         if self.top_logprobs is not None and not self.logprobs:
             raise invalid("top_logprobs", "top_logprobs requires logprobs to be true")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise invalid("response_format",
-                          f"response_format {self.response_format.type!r} is not supported yet")
-        if self.tools:
-            raise invalid("tools", "tools are not supported yet")
-        if self.tool_choice not in (None, "none"):
-            raise invalid("tool_choice", "tool_choice must be 'none' while tools are unsupported")
-        if self.parallel_tool_calls is not None:
-            raise invalid("parallel_tool_calls", "parallel_tool_calls needs tools (unsupported)")
         return self
+
+    @property
+    def tool_choice_name(self) -> str:
+        """"none", "auto", "required" or the named function; OpenAI's default is "auto" with
+        tools and "none" without."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice or ("auto" if self.tools else "none")
+
+    @property
+    def active_tools(self) -> list[ToolDefinition]:
+        """The tools the model is shown and may call (none with tool_choice "none")."""
+        return list(self.tools or []) if self.tool_choice_name != "none" else []
+
+    def _tool_constraint(self) -> constraints.Constraint | None:
+        names = [tool.function.name for tool in self.tools or []]
+        if not names:
+            if self.tool_choice not in (None, "none"):
+                raise InvalidRequestError("tool_choice needs tools", param="tool_choice")
+            if self.parallel_tool_calls is not None:
+                raise InvalidRequestError("parallel_tool_calls needs tools",
+                                          param="parallel_tool_calls")
+            return None
+        duplicate = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if duplicate is not None:
+            raise InvalidRequestError(f"tools name {duplicate!r} more than once", param="tools")
+        choice = self.tool_choice_name
+        if choice not in ("none", "auto", "required") and choice not in names:
+            raise InvalidRequestError(f"tool_choice names {choice!r}, which is not in tools",
+                                      param="tool_choice")
+        is_parallel = self.parallel_tool_calls is not False
+        return constraints.for_tools(self.active_tools, choice, is_parallel)
 
     def sampling_params(self) -> SamplingParams:
         """Chat: no max_tokens means up to the context length."""
@@ -215,8 +320,19 @@ class ChatCompletionRequest(_GenerationRequest):
 
 def _check_message(index: int, message: ChatMessage) -> None:
     where = f"messages[{index}]"
-    if message.role in ("tool", "function") or message.tool_calls:
-        raise invalid(where, "tool messages and tool calls are not supported yet")
+    if message.role == "function":
+        raise invalid(f"{where}.role", "role 'function' is deprecated and not supported; send "
+                      "tool calls with role 'assistant' and results with role 'tool'")
+    if message.tool_calls and message.role != "assistant":
+        raise invalid(f"{where}.tool_calls", "only assistant messages carry tool_calls")
+    for i, call in enumerate(message.tool_calls or []):
+        try:
+            json.loads(call.function.arguments)
+        except ValueError as exc:
+            raise invalid(f"{where}.tool_calls[{i}].function.arguments",
+                          f"tool call arguments must be JSON text: {exc}") from exc
+    if message.role == "tool" and not message.tool_call_id:
+        raise invalid(f"{where}.tool_call_id", "tool messages need the tool_call_id they answer")
     for part in message.content if isinstance(message.content, list) else []:
         if part.type != "text" or part.text is None:
             raise invalid(f"{where}.content",
@@ -225,14 +341,31 @@ def _check_message(index: int, message: ChatMessage) -> None:
         raise invalid(f"{where}.content", f"{message.role} messages need content")
 
 
-class ChatDelta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
+class _OmitNone(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # OpenAI sends only the keys a delta changes: {"content": "..."} or {}.
         return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class FunctionDelta(_OmitNone):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_OmitNone):
+    """Call `index` of a streamed message: id, type and name come first, then arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta | None = None
+
+
+class ChatDelta(_OmitNone):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class TopLogprob(BaseModel):
@@ -254,6 +387,7 @@ class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -378,6 +512,7 @@ class TokenizeRequest(BaseModel):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    tools: list[ToolDefinition] | None = None  # rendered with `messages`, as chat renders them
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
 
@@ -387,6 +522,8 @@ class TokenizeRequest(BaseModel):
             raise invalid("prompt", "give exactly one of prompt or messages")
         for i, message in enumerate(self.messages or []):
             _check_message(i, message)
+        if self.tools and self.messages is None:
+            raise invalid("tools", "tools are rendered with messages; send messages")
         return self
 
 

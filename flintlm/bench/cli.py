@@ -1,7 +1,9 @@
-"""`flintlm bench offline|serve`: parse options, build the systems, run them, write the report.
+"""`flintlm bench offline|serve|structured`: parse options, build the systems, run them, write the
+report.
 
 Mounted by `flintlm/cli.py` as `app.add_typer(bench_app, name="bench")`. Each command only
-wires the pieces in `offline.py`, `serve.py`, `peers.py` and `report.py` together.
+wires the pieces in `offline.py`, `serve.py`, `structured.py`, `peers.py` and `report.py`
+together.
 """
 
 from __future__ import annotations
@@ -298,6 +300,66 @@ def serve(
             meta["llama_server_version"] = server.version()
             sweep("llama-server", server.base_url, "default", None)
     _finish(records, meta, out, tag or f"serve-{dt.date.today().isoformat()}")
+
+
+@bench_app.command()
+def structured(
+    model: ModelOpt = "default",
+    num_prompts: Annotated[int, typer.Option(help="prompts per batch")] = 32,
+    constrained: Annotated[
+        int | None, typer.Option(help="of those, under a JSON schema (default: half)")
+    ] = None,
+    input_len: InputLenOpt = 64,
+    output_len: OutputLenOpt = 64,
+    dtype: Annotated[str, typer.Option(help="bfloat16 or float32")] = "bfloat16",
+    runs: RunsOpt = 3,
+    out: OutOpt = Path("bench/results"),
+    tag: TagOpt = None,
+) -> None:
+    """Structured output's cost: a batch with some requests under a JSON schema versus none,
+    the grammar work per decode step on its own, and a schema's first and second compile."""
+    from flintlm import LLM, SamplingParams
+    from flintlm.bench.structured import endless_schema, run_batch, time_compiles, time_steps
+
+    num_constrained = num_prompts // 2 if constrained is None else constrained
+    meta = report.environment()
+    params = {"num_prompts": num_prompts, "input_len": input_len, "output_len": output_len}
+    system = f"flintlm/{dtype}"
+    llm = LLM(model, dtype=dtype)
+    batches = {0: report.BenchRecord(f"{system} 0 constrained", "offline",
+                                     {**params, "num_constrained": 0}),
+               num_constrained: report.BenchRecord(
+                   f"{system} {num_constrained} constrained", "offline",
+                   {**params, "num_constrained": num_constrained})}
+    # Untimed: compile the batch's schema (the compile has its own timing below) and warm up.
+    llm.engine.grammars.compile(SamplingParams(json_schema=endless_schema(output_len)))
+    run_batch(llm, 2, 1, 8, 8, seed=0)
+    outputs: list[list[int]] = []
+    for run in range(runs):
+        order = list(batches) if run % 2 == 0 else list(batches)[::-1]  # alternate: drift
+        for count in order:
+            # NOTE: fresh prompts for every batch: a repeated one would hit the prefix cache.
+            seed = 1 + 2 * run + (count > 0)
+            result, constrained_outputs = run_batch(llm, num_prompts, count, input_len,
+                                                    output_len, seed=seed)
+            outputs = constrained_outputs or outputs
+            batches[count].runs.append(result.to_flat_dict())
+            typer.echo(f"  run {run + 1}/{runs}, {count} constrained: "
+                       f"{result.output_throughput:.1f} output tok/s, "
+                       f"{result.extra['output_tokens_per_cpu_s']:.1f} per CPU-s")  # fmt: skip
+    timings = report.BenchRecord(f"{system} structured-output work", "compile",
+                                 {**params, "num_constrained": num_constrained})
+    for run in range(runs):
+        # Fresh compiler each run (a true first compile); the replay uses the last batch's tokens.
+        timings.runs.append({**time_compiles(llm), **time_steps(llm, num_prompts, outputs)})
+    records = [*batches.values(), timings]
+    path = out / f"{tag or f'structured-{dt.date.today().isoformat()}'}.json"
+    report.write_json(path, records, meta)
+    typer.echo("\n" + report.format_table(records))
+    for key, value in timings.median().items():
+        low, high = timings.spread(key)
+        typer.echo(f"  {key}: {value:.2f} ms (min-max {low:.2f}-{high:.2f})")
+    typer.echo(f"results: {path}")
 
 
 @bench_app.command("report")

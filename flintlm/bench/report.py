@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["offline", "serve"]
+# "compile": timings in milliseconds (bench structured); the tables leave those records out.
+Kind = Literal["offline", "serve", "compile"]
 
 
 @dataclass(slots=True)

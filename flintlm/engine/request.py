@@ -72,6 +72,7 @@ class SamplingParams:
     json_object: bool = False
     regex: str | None = None
     grammar: str | None = None
+    structural_tag: str | dict[str, Any] | None = None  # xgrammar's format; tool calls use it
 
     @property
     def is_greedy(self) -> bool:
@@ -87,7 +88,8 @@ class SamplingParams:
 
     @property
     def has_structured_output(self) -> bool:
-        return bool(self.json_schema is not None or self.json_object or self.regex or self.grammar)
+        return bool(self.json_schema is not None or self.json_object or self.regex or self.grammar
+                    or self.structural_tag is not None)
 
     def validate(self, vocab_size: int) -> None:
         def bad(message: str, param: str) -> InvalidRequestError:
@@ -132,10 +134,10 @@ class SamplingParams:
             if value is not None and not 0 <= value <= 20:
                 raise bad(f"{name} must be between 0 and 20, got {value}", name)
         chosen = [self.json_schema is not None, self.json_object, bool(self.regex),
-                  bool(self.grammar)]
+                  bool(self.grammar), self.structural_tag is not None]
         if sum(chosen) > 1:
-            raise bad("give at most one of json_schema, json_object, regex, grammar",
-                      "response_format")
+            raise bad("give at most one of json_schema, json_object, regex, grammar, "
+                      "structural_tag", "response_format")
 
 
 @dataclass(frozen=True)

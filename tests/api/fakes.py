@@ -1,6 +1,7 @@
 """A stand-in `AsyncEngine` for API tests that need to see exactly what reached the engine
 (every honoured parameter must arrive in `SamplingParams`) or to control timing. Byte-level
-tokenizer: token id = byte value; it always answers with `REPLY`.
+tokenizer: token id = byte value; it answers with `reply` (`REPLY` unless a test sets another
+ASCII text), one byte per token.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class FakeEngine:
     model_name: str = "fake"
     max_model_len: int = 256
     token_delay_s: float = 0.0
+    reply: str = REPLY
     submitted: list[Submitted] = field(default_factory=list)
     aborted: set[str] = field(default_factory=set)
     running: set[str] = field(default_factory=set)
@@ -111,7 +113,7 @@ class FakeEngine:
 
     async def _outputs(self, request_id: str, prompt: list[int], params: SamplingParams
                        ) -> AsyncIterator[RequestOutput]:
-        reply = list(REPLY.encode())
+        reply = list(self.reply.encode())
         limit = len(reply) if params.max_tokens is None else min(params.max_tokens, len(reply))
         if params.ignore_eos and params.max_tokens is not None:
             limit = params.max_tokens

@@ -21,10 +21,15 @@ from flintlm.api.protocol import (
     ChatLogprobs,
     ChatResponseMessage,
     ChatTokenLogprob,
+    FunctionCall,
+    FunctionDelta,
+    ToolCall,
+    ToolCallDelta,
     TopLogprob,
     usage_info,
 )
 from flintlm.api.streaming import respond
+from flintlm.api.tool_calls import CallDelta, ToolCallParser, parse_all
 from flintlm.engine.request import Logprob, RequestOutput, TokenLogprobs, Usage
 
 if TYPE_CHECKING:
@@ -45,7 +50,7 @@ async def create_chat_completion(
     admission: AdmissionDep,
 ) -> Response:
     check_model(body.model, engine)
-    prompt_ids = render_chat(engine.tokenizer, body.messages, tools=body.tools)
+    prompt_ids = render_chat(engine.tokenizer, body.messages, tools=body.active_tools)
     params = body.sampling_params()
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     ticket = await admission.admit(key, request_id, [prompt_ids], params, body.end_user,
@@ -60,7 +65,8 @@ async def create_chat_completion(
 
 
 class ChatEncoder:
-    """Builds chat responses and stream chunks for one request."""
+    """Builds chat responses and stream chunks for one request; with tools, splits each choice's
+    text into content and tool calls (api/tool_calls.py)."""
 
     def __init__(self, request_id: str, model: str, tokenizer: Tokenizer,
                  body: ChatCompletionRequest):
@@ -70,6 +76,8 @@ class ChatEncoder:
         self.num_choices = body.n
         self.num_top_logprobs = (body.top_logprobs or 0) if body.logprobs else None
         self.created = int(time.time())
+        self.parses_tool_calls = bool(body.active_tools)
+        self.parsers = [ToolCallParser() for _ in range(body.n)] if self.parses_tool_calls else []
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None
                ) -> ChatCompletionChunk:
@@ -85,27 +93,54 @@ class ChatEncoder:
     def chunks(self, index: int, output: RequestOutput) -> list[ChatCompletionChunk]:
         chunks = []
         logprobs = self._logprobs(output.new_logprobs or [])
-        if output.new_text or (logprobs and logprobs.content):
-            delta = ChatDelta(content=output.new_text)
+        delta = self._delta(index, output)
+        if delta.content or delta.tool_calls or (logprobs and logprobs.content):
             chunks.append(self._chunk([ChatChunkChoice(index=index, delta=delta,
                                                        logprobs=logprobs)]))
         if output.finish_reason is not None:
-            reason = output.finish_reason.value
+            reason = self._finish_reason(output.finish_reason.value,
+                                         bool(self.parsers and self.parsers[index].calls))
             chunks.append(self._chunk([ChatChunkChoice(index=index, delta=ChatDelta(),
                                                        finish_reason=reason)]))
         return chunks
+
+    def _delta(self, index: int, output: RequestOutput) -> ChatDelta:
+        if not self.parses_tool_calls:
+            return ChatDelta(content=output.new_text)
+        parser = self.parsers[index]
+        parsed = parser.feed(output.new_text)
+        content = parsed.content
+        if output.finish_reason is not None:
+            content += parser.finish().content
+        return ChatDelta(content=content or None,
+                         tool_calls=_call_deltas(parsed.calls) or None)
 
     def usage_chunk(self, usage: Usage) -> ChatCompletionChunk:
         return self._chunk([], usage)
 
     def response(self, results: list[ChoiceResult], usage: Usage) -> ChatCompletionResponse:
-        choices = [
-            ChatChoice(index=r.index, message=ChatResponseMessage(content=r.text),
-                       logprobs=self._logprobs(r.logprobs), finish_reason=r.finish_reason)
-            for r in results
-        ]
+        choices = []
+        for r in results:
+            message = self._message(r.text)
+            reason = self._finish_reason(r.finish_reason, bool(message.tool_calls))
+            choices.append(ChatChoice(index=r.index, message=message,
+                                      logprobs=self._logprobs(r.logprobs), finish_reason=reason))
         return ChatCompletionResponse(id=self.request_id, created=self.created, model=self.model,
                                       choices=choices, usage=usage_info(usage))
+
+    def _message(self, text: str) -> ChatResponseMessage:
+        if not self.parses_tool_calls:
+            return ChatResponseMessage(content=text)
+        content, calls = parse_all(text)
+        tool_calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
+                      for c in calls]
+        return ChatResponseMessage(content=content or None, tool_calls=tool_calls or None)
+
+    @staticmethod
+    def _finish_reason(reason: str | None, has_calls: bool) -> str | None:
+        # NOTE: OpenAI's "tool_calls" replaces "stop" only; a call cut off by max_tokens stays
+        # "length", so the client knows its arguments may be incomplete.
+        return "tool_calls" if has_calls and reason == "stop" else reason
 
     def _logprobs(self, entries: list[TokenLogprobs]) -> ChatLogprobs | None:
         if self.num_top_logprobs is None:
@@ -120,3 +155,20 @@ class ChatEncoder:
         chosen = top(entry.chosen)
         alternatives = [top(alt) for alt in entry.top[: self.num_top_logprobs]]
         return ChatTokenLogprob(**chosen.model_dump(), top_logprobs=alternatives)
+
+
+def _call_deltas(deltas: list[CallDelta]) -> list[ToolCallDelta]:
+    """OpenAI's delta.tool_calls: one entry per call this piece of text touched; the first one
+    of a call carries its id, type and name."""
+    merged: list[ToolCallDelta] = []
+    for delta in deltas:
+        if merged and merged[-1].index == delta.index and merged[-1].function is not None:
+            merged[-1].function.arguments = (merged[-1].function.arguments or "") + delta.arguments
+        elif delta.id is not None:
+            merged.append(ToolCallDelta(index=delta.index, id=delta.id, type="function",
+                                        function=FunctionDelta(name=delta.name,
+                                                               arguments=delta.arguments)))
+        else:
+            merged.append(ToolCallDelta(index=delta.index,
+                                        function=FunctionDelta(arguments=delta.arguments)))
+    return merged

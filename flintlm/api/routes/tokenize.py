@@ -23,7 +23,7 @@ router = APIRouter()
 async def tokenize(body: TokenizeRequest, engine: EngineDep, _: AuthedKey) -> TokenizeResponse:
     check_model(body.model, engine)
     if body.messages is not None:
-        token_ids = render_chat(engine.tokenizer, body.messages,
+        token_ids = render_chat(engine.tokenizer, body.messages, tools=body.tools,
                                 add_generation_prompt=body.add_generation_prompt)
     else:
         token_ids = engine.tokenizer.encode(body.prompt or "",
