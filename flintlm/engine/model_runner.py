@@ -21,6 +21,7 @@ from flintlm.engine.structured import build_bitmask
 from flintlm.kernels.ops import CpuKernels
 from flintlm.models.attention import BatchLayout, CpuNativeAttention, SequenceSlice
 from flintlm.models.packing import PackedLogits, can_pack, pack_linears
+from flintlm.models.fast_decode import FastDecode
 from flintlm.models.quant import keep_quantized, quantized_logits
 from flintlm.models.registry import model_class_for
 
@@ -103,6 +104,9 @@ class ModelRunner:
                         max_rows, num_kept)
         self.kv_layout = self._plan_kv_cache(cache_config)
         self.kv_caches = self._allocate_kv_cache(self.kv_layout.num_blocks)
+        self.fast_decode = FastDecode.build(self.model, self.kv_caches, self.kernels, max_rows)
+        if self.fast_decode is not None:
+            logger.info("steps of <= %d tokens run every layer in one native call", max_rows)
         self.sampler = Sampler(self.arch.vocab_size, self.device, seed=model_config.seed,
                                kernels=self.kernels)
 
@@ -145,8 +149,12 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> RunnerOutput:
         ordered = _batch_order(scheduler_output.scheduled)
-        input_ids, positions, meta = self._prepare_inputs(ordered)
-        hidden = self.model(input_ids, positions, self.kv_caches, meta)
+        input_ids, positions, layout = self._prepare_inputs(ordered)
+        if self.fast_decode is not None and self.fast_decode.can_run(layout.num_tokens):
+            hidden = self.fast_decode.forward(input_ids, positions, layout)
+        else:
+            meta = self.model.attention.metadata(layout, self.device)
+            hidden = self.model(input_ids, positions, self.kv_caches, meta)
 
         # Rows whose logits are needed: the last row of each sampling request, and every row of
         # a chunk whose prompt logprobs were asked for.
@@ -177,7 +185,7 @@ class ModelRunner:
         return output
 
     def _prepare_inputs(self, ordered: list[ScheduledRequest]
-                        ) -> tuple[torch.Tensor, torch.Tensor, object]:
+                        ) -> tuple[torch.Tensor, torch.Tensor, BatchLayout]:
         block_size = self.block_size
         token_ids: list[int] = []
         positions: list[int] = []
@@ -199,9 +207,8 @@ class ModelRunner:
         device = self.device
         layout = BatchLayout(sequences, torch.tensor(slots, dtype=torch.long).to(device),
                              block_size)
-        meta = self.model.attention.metadata(layout, device)
         return (torch.tensor(token_ids, dtype=torch.long).to(device, non_blocking=True),
-                torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True), meta)
+                torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True), layout)
 
     # -- outputs ---------------------------------------------------------------------------------
 

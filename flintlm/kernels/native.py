@@ -22,7 +22,7 @@ import torch  # noqa: F401  - loaded first so the library binds to torch's libgo
 logger = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent
-SOURCES = ("attention.c", "layers.c", "quant_matmul.c")
+SOURCES = ("attention.c", "decode_step.c", "layers.c", "quant_matmul.c")
 HEADERS = ("common.h",)
 ABI_VERSION = 4
 # NOTE: fast-math lets gcc vectorise the float reductions and expf (through libmvec). The
@@ -42,6 +42,7 @@ SIGNATURES: dict[str, tuple[object, ...]] = {
     "add_rms_norm": (_P, _P, _P, _P, _I64, _I, _F),
     "silu_and_mul": (_P, _P, _I64, _I),
     "quant_matmul": (_P, _I64, _I64, _P, _P, _P, _I, _I64, _P, _I64, _I64, _I),
+    "decode_step": (_P, _I, _P, _P, _P, _P),
 }
 SUFFIXES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -27,6 +28,14 @@ class QuantMatrix:
     d: torch.Tensor  # [N, K / 32] float16
     m: torch.Tensor  # [N, K / 32] float16
     is_4bit: bool
+
+    def __post_init__(self) -> None:
+        _require_contiguous(self.q, self.d, self.m)
+
+    @functools.cached_property
+    def pointers(self) -> tuple[int, int, int]:
+        """(q, d, m) data pointers, taken once: the tensors never move."""
+        return self.q.data_ptr(), self.d.data_ptr(), self.m.data_ptr()
 
     @property
     def out_features(self) -> int:
@@ -52,6 +61,7 @@ class CpuKernels:
         self._add_rms_norm = library.function("add_rms_norm", dtype)
         self._silu_and_mul = library.function("silu_and_mul", dtype)
         self._quant_matmul = library.function("quant_matmul", dtype)
+        self._decode_step = library.function("decode_step", dtype)
         self._argmax_rows = library.argmax_rows
 
     @classmethod
@@ -192,16 +202,26 @@ class CpuKernels:
             use_int8: quantize x to int8 per block of 32 (VNNI dot products, as llama.cpp);
                 else multiply x in float32, exactly as the dense path.
         """
-        _require_contiguous(x, out, weight.q, weight.d, weight.m)
+        _require_contiguous(x, out)
         rows, k = x.shape
         if rows > self.MAX_QUANT_ROWS or k % 32 or k > 32768:
             raise ValueError(f"quant_matmul takes <= {self.MAX_QUANT_ROWS} rows and K % 32 == 0, "
                              "K <= 32768")
         if use_int8 and not self.has_int8_dot:
             raise ValueError("use_int8 needs AVX-512 VNNI")
-        self._quant_matmul(x.data_ptr(), rows, k, weight.q.data_ptr(), weight.d.data_ptr(),
-                           weight.m.data_ptr(), int(weight.is_4bit), weight.out_features,
-                           out.data_ptr(), out.stride(0), col0, int(use_int8))
+        q, d, m = weight.pointers
+        self._quant_matmul(x.data_ptr(), rows, k, q, d, m, int(weight.is_4bit),
+                           weight.out_features, out.data_ptr(), out.stride(0), col0,
+                           int(use_int8))
+
+
+    def decode_step(self, layers_address: int, num_layers: int, batch_address: int,
+                    residual: torch.Tensor, hidden: torch.Tensor, scratch: torch.Tensor) -> None:
+        """Every layer of a small decode batch in one call (decode_step.c); the layer table and
+        batch description are ctypes structures built by models/fast_decode.py."""
+        _require_contiguous(residual, hidden, scratch)
+        self._decode_step(layers_address, num_layers, batch_address, residual.data_ptr(),
+                          hidden.data_ptr(), scratch.data_ptr())
 
 
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -121,9 +121,12 @@ static void qdot_exact(const qweights *w, int64_t first, int count, const qactiv
 
 #if defined(HAVE_AVX512) && defined(__AVX512VNNI__)
 #define HAVE_VNNI 1
-/* int8 path: two blocks per 512-bit integer dot product, QROW_GROUP rows sharing x. */
-static void qdot_int8(const qweights *w, int64_t first, int count, const qactivations *a,
-                      int64_t r, int64_t k, float *out) {
+/* int8 path: two blocks per 512-bit integer dot product, QROW_GROUP rows sharing x. Inlined
+ * with a constant `count` for full groups, so the accumulators stay in registers (with a
+ * run-time count they spilled to the stack every block, measured). */
+static inline __attribute__((always_inline)) void
+qdot_int8_rows(const qweights *w, int64_t first, const int count, const qactivations *a,
+               int64_t r, int64_t k, float *out) {
     const int64_t nb = w->nb;
     const int8_t *xq = a->xq + r * k;
     const float *dx = a->dx + r * nb;
@@ -136,10 +139,12 @@ static void qdot_int8(const qweights *w, int64_t first, int count, const qactiva
         const int is_pair = b + 1 < nb;
         const __mmask64 bytes = is_pair ? ~(__mmask64)0 : (__mmask64)0xFFFFFFFFu;
         const __m512i xv = _mm512_maskz_loadu_epi8(bytes, xq + b * QBLOCK);
-        const __m128 dx_pair = _mm_castpd_ps(_mm_load_sd((const double *)(dx + b)));
+        const __m128 dx_pair = _mm_setr_ps(dx[b], is_pair ? dx[b + 1] : 0.0f, 0.0f, 0.0f);
         for (int i = 0; i < count; i++) {
             const int64_t row = first + i;
             const uint8_t *q = w->q + row * w->row_q_bytes;
+            /* the next group's rows follow these in memory: fetch them while this one runs */
+            _mm_prefetch((const char *)(q + QROW_GROUP * w->row_q_bytes + b * 16), _MM_HINT_T0);
             __m512i qv;
             if (w->is_q4) {
                 /* [A bytes | B bytes] -> [A low | A high | B low | B high] nibbles */
@@ -152,7 +157,10 @@ static void qdot_int8(const qweights *w, int64_t first, int count, const qactiva
                 qv = _mm512_maskz_loadu_epi8(bytes, q + b * 32);
             }
             const __m512i isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qv, xv);
-            const __m128 d_pair = _mm_cvtph_ps(_mm_cvtsi32_si128(*(const int *)(w->d + row * nb + b)));
+            /* the odd last block has no partner: never read past the row (0 * NaN is NaN) */
+            const uint16_t *d_row = w->d + row * nb + b;
+            const int d_bits = is_pair ? (int)(d_row[0] | (uint32_t)d_row[1] << 16) : d_row[0];
+            const __m128 d_pair = _mm_cvtph_ps(_mm_cvtsi32_si128(d_bits));
             const __m512 scale = _mm512_permutexvar_ps(pair_lanes,
                                                        _mm512_castps128_ps512(_mm_mul_ps(d_pair, dx_pair)));
             acc[i] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[i]);
@@ -164,6 +172,14 @@ static void qdot_int8(const qweights *w, int64_t first, int count, const qactiva
     const float *sums = a->xqsum + r * nb;
     for (int i = 0; i < count; i++)
         out[i] = _mm512_reduce_add_ps(acc[i]) + offset_dot(w->m + (first + i) * nb, sums, nb);
+}
+
+static void qdot_int8(const qweights *w, int64_t first, int count, const qactivations *a,
+                      int64_t r, int64_t k, float *out) {
+    if (count == QROW_GROUP)
+        qdot_int8_rows(w, first, QROW_GROUP, a, r, k, out);
+    else
+        qdot_int8_rows(w, first, count, a, r, k, out);
 }
 #endif
 

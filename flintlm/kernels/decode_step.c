@@ -1,0 +1,101 @@
+/* A small-batch decode step of the Llama decoder through every layer in one call.
+ *
+ * The same math as models/llama.py's forward with the quantized linears (quant_matmul.c) and
+ * the fused kernels (layers.c, attention.c), composed here instead of from Python: with a few
+ * tokens a step, Python's per-layer dispatch cost as much as the matmuls (measured ~8 of 21 ms
+ * a token). Like a CUDA graph it is an optional fast path; models/fast_decode.py decides when
+ * it applies and builds the layer table from the loaded model.
+ */
+#include "common.h"
+
+typedef struct {
+    const uint8_t *q;
+    const uint16_t *d, *m;
+    int64_t out_features;
+    int is_4bit;
+} decode_matrix;
+
+typedef struct {
+    const void *input_norm, *post_attention_norm; /* [hidden] */
+    decode_matrix qkv, o, gate_up, down;
+    void *k_cache, *v_cache;
+} decode_layer;
+
+typedef struct {
+    int64_t num_rows;
+    int hidden, num_heads, num_kv_heads, head_dim, intermediate, block_size, max_blocks;
+    float eps, scale;
+    int use_int8;
+    const int64_t *positions, *slots;  /* [rows] */
+    const float *cos_table, *sin_table;
+    const int32_t *block_tables, *row_seq, *row_ctx;
+} decode_batch;
+
+#define DECLARE_KERNELS(SUFFIX, T)                                                               \
+void add_rms_norm_##SUFFIX(const T *x, T *residual, const T *weight, T *out,                    \
+                           int64_t num_tokens, int size, float eps);                             \
+void silu_and_mul_##SUFFIX(const T *gate_up, T *out, int64_t num_tokens, int size);             \
+void quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,               \
+                           const uint16_t *d, const uint16_t *m, int is_q4, int64_t n, T *y,     \
+                           int64_t y_stride, int64_t col0, int use_int8);                        \
+void rope_write_kv_##SUFFIX(const T *q, const T *k, const T *v, int64_t row_stride,             \
+                            const int64_t *positions, const float *cos_table,                     \
+                            const float *sin_table, const int64_t *slots, T *q_out, T *k_out,    \
+                            T *k_cache, T *v_cache, int64_t num_tokens, int num_heads,            \
+                            int num_kv_heads, int head_dim, int block_size);                     \
+void paged_attention_##SUFFIX(const T *q, const T *k_cache, const T *v_cache,                    \
+                              const int32_t *block_tables, const int32_t *row_seq,                \
+                              const int32_t *row_ctx, T *out, int64_t num_rows, int num_heads,    \
+                              int num_kv_heads, int head_dim, int block_size, int max_blocks,     \
+                              float scale);
+
+DECLARE_KERNELS(f32, float)
+DECLARE_KERNELS(bf16, bf16)
+
+#define DEFINE_DECODE_STEP(SUFFIX, T)                                                             \
+/* residual [rows, hidden]: the embeddings in, the residual stream after the last layer out;    \
+ * `hidden` [rows, hidden]: the last layer's output (to be added by the final norm). scratch   \
+ * holds rows x (hidden + (q + 2 kv) + q + kv + q + 2 intermediate + intermediate) elements. */\
+void decode_step_##SUFFIX(const decode_layer *layers, int num_layers, const decode_batch *b,   \
+                          T *residual, T *hidden, T *scratch) {                                 \
+    const int64_t rows = b->num_rows;                                                           \
+    const int q_size = b->num_heads * b->head_dim, kv_size = b->num_kv_heads * b->head_dim;    \
+    const int qkv_size = q_size + 2 * kv_size;                                                  \
+    T *normed = scratch;                                  /* [rows, hidden] */                  \
+    T *qkv = normed + rows * b->hidden;                   /* [rows, q + 2 kv] */                \
+    T *q_rot = qkv + rows * qkv_size;                     /* [rows, q] */                       \
+    T *k_rot = q_rot + rows * q_size;                     /* [rows, kv] */                      \
+    T *attn = k_rot + rows * kv_size;                     /* [rows, q] */                       \
+    T *gate_up = attn + rows * q_size;                    /* [rows, 2 intermediate] */          \
+    T *act = gate_up + rows * 2 * (int64_t)b->intermediate; /* [rows, intermediate] */          \
+    for (int l = 0; l < num_layers; l++) {                                                      \
+        const decode_layer *layer = &layers[l];                                                 \
+        add_rms_norm_##SUFFIX(l ? hidden : 0, residual, (const T *)layer->input_norm, normed,   \
+                              rows, b->hidden, b->eps);                                         \
+        quant_matmul_##SUFFIX(normed, rows, b->hidden, layer->qkv.q, layer->qkv.d,              \
+                              layer->qkv.m, layer->qkv.is_4bit, qkv_size, qkv, qkv_size, 0,     \
+                              b->use_int8);                                                     \
+        rope_write_kv_##SUFFIX(qkv, qkv + q_size, qkv + q_size + kv_size, qkv_size,             \
+                               b->positions, b->cos_table, b->sin_table, b->slots, q_rot,       \
+                               k_rot, (T *)layer->k_cache, (T *)layer->v_cache, rows,           \
+                               b->num_heads, b->num_kv_heads, b->head_dim, b->block_size);      \
+        paged_attention_##SUFFIX(q_rot, (const T *)layer->k_cache, (const T *)layer->v_cache,   \
+                                 b->block_tables, b->row_seq, b->row_ctx, attn, rows,           \
+                                 b->num_heads, b->num_kv_heads, b->head_dim, b->block_size,     \
+                                 b->max_blocks, b->scale);                                      \
+        quant_matmul_##SUFFIX(attn, rows, q_size, layer->o.q, layer->o.d, layer->o.m,           \
+                              layer->o.is_4bit, b->hidden, hidden, b->hidden, 0, b->use_int8);  \
+        add_rms_norm_##SUFFIX(hidden, residual, (const T *)layer->post_attention_norm, normed,  \
+                              rows, b->hidden, b->eps);                                         \
+        quant_matmul_##SUFFIX(normed, rows, b->hidden, layer->gate_up.q, layer->gate_up.d,      \
+                              layer->gate_up.m, layer->gate_up.is_4bit, 2 * b->intermediate,    \
+                              gate_up, 2 * b->intermediate, 0, b->use_int8);                    \
+        silu_and_mul_##SUFFIX(gate_up, act, rows, b->intermediate);                             \
+        quant_matmul_##SUFFIX(act, rows, b->intermediate, layer->down.q, layer->down.d,         \
+                              layer->down.m, layer->down.is_4bit, b->hidden, hidden, b->hidden, \
+                              0, b->use_int8);                                                  \
+    }                                                                                           \
+}
+
+DEFINE_DECODE_STEP(f32, float)
+DEFINE_DECODE_STEP(bf16, bf16)

@@ -1,0 +1,138 @@
+"""The Llama decoder's small-batch step as one call into kernels/decode_step.c.
+
+Decode steps of a few tokens spend as much time in Python's per-layer dispatch as in the
+matmuls; like a CUDA graph, this replays the model's layers (the same modules' quantized
+weights, norms and KV caches, the same math as `LlamaForCausalLM.forward`) in C. It applies
+where every linear layer is a single-matrix `SmallBatchQuantLinear` and the model has no q/k
+norms or biases; the runner uses it for steps of at most `max_rows` tokens and falls back to
+the module path otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING
+
+import torch
+
+from flintlm.models.quant import SmallBatchQuantLinear
+
+if TYPE_CHECKING:
+    from flintlm.kernels.ops import CpuKernels, QuantMatrix
+    from flintlm.models.attention import BatchLayout, KVCache
+    from flintlm.models.llama import LlamaForCausalLM
+
+_P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+
+
+class _Matrix(ctypes.Structure):
+    _fields_ = [("q", _P), ("d", _P), ("m", _P), ("out_features", _I64), ("is_4bit", _I)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("input_norm", _P), ("post_attention_norm", _P), ("qkv", _Matrix),
+                ("o", _Matrix), ("gate_up", _Matrix), ("down", _Matrix), ("k_cache", _P),
+                ("v_cache", _P)]
+
+
+class _Batch(ctypes.Structure):
+    _fields_ = [("num_rows", _I64), ("hidden", _I), ("num_heads", _I), ("num_kv_heads", _I),
+                ("head_dim", _I), ("intermediate", _I), ("block_size", _I), ("max_blocks", _I),
+                ("eps", _F), ("scale", _F), ("use_int8", _I), ("positions", _P), ("slots", _P),
+                ("cos_table", _P), ("sin_table", _P), ("block_tables", _P), ("row_seq", _P),
+                ("row_ctx", _P)]
+
+
+def _matrix(module: torch.nn.Module) -> QuantMatrix | None:
+    if (not isinstance(module, SmallBatchQuantLinear) or len(module.parts) != 1
+            or module.bias is not None):
+        return None
+    return module.parts[0]
+
+
+class FastDecode:
+    """Built once by the runner (`build`); `forward` runs a step's layers in one C call."""
+
+    def __init__(self, model: LlamaForCausalLM, layers: ctypes.Array[_Layer],
+                 kernels: CpuKernels, max_rows: int, use_int8: bool,
+                 keep_alive: list[object]):
+        self.model = model
+        self.kernels = kernels
+        self.max_rows = max_rows
+        self._layers = layers
+        self._use_int8 = use_int8
+        self._keep_alive = keep_alive  # the tensors the layer table points into
+        arch = model.arch
+        # decode_step.c's scratch per row: normed, qkv, q_rot, k_rot, attn, gate_up, act
+        widths = (arch.hidden_size + (arch.q_size + 2 * arch.kv_size) + arch.q_size
+                  + arch.kv_size + arch.q_size + 3 * arch.intermediate_size)
+        self._scratch = torch.empty(max_rows * widths, dtype=kernels.dtype)
+
+    @classmethod
+    def build(cls, model: LlamaForCausalLM, kv_caches: list[KVCache],
+              kernels: CpuKernels | None, max_rows: int) -> FastDecode | None:
+        """The fast path for this model, or None where it does not apply."""
+        arch = model.arch
+        if kernels is None or max_rows < 1 or arch.attention_bias or arch.qk_norm:
+            return None
+        layers = (_Layer * arch.num_layers)()
+        keep_alive: list[object] = []
+        use_int8 = False
+        for entry, layer, (k_cache, v_cache) in zip(layers, model.layers, kv_caches):
+            linears = (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
+                       layer.mlp.gate_up_proj, layer.mlp.down_proj)
+            matrices = [_matrix(m) for m in linears]
+            if any(m is None for m in matrices):
+                return None
+            use_int8 = linears[0].use_int8
+            for name, matrix in zip(("qkv", "o", "gate_up", "down"), matrices):
+                q, d, m = matrix.pointers  # type: ignore[union-attr]
+                setattr(entry, name, _Matrix(q, d, m, matrix.out_features,  # type: ignore[union-attr]
+                                             int(matrix.is_4bit)))  # type: ignore[union-attr]
+            entry.input_norm = layer.input_layernorm.weight.data_ptr()
+            entry.post_attention_norm = layer.post_attention_layernorm.weight.data_ptr()
+            entry.k_cache, entry.v_cache = k_cache.data_ptr(), v_cache.data_ptr()
+            keep_alive += [layer, k_cache, v_cache]
+        return cls(model, layers, kernels, max_rows, use_int8, keep_alive)
+
+    def can_run(self, num_tokens: int) -> bool:
+        return num_tokens <= self.max_rows
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                layout: BatchLayout) -> torch.Tensor:
+        """input_ids, positions [T] -> final hidden states [T, hidden] (normed).
+
+        Every row reads its context from the paged cache, the chunk's own rows included
+        (they are written first), so prompts and decodes need no separate path.
+        """
+        model, arch = self.model, self.model.arch
+        row_seq: list[int] = []
+        row_ctx: list[int] = []
+        max_blocks = max(len(s.block_ids) for s in layout.sequences)
+        tables = []
+        for index, seq in enumerate(layout.sequences):
+            tables.append(seq.block_ids + [0] * (max_blocks - len(seq.block_ids)))
+            row_seq += [index] * seq.num_rows
+            row_ctx += range(seq.start_position + 1, seq.start_position + seq.num_rows + 1)
+        as_int32 = {"dtype": torch.int32}
+        block_tables = torch.tensor(tables, **as_int32)
+        row_seq_t = torch.tensor(row_seq, **as_int32)
+        row_ctx_t = torch.tensor(row_ctx, **as_int32)
+        positions = positions.contiguous()
+        slots = layout.slot_mapping.contiguous()
+        rotary = model.rotary
+        batch = _Batch(
+            num_rows=input_ids.shape[0], hidden=arch.hidden_size, num_heads=arch.num_heads,
+            num_kv_heads=arch.num_kv_heads, head_dim=arch.head_dim,
+            intermediate=arch.intermediate_size, block_size=layout.block_size,
+            max_blocks=max_blocks, eps=arch.rms_norm_eps, scale=arch.head_dim ** -0.5,
+            use_int8=int(self._use_int8), positions=positions.data_ptr(),
+            slots=slots.data_ptr(), cos_table=rotary.cos.data_ptr(),
+            sin_table=rotary.sin.data_ptr(), block_tables=block_tables.data_ptr(),
+            row_seq=row_seq_t.data_ptr(), row_ctx=row_ctx_t.data_ptr())
+        residual = model.embed_tokens(input_ids)  # [T, hidden], updated in place
+        hidden = torch.empty_like(residual)
+        self.kernels.decode_step(ctypes.addressof(self._layers), arch.num_layers,
+                                 ctypes.addressof(batch), residual, hidden, self._scratch)
+        return model.norm.add_and_norm(hidden, residual)
