@@ -121,65 +121,84 @@ static void qdot_exact(const qweights *w, int64_t first, int count, const qactiv
 
 #if defined(HAVE_AVX512) && defined(__AVX512VNNI__)
 #define HAVE_VNNI 1
-/* int8 path: two blocks per 512-bit integer dot product, QROW_GROUP rows sharing x. Inlined
- * with a constant `count` for full groups, so the accumulators stay in registers (with a
- * run-time count they spilled to the stack every block, measured). */
+/* int8 path: two blocks per 512-bit integer dot product; QROW_GROUP weight rows, each block
+ * unpacked once for up to XROW_GROUP activation rows. Inlined with constant counts for full
+ * groups, so the accumulators stay in registers (with run-time counts they spilled to the
+ * stack every block, measured; a weight block unpacked per activation row made 4 rows cost
+ * 3x one row). out[i * rows + r]. */
+#define XROW_GROUP 4
+
 static inline __attribute__((always_inline)) void
-qdot_int8_rows(const qweights *w, int64_t first, const int count, const qactivations *a,
-               int64_t r, int64_t k, float *out) {
+qdot_int8_tile(const qweights *w, int64_t first, const int count, const qactivations *a,
+               int64_t r0, const int rows, int64_t k, int64_t out_rows, float *out) {
     const int64_t nb = w->nb;
-    const int8_t *xq = a->xq + r * k;
-    const float *dx = a->dx + r * nb;
     const __m512i nibble_order = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
     const __m512i pair_lanes = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
-    __m512 acc[QROW_GROUP];
-    for (int i = 0; i < count; i++) acc[i] = _mm512_setzero_ps();
+    __m512 acc[QROW_GROUP][XROW_GROUP];
+    for (int i = 0; i < count; i++)
+        for (int r = 0; r < rows; r++) acc[i][r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b += 2) {
         const int is_pair = b + 1 < nb;
         const __mmask64 bytes = is_pair ? ~(__mmask64)0 : (__mmask64)0xFFFFFFFFu;
-        const __m512i xv = _mm512_maskz_loadu_epi8(bytes, xq + b * QBLOCK);
-        const __m128 dx_pair = _mm_setr_ps(dx[b], is_pair ? dx[b + 1] : 0.0f, 0.0f, 0.0f);
+        __m512i qv[QROW_GROUP];
+        __m128 d_pair[QROW_GROUP];
         for (int i = 0; i < count; i++) {
             const int64_t row = first + i;
             const uint8_t *q = w->q + row * w->row_q_bytes;
             /* the next group's rows follow these in memory: fetch them while this one runs */
             _mm_prefetch((const char *)(q + QROW_GROUP * w->row_q_bytes + b * 16), _MM_HINT_T0);
-            __m512i qv;
             if (w->is_q4) {
                 /* [A bytes | B bytes] -> [A low | A high | B low | B high] nibbles */
                 const __m512i raw = _mm512_castsi256_si512(
                     _mm256_maskz_loadu_epi8(is_pair ? 0xFFFFFFFFu : 0xFFFFu, q + b * 16));
                 const __m512i lo = _mm512_and_si512(raw, low_nibbles);
                 const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles);
-                qv = _mm512_permutex2var_epi64(lo, nibble_order, hi);
+                qv[i] = _mm512_permutex2var_epi64(lo, nibble_order, hi);
             } else {
-                qv = _mm512_maskz_loadu_epi8(bytes, q + b * 32);
+                qv[i] = _mm512_maskz_loadu_epi8(bytes, q + b * 32);
             }
-            const __m512i isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qv, xv);
             /* the odd last block has no partner: never read past the row (0 * NaN is NaN) */
             const uint16_t *d_row = w->d + row * nb + b;
             const int d_bits = is_pair ? (int)(d_row[0] | (uint32_t)d_row[1] << 16) : d_row[0];
-            const __m128 d_pair = _mm_cvtph_ps(_mm_cvtsi32_si128(d_bits));
-            const __m512 scale = _mm512_permutexvar_ps(pair_lanes,
-                                                       _mm512_castps128_ps512(_mm_mul_ps(d_pair, dx_pair)));
-            acc[i] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[i]);
+            d_pair[i] = _mm_cvtph_ps(_mm_cvtsi32_si128(d_bits));
+        }
+        for (int r = 0; r < rows; r++) {
+            const int8_t *xq = a->xq + (r0 + r) * k;
+            const float *dx = a->dx + (r0 + r) * nb;
+            const __m512i xv = _mm512_maskz_loadu_epi8(bytes, xq + b * QBLOCK);
+            const __m128 dx_pair = _mm_setr_ps(dx[b], is_pair ? dx[b + 1] : 0.0f, 0.0f, 0.0f);
+            for (int i = 0; i < count; i++) {
+                const __m512i isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qv[i], xv);
+                const __m512 scale = _mm512_permutexvar_ps(
+                    pair_lanes, _mm512_castps128_ps512(_mm_mul_ps(d_pair[i], dx_pair)));
+                acc[i][r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[i][r]);
+            }
         }
     }
     /* NOTE: the offsets multiply the sums of the quantized x too, so the result is the exact
      * product of the dequantized weights with the quantized x: with the exact sums instead, the
      * rounding of x would be scaled by q (0..15) rather than by the centred weight. */
-    const float *sums = a->xqsum + r * nb;
     for (int i = 0; i < count; i++)
-        out[i] = _mm512_reduce_add_ps(acc[i]) + offset_dot(w->m + (first + i) * nb, sums, nb);
+        for (int r = 0; r < rows; r++)
+            out[i * out_rows + r0 + r] = _mm512_reduce_add_ps(acc[i][r])
+                + offset_dot(w->m + (first + i) * nb, a->xqsum + (r0 + r) * nb, nb);
 }
 
-static void qdot_int8(const qweights *w, int64_t first, int count, const qactivations *a,
-                      int64_t r, int64_t k, float *out) {
-    if (count == QROW_GROUP)
-        qdot_int8_rows(w, first, QROW_GROUP, a, r, k, out);
-    else
-        qdot_int8_rows(w, first, count, a, r, k, out);
+/* All `rows` activation rows against weight rows [first, first + count). */
+static void qdot_int8_group(const qweights *w, int64_t first, int count, const qactivations *a,
+                            int64_t rows, int64_t k, float *out) {
+    for (int64_t r0 = 0; r0 < rows; r0 += XROW_GROUP) {
+        const int tile_rows = rows - r0 < XROW_GROUP ? (int)(rows - r0) : XROW_GROUP;
+        if (count == QROW_GROUP && tile_rows == 1)
+            qdot_int8_tile(w, first, QROW_GROUP, a, r0, 1, k, rows, out);
+        else if (count == QROW_GROUP && tile_rows == 2)
+            qdot_int8_tile(w, first, QROW_GROUP, a, r0, 2, k, rows, out);
+        else if (count == QROW_GROUP && tile_rows == 4)
+            qdot_int8_tile(w, first, QROW_GROUP, a, r0, 4, k, rows, out);
+        else
+            qdot_int8_tile(w, first, count, a, r0, tile_rows, k, rows, out);
+    }
 }
 #endif
 
@@ -219,11 +238,27 @@ static void block_stats(qactivations *a, int64_t rows, int64_t k, int want_int8)
         }
 }
 
+/* dots[i * rows + r] for weight rows [first, first + count) and every activation row. */
+static void qdot_group(const qweights *w, int64_t first, int count, const qactivations *a,
+                       int64_t rows, int64_t k, int use_int8, float *dots) {
 #ifdef HAVE_VNNI
-#define QDOT(use_int8, ...) ((use_int8) ? qdot_int8(__VA_ARGS__) : qdot_exact(__VA_ARGS__))
+    if (use_int8) {
+        qdot_int8_group(w, first, count, a, rows, k, dots);
+        return;
+    }
+#else
+    (void)use_int8;
+#endif
+    float row_dots[QROW_GROUP];
+    for (int64_t r = 0; r < rows; r++) {
+        qdot_exact(w, first, count, a, r, k, row_dots);
+        for (int i = 0; i < count; i++) dots[i * rows + r] = row_dots[i];
+    }
+}
+
+#ifdef HAVE_VNNI
 int quant_int8_available(void) { return 1; }
 #else
-#define QDOT(use_int8, ...) qdot_exact(__VA_ARGS__)
 int quant_int8_available(void) { return 0; }
 #endif
 
@@ -241,11 +276,11 @@ void quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q
     _Pragma("omp parallel for schedule(static)")                                                \
     for (int64_t first = 0; first < n; first += QROW_GROUP) {                                   \
         const int count = n - first < QROW_GROUP ? (int)(n - first) : QROW_GROUP;               \
-        float dots[QROW_GROUP];                                                                 \
-        for (int64_t r = 0; r < rows; r++) {                                                    \
-            QDOT(use_int8, &w, first, count, &a, r, k, dots);                                   \
-            for (int i = 0; i < count; i++) y[r * y_stride + col0 + first + i] = STORE(dots[i]);\
-        }                                                                                       \
+        float dots[QROW_GROUP * MAX_QROWS];                                                     \
+        qdot_group(&w, first, count, &a, rows, k, use_int8, dots);                              \
+        for (int i = 0; i < count; i++)                                                         \
+            for (int64_t r = 0; r < rows; r++)                                                  \
+                y[r * y_stride + col0 + first + i] = STORE(dots[i * rows + r]);                 \
     }                                                                                           \
     free(a.xf);                                                                                 \
 }
