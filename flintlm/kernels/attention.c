@@ -9,9 +9,6 @@
  */
 #include "common.h"
 
-#if defined(HAVE_AVX512) && defined(__AVX512BF16__)
-#define HAVE_BF16_DOT 1
-#endif
 
 /* Index of element (token j, dim d) inside one (block, head) slab. */
 static inline int64_t key_index(int j, int d, int block_size, int pair) {
@@ -124,16 +121,24 @@ static void attend_f32(const float *query, const float *k_cache, const float *v_
     }
 }
 
-/* The same for bfloat16 slabs (P = 2): q.k and p.v as pairwise bf16 dot products in float32
- * (probabilities rounded to bf16 first, as the torch path rounds them before its matmul). */
-#ifdef HAVE_BF16_DOT
+/* The same for bfloat16 slabs (P = 2), in float32: each 32-value vector of bf16 pairs splits
+ * into its even and odd elements by a shift and a mask, then float32 FMAs. (AVX512-BF16 dot
+ * products on the pairs were measured slower: vdpbf16ps issues at a quarter of the FMA rate
+ * on this CPU, and rounds the probabilities to bf16.) */
+#ifdef HAVE_AVX512
+#define HAVE_BF16_FAST 1
 __m512 _ZGVeN16v_expf(__m512 x); /* glibc's libmvec: expf on 16 lanes */
 
+static inline __m512 even_bf16(__m512i pairs) { return _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16)); }
+static inline __m512 odd_bf16(__m512i pairs) {
+    return _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32((int)0xFFFF0000u)));
+}
+
 /* One query's block of scores [0, count) -> online-softmax update of its running max and sum,
- * the factor its accumulator must be rescaled by, and the probabilities as bf16 (zero from
+ * the factor its accumulator must be rescaled by, and the probabilities in place (zero from
  * `count` to the next multiple of 16), 16 tokens a vector. */
-static inline void softmax_row_to_bf16(const float *scores, int count, float *running_max,
-                                       float *running_sum, float *correction, bf16 *probs) {
+static inline void softmax_row(float *scores, int count, float *running_max,
+                               float *running_sum, float *correction) {
     float block_max = *running_max;
     for (int chunk = 0; chunk < count; chunk += 16) {
         const __mmask16 live = count - chunk >= 16 ? 0xFFFF
@@ -152,24 +157,23 @@ static inline void softmax_row_to_bf16(const float *scores, int count, float *ru
         const __m512 p = _mm512_maskz_mov_ps(
             live, _ZGVeN16v_expf(_mm512_sub_ps(v, _mm512_set1_ps(block_max))));
         sum += _mm512_reduce_add_ps(p);
-        _mm256_storeu_si256((__m256i *)(probs + chunk), (__m256i)_mm512_cvtneps_pbh(p));
+        _mm512_storeu_ps(scores + chunk, p);
     }
     *running_sum = *running_sum * *correction + sum;
 }
 
 /* Specialised per group size G so every accumulator has a constant index and stays in a
- * register: the dot products are latency-bound chains otherwise (measured 3x slower). The
- * scores of a 16-token chunk use CHAINS independent sums per query; p.v covers 64 dims
- * (4 vectors) per query at a time. */
+ * register: the FMAs are latency-bound chains otherwise (measured 3x slower). The scores of a
+ * 16-token chunk use CHAINS independent sums per query (each over even and odd dims); p.v
+ * covers 64 dims (4 vectors) per query at a time. */
 #define DEFINE_ATTEND_BF16(G, CHAINS)                                                              \
-static void attend_bf16_g##G(const uint32_t q_pairs[][MAX_HEAD_DIM / 2], const bf16 *k_cache,    \
+static void attend_bf16_g##G(const float query[][MAX_HEAD_DIM], const bf16 *k_cache,             \
                              const bf16 *v_cache, const int32_t *table, int context,             \
                              int head_dim, int block_size, int64_t slab_stride,                   \
                              int64_t head_offset, float scale, float acc[][MAX_HEAD_DIM],         \
                              float *running_sum) {                                                \
     float scores[MAX_GROUP][MAX_BLOCK];                                                           \
     float running_max[MAX_GROUP], correction[MAX_GROUP];                                          \
-    uint32_t p_pairs[G][MAX_BLOCK / 2 + 8];                                                       \
     for (int g = 0; g < G; g++) {                                                                 \
         running_max[g] = -FLT_MAX;                                                                \
         running_sum[g] = 0.0f;                                                                    \
@@ -186,11 +190,15 @@ static void attend_bf16_g##G(const uint32_t q_pairs[][MAX_HEAD_DIM / 2], const b
                 for (int c = 0; c < CHAINS; c++) s[g][c] = _mm512_setzero_ps();                   \
             for (int dp = 0; dp < head_dim / 2; dp += CHAINS) {                                   \
                 for (int c = 0; c < CHAINS; c++) {                                                \
-                    const __m512bh pairs = (__m512bh)_mm512_loadu_si512(                          \
+                    const __m512i pairs = _mm512_loadu_si512(                                     \
                         keys + ((int64_t)(dp + c) * block_size + chunk) * 2);                     \
-                    for (int g = 0; g < G; g++)                                                   \
-                        s[g][c] = _mm512_dpbf16_ps(                                               \
-                            s[g][c], (__m512bh)_mm512_set1_epi32((int)q_pairs[g][dp + c]), pairs);\
+                    const __m512 k_even = even_bf16(pairs), k_odd = odd_bf16(pairs);              \
+                    for (int g = 0; g < G; g++) {                                                 \
+                        s[g][c] = _mm512_fmadd_ps(_mm512_set1_ps(query[g][2 * (dp + c)]),         \
+                                                  k_even, s[g][c]);                               \
+                        s[g][c] = _mm512_fmadd_ps(_mm512_set1_ps(query[g][2 * (dp + c) + 1]),     \
+                                                  k_odd, s[g][c]);                                \
+                    }                                                                             \
                 }                                                                                 \
             }                                                                                     \
             for (int g = 0; g < G; g++) {                                                         \
@@ -200,8 +208,7 @@ static void attend_bf16_g##G(const uint32_t q_pairs[][MAX_HEAD_DIM / 2], const b
             }                                                                                     \
         }                                                                                         \
         for (int g = 0; g < G; g++)                                                               \
-            softmax_row_to_bf16(scores[g], count, &running_max[g], &running_sum[g],               \
-                                &correction[g], (bf16 *)p_pairs[g]);                              \
+            softmax_row(scores[g], count, &running_max[g], &running_sum[g], &correction[g]);      \
         const int num_pairs = (count + 1) / 2;                                                    \
         for (int dc = 0; dc < head_dim; dc += 64) {                                               \
             if (head_dim - dc >= 64)                                                              \
@@ -215,7 +222,8 @@ static void attend_bf16_g##G(const uint32_t q_pairs[][MAX_HEAD_DIM / 2], const b
 }
 
 /* acc[g][dc .. dc + 16 W) = acc * correction + p.v for the block: W vectors per query, the
- * accumulators in registers (constant trip counts). */
+ * accumulators in registers (constant trip counts). A pair vector holds 16 dims of tokens
+ * 2 jp (even elements) and 2 jp + 1 (odd ones). */
 #define ACCUMULATE_VALUES(G, W)                                                                   \
     do {                                                                                          \
         __m512 a[G][W];                                                                           \
@@ -224,12 +232,15 @@ static void attend_bf16_g##G(const uint32_t q_pairs[][MAX_HEAD_DIM / 2], const b
                 a[g][v] = _mm512_mul_ps(_mm512_loadu_ps(acc[g] + dc + 16 * v),                    \
                                         _mm512_set1_ps(correction[g]));                           \
         for (int jp = 0; jp < num_pairs; jp++) {                                                  \
-            __m512bh p[G];                                                                        \
-            for (int g = 0; g < G; g++) p[g] = (__m512bh)_mm512_set1_epi32((int)p_pairs[g][jp]);  \
             for (int v = 0; v < W; v++) {                                                         \
-                const __m512bh pairs = (__m512bh)_mm512_loadu_si512(                              \
+                const __m512i pairs = _mm512_loadu_si512(                                         \
                     values + ((int64_t)jp * head_dim + dc + 16 * v) * 2);                         \
-                for (int g = 0; g < G; g++) a[g][v] = _mm512_dpbf16_ps(a[g][v], p[g], pairs);     \
+                const __m512 v_even = even_bf16(pairs), v_odd = odd_bf16(pairs);                  \
+                for (int g = 0; g < G; g++) {                                                     \
+                    a[g][v] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g][2 * jp]), v_even, a[g][v]);\
+                    a[g][v] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g][2 * jp + 1]), v_odd,       \
+                                              a[g][v]);                                           \
+                }                                                                                 \
             }                                                                                     \
         }                                                                                         \
         for (int g = 0; g < G; g++)                                                               \
@@ -247,7 +258,7 @@ DEFINE_ATTEND_BF16(8, 1)
 #endif
 
 
-/* Generic bfloat16 path: any group size, and CPUs without AVX512-BF16. */
+/* Generic bfloat16 path: any group size, and CPUs without AVX-512. */
 static void attend_bf16_scalar(const bf16 *query, const bf16 *k_cache, const bf16 *v_cache,
                                const int32_t *table, int context, int group, int head_dim,
                                int block_size, int64_t slab_stride, int64_t head_offset,
@@ -288,11 +299,11 @@ static void attend_bf16(const bf16 *query, const bf16 *k_cache, const bf16 *v_ca
                         const int32_t *table, int context, int group, int head_dim,
                         int block_size, int64_t slab_stride, int64_t head_offset, float scale,
                         float acc[][MAX_HEAD_DIM], float *running_sum) {
-#ifdef HAVE_BF16_DOT
-    uint32_t q_pairs[MAX_GROUP][MAX_HEAD_DIM / 2]; /* dims 2i, 2i + 1 as one broadcast */
+#ifdef HAVE_BF16_FAST
+    float q_float[MAX_GROUP][MAX_HEAD_DIM];
     for (int g = 0; g < group && g < MAX_GROUP; g++)
-        memcpy(q_pairs[g], query + g * head_dim, head_dim * sizeof(bf16));
-#define ATTEND_G(G) attend_bf16_g##G(q_pairs, k_cache, v_cache, table, context, head_dim, \
+        for (int d = 0; d < head_dim; d++) q_float[g][d] = bf16_load(query[g * head_dim + d]);
+#define ATTEND_G(G) attend_bf16_g##G(q_float, k_cache, v_cache, table, context, head_dim, \
                                      block_size, slab_stride, head_offset, scale, acc, running_sum)
     switch (group) {
         case 1: ATTEND_G(1); return;
