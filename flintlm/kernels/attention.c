@@ -65,6 +65,16 @@ void rope_write_kv_##SUFFIX(const T *q, const T *k, const T *v, int64_t row_stri
 DEFINE_ROPE_WRITE_KV(f32, float, f32_load, f32_store, 1)
 DEFINE_ROPE_WRITE_KV(bf16, bf16, bf16_load, bf16_store, 2)
 
+/* Empty running state for `group` queries before their first block. */
+static inline void reset_running(int group, int head_dim, float acc[][MAX_HEAD_DIM],
+                                 float *running_max, float *running_sum) {
+    for (int g = 0; g < group; g++) {
+        running_max[g] = -FLT_MAX;
+        running_sum[g] = 0.0f;
+        for (int d = 0; d < head_dim; d++) acc[g][d] = 0.0f;
+    }
+}
+
 /* Online softmax over one block's scores s[g][0..count) (already scaled): rescales the running
  * sums and accumulators of each query and leaves the block's probabilities in s. */
 static inline void softmax_block(float scores[][MAX_BLOCK], int group, int count,
@@ -90,11 +100,7 @@ static void attend_f32(const float *query, const float *k_cache, const float *v_
                        float acc[][MAX_HEAD_DIM], float *running_sum) {
     float scores[MAX_GROUP][MAX_BLOCK];
     float running_max[MAX_GROUP], correction[MAX_GROUP];
-    for (int g = 0; g < group; g++) {
-        running_max[g] = -FLT_MAX;
-        running_sum[g] = 0.0f;
-        for (int d = 0; d < head_dim; d++) acc[g][d] = 0.0f;
-    }
+    reset_running(group, head_dim, acc, running_max, running_sum);
     for (int start = 0; start < context; start += block_size) {
         const int64_t block = table[start / block_size];
         const int count = context - start < block_size ? context - start : block_size;
@@ -174,11 +180,7 @@ static void attend_bf16_g##G(const float query[][MAX_HEAD_DIM], const bf16 *k_ca
                              float *running_sum) {                                                \
     float scores[MAX_GROUP][MAX_BLOCK];                                                           \
     float running_max[MAX_GROUP], correction[MAX_GROUP];                                          \
-    for (int g = 0; g < G; g++) {                                                                 \
-        running_max[g] = -FLT_MAX;                                                                \
-        running_sum[g] = 0.0f;                                                                    \
-        for (int d = 0; d < head_dim; d++) acc[g][d] = 0.0f;                                      \
-    }                                                                                             \
+    reset_running(G, head_dim, acc, running_max, running_sum);                                    \
     for (int start = 0; start < context; start += block_size) {                                   \
         const int64_t block = table[start / block_size];                                          \
         const int count = context - start < block_size ? context - start : block_size;            \
@@ -265,11 +267,7 @@ static void attend_bf16_scalar(const bf16 *query, const bf16 *k_cache, const bf1
                                float scale, float acc[][MAX_HEAD_DIM], float *running_sum) {
     float scores[MAX_GROUP][MAX_BLOCK];
     float running_max[MAX_GROUP], correction[MAX_GROUP];
-    for (int g = 0; g < group; g++) {
-        running_max[g] = -FLT_MAX;
-        running_sum[g] = 0.0f;
-        for (int d = 0; d < head_dim; d++) acc[g][d] = 0.0f;
-    }
+    reset_running(group, head_dim, acc, running_max, running_sum);
     for (int start = 0; start < context; start += block_size) {
         const int64_t block = table[start / block_size];
         const int count = context - start < block_size ? context - start : block_size;
