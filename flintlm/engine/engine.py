@@ -6,8 +6,10 @@ Bad input raises `InvalidRequestError` in `add_request` before the request touch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,21 +44,50 @@ class EngineStats:
     num_computed_tokens: int  # tokens run through the model since start (prefill + decode)
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number
+
+
+def _glibc() -> Any:
+    """The C library's allocator controls, or None where it is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 def _return_freed_memory() -> None:
     """After loading: give the allocator's free heap back to the OS (glibc only; loading leaves
     hundreds of MiB of float32 dequantization buffers freed but resident), and move every
     object alive now out of the garbage collector's sight: its full collections otherwise
     rescan the model, the tokenizer's vocabulary and torch's modules during decode steps
     (3% of a single-stream step, measured), as vLLM does after start-up."""
-    import ctypes
     import gc
 
     gc.collect()
     gc.freeze()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def _loading_allocations() -> Iterator[None]:
+    """While loading, every allocation of 1 MiB or more gets a mapping of its own, so each
+    freed dequantization or packing buffer goes back to the OS at once instead of staying in
+    the heap beside the next tensor (default model: load peak ~900-990 -> ~866 MiB, measured).
+    Afterwards the threshold is pinned at 32 MiB, the ceiling of glibc's own moving threshold,
+    so the step loop's activations come from the heap as they did before."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
 
 
 class Engine:
@@ -90,17 +121,18 @@ class Engine:
 
         device = resolve_device(config.model.device)
         dtype = resolve_dtype(config.model.dtype, device)
-        if not progress:
-            engine = cls(config, load_checkpoint(config.model.model, dtype))
-        else:
-            from tqdm import tqdm
+        with _loading_allocations():
+            if not progress:
+                engine = cls(config, load_checkpoint(config.model.model, dtype))
+            else:
+                from tqdm import tqdm
 
-            with tqdm(total=2, desc="Loading model", unit="step") as bar:
-                checkpoint = load_checkpoint(config.model.model, dtype)
-                bar.update(1)
-                engine = cls(config, checkpoint)
-                bar.update(1)
-                del checkpoint
+                with tqdm(total=2, desc="Loading model", unit="step") as bar:
+                    checkpoint = load_checkpoint(config.model.model, dtype)
+                    bar.update(1)
+                    engine = cls(config, checkpoint)
+                    bar.update(1)
+                    del checkpoint
         _return_freed_memory()
         return engine
 

@@ -54,11 +54,13 @@ def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def pack_linears(model: nn.Module) -> int:
-    """Replace every `nn.Linear` inside `model` by a `PackedLinear`; returns how many."""
-    targets = [(name, module) for name, module in model.named_modules()
-               if isinstance(module, nn.Linear)]
-    for name, linear in targets:
+    """Replace every `nn.Linear` inside `model` by a `PackedLinear`; returns how many.
+
+    Only names are collected first, so each plain weight is freed as soon as its packed copy
+    replaces it (peak memory: the model plus one layer, not two models)."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    for name in names:
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child_name, PackedLinear(linear))
-    return len(targets)
+        setattr(parent, child_name, PackedLinear(getattr(parent, child_name)))
+    return len(names)
