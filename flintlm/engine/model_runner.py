@@ -20,8 +20,8 @@ from flintlm.engine.sampler import Sampler, SamplerOutput
 from flintlm.engine.structured import build_bitmask
 from flintlm.kernels.ops import CpuKernels
 from flintlm.models.attention import BatchLayout, CpuNativeAttention, SequenceSlice
-from flintlm.models.packing import PackedLogits, can_pack, pack_linears
 from flintlm.models.fast_decode import FastDecode
+from flintlm.models.packing import PackedLogits, can_pack, pack_linears
 from flintlm.models.quant import keep_quantized, quantized_logits
 from flintlm.models.registry import model_class_for
 

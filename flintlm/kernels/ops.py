@@ -214,7 +214,6 @@ class CpuKernels:
                            weight.out_features, out.data_ptr(), out.stride(0), col0,
                            int(use_int8))
 
-
     def decode_step(self, layers_address: int, num_layers: int, batch_address: int,
                     residual: torch.Tensor, hidden: torch.Tensor, scratch: torch.Tensor) -> None:
         """Every layer of a small decode batch in one call (decode_step.c); the layer table and

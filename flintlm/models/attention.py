@@ -106,6 +106,24 @@ def attention_backend(kernels: CpuKernels | None) -> AttentionBackend:
     return TorchAttention() if kernels is None else CpuNativeAttention(kernels)
 
 
+def paged_row_tables(sequences: list[SequenceSlice]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the native paged attention reads for rows that attend over the cache: int32 block
+    tables [S, max blocks] (zero-padded), each row's sequence index and its context length
+    (position + 1), rows in the order of `sequences`."""
+    tables: list[list[int]] = []
+    row_seq: list[int] = []
+    row_ctx: list[int] = []
+    max_blocks = max((len(s.block_ids) for s in sequences), default=1)
+    for index, seq in enumerate(sequences):
+        tables.append(seq.block_ids + [0] * (max_blocks - len(seq.block_ids)))
+        row_seq += [index] * seq.num_rows
+        row_ctx += range(seq.start_position + 1, seq.start_position + seq.num_rows + 1)
+    as_int32 = {"dtype": torch.int32}
+    return (torch.tensor(tables or [[0]], **as_int32), torch.tensor(row_seq, **as_int32),
+            torch.tensor(row_ctx, **as_int32))
+
+
 def _fresh_spans(layout: BatchLayout) -> list[FreshSpan]:
     """The chunks that start their sequences, consecutive ones of one length merged (one SDPA
     call for the batch of equal prompts a benchmark or a burst of requests brings)."""
@@ -254,19 +272,10 @@ class CpuNativeAttention:
 
     def metadata(self, layout: BatchLayout, device: torch.device) -> NativeAttentionMetadata:
         paged = [s for s in layout.sequences if s.start_position > 0]
-        tables: list[list[int]] = []
-        row_seq: list[int] = []
-        row_ctx: list[int] = []
-        max_blocks = max((len(s.block_ids) for s in paged), default=1)
-        for index, seq in enumerate(paged):
-            tables.append(seq.block_ids + [0] * (max_blocks - len(seq.block_ids)))
-            row_seq += [index] * seq.num_rows
-            row_ctx += range(seq.start_position + 1, seq.start_position + seq.num_rows + 1)
-        as_int32 = {"dtype": torch.int32}
+        block_tables, row_seq, row_ctx = paged_row_tables(paged)
         return NativeAttentionMetadata(
             slot_mapping=layout.slot_mapping, num_paged_rows=len(row_seq),
-            block_tables=torch.tensor(tables or [[0]], **as_int32),
-            row_seq=torch.tensor(row_seq, **as_int32), row_ctx=torch.tensor(row_ctx, **as_int32),
+            block_tables=block_tables, row_seq=row_seq, row_ctx=row_ctx,
             fresh=_fresh_spans(layout))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from flintlm.models.attention import paged_row_tables
 from flintlm.models.quant import SmallBatchQuantLinear
 
 if TYPE_CHECKING:
@@ -107,18 +108,8 @@ class FastDecode:
         (they are written first), so prompts and decodes need no separate path.
         """
         model, arch = self.model, self.model.arch
-        row_seq: list[int] = []
-        row_ctx: list[int] = []
-        max_blocks = max(len(s.block_ids) for s in layout.sequences)
-        tables = []
-        for index, seq in enumerate(layout.sequences):
-            tables.append(seq.block_ids + [0] * (max_blocks - len(seq.block_ids)))
-            row_seq += [index] * seq.num_rows
-            row_ctx += range(seq.start_position + 1, seq.start_position + seq.num_rows + 1)
-        as_int32 = {"dtype": torch.int32}
-        block_tables = torch.tensor(tables, **as_int32)
-        row_seq_t = torch.tensor(row_seq, **as_int32)
-        row_ctx_t = torch.tensor(row_ctx, **as_int32)
+        block_tables, row_seq, row_ctx = paged_row_tables(layout.sequences)
+        max_blocks = block_tables.shape[1]
         positions = positions.contiguous()
         slots = layout.slot_mapping.contiguous()
         rotary = model.rotary
@@ -130,7 +121,7 @@ class FastDecode:
             use_int8=int(self._use_int8), positions=positions.data_ptr(),
             slots=slots.data_ptr(), cos_table=rotary.cos.data_ptr(),
             sin_table=rotary.sin.data_ptr(), block_tables=block_tables.data_ptr(),
-            row_seq=row_seq_t.data_ptr(), row_ctx=row_ctx_t.data_ptr())
+            row_seq=row_seq.data_ptr(), row_ctx=row_ctx.data_ptr())
         residual = model.embed_tokens(input_ids)  # [T, hidden], updated in place
         hidden = torch.empty_like(residual)
         self.kernels.decode_step(ctypes.addressof(self._layers), arch.num_layers,
