@@ -45,7 +45,8 @@ class ModelConfig:
     torch), native (fail without them) or torch."""
     quantized_max_tokens: int = 4
     """With the CPU kernels, steps of at most this many tokens multiply a GGUF's Q4_0/Q4_1/Q8_0
-    weights as stored (fewer bytes read per decode step); 0 always uses the dense weights."""
+    weights as stored and run every layer in one native call (in bfloat16: int8 activations, as
+    llama.cpp); larger steps (prefill) use the dense weights; 0 always does."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -54,8 +55,8 @@ class ModelConfig:
             raise ValueError(f"device={self.device!r} is not one of auto, cpu, cuda")
         if self.kernels not in ("auto", "native", "torch"):
             raise ValueError(f"kernels={self.kernels!r} is not one of auto, native, torch")
-        if not 0 <= self.quantized_max_tokens <= 8:
-            raise ValueError(f"quantized_max_tokens={self.quantized_max_tokens} must be in 0..8")
+        if not 0 <= self.quantized_max_tokens <= 256:
+            raise ValueError(f"quantized_max_tokens={self.quantized_max_tokens} must be in 0..256")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len={self.max_model_len} must be a positive token count")
 

@@ -354,4 +354,4 @@ DEFINE_PAGED_ATTENTION(f32, float, f32_load, f32_store, attend_f32)
 DEFINE_PAGED_ATTENTION(bf16, bf16, bf16_load, bf16_store, attend_bf16)
 
 /* Lets the loader check that the library and its Python bindings agree. */
-int flintlm_kernels_abi_version(void) { return 4; }
+int flintlm_kernels_abi_version(void) { return 5; }

@@ -51,8 +51,8 @@ void add_rms_norm_##SUFFIX(const T *x, T *residual, const T *weight, T *out,    
                            int64_t num_tokens, int size, float eps);                             \
 void silu_and_mul_##SUFFIX(const T *gate_up, T *out, int64_t num_tokens, int size);             \
 void quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,               \
-                           const uint16_t *d, const uint16_t *m, int is_q4, int64_t n, T *y,     \
-                           int64_t y_stride, int64_t col0, int use_int8);                        \
+                           const uint16_t *d, const uint16_t *m, int is_q4, int is_interleaved,  \
+                           int64_t n, T *y, int64_t y_stride, int64_t col0, int use_int8);      \
 void rope_write_kv_##SUFFIX(const T *q, const T *k, const T *v, int64_t row_stride,             \
                             const int64_t *positions, const float *cos_table,                     \
                             const float *sin_table, const int64_t *slots, T *q_out, T *k_out,    \

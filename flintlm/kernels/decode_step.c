@@ -12,7 +12,7 @@ typedef struct {
     const uint8_t *q;
     const uint16_t *d, *m;
     int64_t out_features;
-    int is_4bit;
+    int is_4bit, is_interleaved;
 } decode_matrix;
 
 typedef struct {
@@ -51,9 +51,7 @@ void decode_step_##SUFFIX(const decode_layer *layers, int num_layers, const deco
         const decode_layer *layer = &layers[l];                                                 \
         add_rms_norm_##SUFFIX(l ? hidden : 0, residual, (const T *)layer->input_norm, normed,   \
                               rows, b->hidden, b->eps);                                         \
-        quant_matmul_##SUFFIX(normed, rows, b->hidden, layer->qkv.q, layer->qkv.d,              \
-                              layer->qkv.m, layer->qkv.is_4bit, qkv_size, qkv, qkv_size, 0,     \
-                              b->use_int8);                                                     \
+        MATMUL(SUFFIX, normed, b->hidden, layer->qkv, qkv, qkv_size);                           \
         rope_write_kv_##SUFFIX(qkv, qkv + q_size, qkv + q_size + kv_size, qkv_size,             \
                                b->positions, b->cos_table, b->sin_table, b->slots, q_rot,       \
                                k_rot, (T *)layer->k_cache, (T *)layer->v_cache, rows,           \
@@ -62,19 +60,19 @@ void decode_step_##SUFFIX(const decode_layer *layers, int num_layers, const deco
                                  b->block_tables, b->row_seq, b->row_ctx, attn, rows,           \
                                  b->num_heads, b->num_kv_heads, b->head_dim, b->block_size,     \
                                  b->max_blocks, b->scale);                                      \
-        quant_matmul_##SUFFIX(attn, rows, q_size, layer->o.q, layer->o.d, layer->o.m,           \
-                              layer->o.is_4bit, b->hidden, hidden, b->hidden, 0, b->use_int8);  \
+        MATMUL(SUFFIX, attn, q_size, layer->o, hidden, b->hidden);                              \
         add_rms_norm_##SUFFIX(hidden, residual, (const T *)layer->post_attention_norm, normed,  \
                               rows, b->hidden, b->eps);                                         \
-        quant_matmul_##SUFFIX(normed, rows, b->hidden, layer->gate_up.q, layer->gate_up.d,      \
-                              layer->gate_up.m, layer->gate_up.is_4bit, 2 * b->intermediate,    \
-                              gate_up, 2 * b->intermediate, 0, b->use_int8);                    \
+        MATMUL(SUFFIX, normed, b->hidden, layer->gate_up, gate_up, 2 * b->intermediate);        \
         silu_and_mul_##SUFFIX(gate_up, act, rows, b->intermediate);                             \
-        quant_matmul_##SUFFIX(act, rows, b->intermediate, layer->down.q, layer->down.d,         \
-                              layer->down.m, layer->down.is_4bit, b->hidden, hidden, b->hidden, \
-                              0, b->use_int8);                                                  \
+        MATMUL(SUFFIX, act, b->intermediate, layer->down, hidden, b->hidden);                   \
     }                                                                                           \
 }
+
+/* out [rows, width] = x [rows, k] times the quantized matrix (width = its out_features). */
+#define MATMUL(SUFFIX, x, k, matrix, out, width)                                                 \
+    quant_matmul_##SUFFIX(x, rows, k, (matrix).q, (matrix).d, (matrix).m, (matrix).is_4bit,      \
+                          (matrix).is_interleaved, width, out, width, 0, b->use_int8)
 
 DEFINE_DECODE_STEP(f32, float)
 DEFINE_DECODE_STEP(bf16, bf16)

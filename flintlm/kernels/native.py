@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 SOURCE_DIR = Path(__file__).parent
 SOURCES = ("attention.c", "decode_step.c", "layers.c", "quant_matmul.c")
 HEADERS = ("common.h",)
-ABI_VERSION = 4
+ABI_VERSION = 5
 # NOTE: fast-math lets gcc vectorise the float reductions and expf (through libmvec). The
 # kernels never rely on inf or NaN arithmetic (running maxima start at -FLT_MAX; the bfloat16
 # NaN test looks at bits), and linking is a separate step without fast-math, so gcc's
@@ -41,7 +41,7 @@ SIGNATURES: dict[str, tuple[object, ...]] = {
     "rope_write_kv": (_P, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I, _I, _I, _I),
     "add_rms_norm": (_P, _P, _P, _P, _I64, _I, _F),
     "silu_and_mul": (_P, _P, _I64, _I),
-    "quant_matmul": (_P, _I64, _I64, _P, _P, _P, _I, _I64, _P, _I64, _I64, _I),
+    "quant_matmul": (_P, _I64, _I64, _P, _P, _P, _I, _I, _I64, _P, _I64, _I64, _I),
     "decode_step": (_P, _I, _P, _P, _P, _P),
 }
 SUFFIXES = {torch.float32: "f32", torch.bfloat16: "bf16"}

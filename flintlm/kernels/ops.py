@@ -21,13 +21,19 @@ KERNEL_MODES = ("auto", "native", "torch")
 
 @dataclass(frozen=True)
 class QuantMatrix:
-    """A quantized weight [N, K] in the layout `quant_matmul` reads: w = d * q + m per block of
-    32 along K (see quant_matmul.c). Built by models/quant.py from the GGUF's blocks."""
+    """A quantized weight [N, K] in a layout `quant_matmul` reads: w = d * q + m per block of
+    32 along K (see quant_matmul.c). Built by models/quant.py from the GGUF's blocks.
 
-    q: torch.Tensor  # [N, K / 2] uint8 (4-bit: two values a byte) or [N, K] uint8 (q + 128)
-    d: torch.Tensor  # [N, K / 32] float16
-    m: torch.Tensor  # [N, K / 32] float16
+    Row layout: q [N, K / 2] uint8 (4-bit: two values a byte) or [N, K] uint8 (q + 128), d and m
+    [N, K / 32]. Interleaved (the int8 path's, `is_interleaved`): the same bytes regrouped by 16
+    rows, q [N / 16, K / 32, 256 or 512], d and m [N / 16, K / 32, 16].
+    """
+
+    q: torch.Tensor
+    d: torch.Tensor  # float16
+    m: torch.Tensor  # float16
     is_4bit: bool
+    is_interleaved: bool = False
 
     def __post_init__(self) -> None:
         _require_contiguous(self.q, self.d, self.m)
@@ -39,7 +45,7 @@ class QuantMatrix:
 
     @property
     def out_features(self) -> int:
-        return self.q.shape[0]
+        return self.q.shape[0] * 16 if self.is_interleaved else self.q.shape[0]
 
     @property
     def nbytes(self) -> int:
@@ -190,29 +196,29 @@ class CpuKernels:
         return out
 
 
-    MAX_QUANT_ROWS = 8
-
     def quant_matmul(self, x: torch.Tensor, weight: QuantMatrix, out: torch.Tensor, col0: int,
                      use_int8: bool) -> None:
         """out[:, col0:col0 + N] = x @ W.T, reading W quantized.
 
         Args:
-            x: [rows, K] activations, rows <= MAX_QUANT_ROWS, K a multiple of 32 (<= 32768).
+            x: [rows, K] activations, K a multiple of 32 (<= 32768).
             out: [rows, >= col0 + N], written in place.
             use_int8: quantize x to int8 per block of 32 (VNNI dot products, as llama.cpp);
-                else multiply x in float32, exactly as the dense path.
+                else multiply x in float32, exactly as the dense path. The interleaved layout
+                is read by the int8 path only.
         """
         _require_contiguous(x, out)
         rows, k = x.shape
-        if rows > self.MAX_QUANT_ROWS or k % 32 or k > 32768:
-            raise ValueError(f"quant_matmul takes <= {self.MAX_QUANT_ROWS} rows and K % 32 == 0, "
-                             "K <= 32768")
+        if k % 32 or k > 32768:
+            raise ValueError("quant_matmul takes K % 32 == 0, K <= 32768")
         if use_int8 and not self.has_int8_dot:
             raise ValueError("use_int8 needs AVX-512 VNNI")
+        if weight.is_interleaved and not use_int8:
+            raise ValueError("an interleaved QuantMatrix is read by the int8 path only")
         q, d, m = weight.pointers
         self._quant_matmul(x.data_ptr(), rows, k, q, d, m, int(weight.is_4bit),
-                           weight.out_features, out.data_ptr(), out.stride(0), col0,
-                           int(use_int8))
+                           int(weight.is_interleaved), weight.out_features, out.data_ptr(),
+                           out.stride(0), col0, int(use_int8))
 
     def decode_step(self, layers_address: int, num_layers: int, batch_address: int,
                     residual: torch.Tensor, hidden: torch.Tensor, scratch: torch.Tensor) -> None:

@@ -9,6 +9,14 @@
  *     weight, stored as q + 128 (unsigned)
  *   d [N, K/32] float16 scale, m [N, K/32] float16 offset:  w = d * q + m
  *     (Q4_1: m as stored; Q4_0: q - 8 folded into m = -8 d; Q8_0: m = -128 d)
+ * or, for the int8 path, interleaved (models/quant.py `interleave`; N a multiple of 16):
+ *   q [N/16][K/32][C][16][4] bytes: weight rows in groups of 16, each group's blocks in K order;
+ *     chunk c of a block holds, for each of the 16 rows, 4 consecutive values: Q4 types C = 4,
+ *     values 4c..4c+3 of the block in the low nibbles and 16+4c.. in the high ones; Q8 types
+ *     C = 8, values 4c..4c+3 (as q + 128)
+ *   d, m [N/16][K/32][16] float16
+ *   so one 512-bit integer dot product multiplies 16 weight rows by 4 broadcast values of x:
+ *   no horizontal sums, and each unpacked block serves every activation row.
  * Two ways to multiply, both float32-accumulated:
  *   exact: x as float32 (the dequantized weights times x, as the dense path computes)
  *   int8:  x quantized to int8 per block of 32 (scale max|x| / 127), integer dot products on
@@ -200,6 +208,76 @@ static void qdot_int8_group(const qweights *w, int64_t first, int count, const q
             qdot_int8_tile(w, first, count, a, r0, tile_rows, k, rows, out);
     }
 }
+
+/* ---- int8 path on the interleaved layout ---- */
+typedef int32_t __attribute__((may_alias)) aliased_i32;
+#define IL_ROWS 16   /* weight rows per group: the 16 lanes of a vector */
+#define IL_XTILE 4   /* activation rows per pass over a group's blocks */
+
+/* One block of a group -> 8 vectors of unsigned bytes: w[j] lane i = values 4j..4j+3 of row i. */
+static inline __attribute__((always_inline)) void il_unpack(const uint8_t *q, int is_q4,
+                                                           __m512i w[8]) {
+    if (is_q4) {
+        const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
+        for (int c = 0; c < 4; c++) {
+            const __m512i raw = _mm512_loadu_si512(q + 64 * c);
+            w[c] = _mm512_and_si512(raw, low_nibbles);
+            w[c + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles);
+        }
+    } else {
+        for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512(q + 64 * j);
+    }
+}
+
+/* acc[r] (16 weight rows) = group . x row r0 + r, for `rows` <= IL_XTILE activation rows. The
+ * 8 dot products of a block run as two chains so their latency overlaps. Same math as
+ * qdot_int8_tile: sum_b d_b dx_b (q . xq) + m_b dx_b sum(xq). */
+static inline __attribute__((always_inline)) void
+il_tile(const uint8_t *q, const uint16_t *d, const uint16_t *m, int is_q4, int64_t nb,
+        const qactivations *a, int64_t k, int64_t r0, const int rows, __m512 acc[IL_XTILE]) {
+    const int64_t block_bytes = is_q4 ? 256 : 512;
+    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i w[8];
+        il_unpack(q + b * block_bytes, is_q4, w);
+        const __m512 d16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + b * IL_ROWS)));
+        const __m512 m16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(m + b * IL_ROWS)));
+        for (int r = 0; r < rows; r++) {
+            /* 4 values of x as one int32, broadcast from memory (from a general register it
+             * cost a transfer each, measured slower) */
+            const aliased_i32 *quad = (const aliased_i32 *)(a->xq + (r0 + r) * k + b * QBLOCK);
+            __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
+            for (int j = 0; j < 8; j += 2) {
+                even = _mm512_dpbusd_epi32(even, w[j], _mm512_set1_epi32(quad[j]));
+                odd = _mm512_dpbusd_epi32(odd, w[j + 1], _mm512_set1_epi32(quad[j + 1]));
+            }
+            const int64_t at = (r0 + r) * nb + b;
+            const __m512 scale = _mm512_mul_ps(d16, _mm512_set1_ps(a->dx[at]));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(even, odd)), scale,
+                                     acc[r]);
+            acc[r] = _mm512_fmadd_ps(m16, _mm512_set1_ps(a->xqsum[at]), acc[r]);
+        }
+    }
+}
+
+/* Every activation row against weight group g (rows 16 g ..): dots[r][0..16). */
+static void il_group(const qweights *w, int64_t g, const qactivations *a, int64_t rows, int64_t k,
+                     float *dots) {
+    const int64_t nb = w->nb;
+    const uint8_t *q = w->q + g * nb * (w->is_q4 ? 256 : 512);
+    const uint16_t *d = w->d + g * nb * IL_ROWS, *m = w->m + g * nb * IL_ROWS;
+    for (int64_t r0 = 0; r0 < rows; r0 += IL_XTILE) {
+        const int tile_rows = rows - r0 < IL_XTILE ? (int)(rows - r0) : IL_XTILE;
+        __m512 acc[IL_XTILE];
+        switch (tile_rows) { /* constant row counts keep acc in registers */
+            case 1: il_tile(q, d, m, w->is_q4, nb, a, k, r0, 1, acc); break;
+            case 2: il_tile(q, d, m, w->is_q4, nb, a, k, r0, 2, acc); break;
+            case 3: il_tile(q, d, m, w->is_q4, nb, a, k, r0, 3, acc); break;
+            default: il_tile(q, d, m, w->is_q4, nb, a, k, r0, IL_XTILE, acc); break;
+        }
+        for (int r = 0; r < tile_rows; r++) _mm512_storeu_ps(dots + (r0 + r) * IL_ROWS, acc[r]);
+    }
+}
 #endif
 
 /* Room for every field of `a`, with xf unset: the caller fills it, then calls block_stats. */
@@ -214,8 +292,32 @@ static int alloc_activations(qactivations *a, int64_t rows, int64_t k) {
     return 1;
 }
 
+#ifdef HAVE_AVX512
+/* One block of 32 activations -> int8 (round to nearest even, as lrintf), its scale and
+ * dx * sum(q): the same values as the scalar loop in block_stats, 16 lanes at a time. */
+static inline void quantize_block(const float *xb, int8_t *xq, float *dx, float *xqsum) {
+    const __m512 lo = _mm512_loadu_ps(xb), hi = _mm512_loadu_ps(xb + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const __m512i q_lo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, _mm512_set1_ps(inv)));
+    const __m512i q_hi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, _mm512_set1_ps(inv)));
+    _mm_storeu_si128((__m128i *)xq, _mm512_cvtepi32_epi8(q_lo));
+    _mm_storeu_si128((__m128i *)(xq + 16), _mm512_cvtepi32_epi8(q_hi));
+    *dx = amax / 127.0f;
+    *xqsum = amax / 127.0f * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q_lo, q_hi));
+}
+#endif
+
 static void block_stats(qactivations *a, int64_t rows, int64_t k, int want_int8) {
     const int64_t nb = k / QBLOCK;
+#ifdef HAVE_AVX512
+    if (want_int8) { /* the int8 path never reads xsum */
+        _Pragma("omp parallel for schedule(static) if (rows * k >= 65536)")
+        for (int64_t i = 0; i < rows * nb; i++)
+            quantize_block(a->xf + i * QBLOCK, a->xq + i * QBLOCK, &a->dx[i], &a->xqsum[i]);
+        return;
+    }
+#endif
     for (int64_t r = 0; r < rows; r++)
         for (int64_t b = 0; b < nb; b++) {
             const float *xb = a->xf + r * k + b * QBLOCK;
@@ -264,27 +366,60 @@ int quant_int8_available(void) { return 0; }
 
 #define DEFINE_QMATMUL(SUFFIX, T, LOAD, STORE)                                                   \
 /* x [rows, k] (T); weights as documented above, n rows; writes y[r, col0 + j] (row stride     \
- * y_stride) for j < n. rows <= MAX_QROWS, k a multiple of 32. use_int8 needs VNNI. */           \
+ * y_stride) for j < n. k a multiple of 32; use_int8 needs VNNI, and the interleaved layout    \
+ * (n a multiple of 16) needs use_int8. The row layout is read MAX_QROWS rows at a time. */     \
 void quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,             \
-                           const uint16_t *d, const uint16_t *m, int is_q4, int64_t n, T *y,    \
-                           int64_t y_stride, int64_t col0, int use_int8) {                      \
+                           const uint16_t *d, const uint16_t *m, int is_q4, int is_interleaved, \
+                           int64_t n, T *y, int64_t y_stride, int64_t col0, int use_int8) {     \
+    if (!is_interleaved && rows > MAX_QROWS) {                                                  \
+        for (int64_t r0 = 0; r0 < rows; r0 += MAX_QROWS)                                        \
+            quant_matmul_##SUFFIX(x + r0 * k, rows - r0 < MAX_QROWS ? rows - r0 : MAX_QROWS, k, \
+                                  q, d, m, is_q4, 0, n, y + r0 * y_stride, y_stride, col0,      \
+                                  use_int8);                                                    \
+        return;                                                                                 \
+    }                                                                                           \
     qactivations a;                                                                             \
     if (!alloc_activations(&a, rows, k)) return;                                                \
     for (int64_t i = 0; i < rows * k; i++) a.xf[i] = LOAD(x[i]);                                \
     block_stats(&a, rows, k, use_int8);                                                         \
     const qweights w = {q, d, m, is_q4 ? k / 2 : k, k / QBLOCK, is_q4};                         \
-    _Pragma("omp parallel for schedule(static)")                                                \
-    for (int64_t first = 0; first < n; first += QROW_GROUP) {                                   \
-        const int count = n - first < QROW_GROUP ? (int)(n - first) : QROW_GROUP;               \
-        float dots[QROW_GROUP * MAX_QROWS];                                                     \
-        qdot_group(&w, first, count, &a, rows, k, use_int8, dots);                              \
-        for (int i = 0; i < count; i++)                                                         \
-            for (int64_t r = 0; r < rows; r++)                                                  \
-                y[r * y_stride + col0 + first + i] = STORE(dots[i * rows + r]);                 \
+    if (is_interleaved) {                                                                       \
+        QMATMUL_INTERLEAVED(T, STORE);                                                          \
+    } else {                                                                                    \
+        _Pragma("omp parallel for schedule(static)")                                            \
+        for (int64_t first = 0; first < n; first += QROW_GROUP) {                               \
+            const int count = n - first < QROW_GROUP ? (int)(n - first) : QROW_GROUP;           \
+            float dots[QROW_GROUP * MAX_QROWS];                                                 \
+            qdot_group(&w, first, count, &a, rows, k, use_int8, dots);                          \
+            for (int i = 0; i < count; i++)                                                     \
+                for (int64_t r = 0; r < rows; r++)                                              \
+                    y[r * y_stride + col0 + first + i] = STORE(dots[i * rows + r]);             \
+        }                                                                                       \
     }                                                                                           \
     free(a.xf);                                                                                 \
 }
 
+#ifdef HAVE_VNNI
+/* Each thread takes whole groups of 16 weight rows; dots per group [rows][16] on the heap
+ * (rows is unbounded here). */
+#define QMATMUL_INTERLEAVED(T, STORE)                                                           \
+    _Pragma("omp parallel")                                                                     \
+    {                                                                                           \
+        float *dots = malloc(sizeof(float) * (size_t)(rows * IL_ROWS));                         \
+        _Pragma("omp for schedule(static)")                                                     \
+        for (int64_t g = 0; g < n / IL_ROWS; g++) {                                             \
+            if (dots == 0) continue;                                                            \
+            il_group(&w, g, &a, rows, k, dots);                                                 \
+            for (int64_t r = 0; r < rows; r++) {                                                \
+                T *dst = y + r * y_stride + col0 + g * IL_ROWS;                                 \
+                for (int i = 0; i < IL_ROWS; i++) dst[i] = STORE(dots[r * IL_ROWS + i]);        \
+            }                                                                                   \
+        }                                                                                       \
+        free(dots);                                                                             \
+    }
+#else
+#define QMATMUL_INTERLEAVED(T, STORE) (void)0 /* never asked for: Python checks has_int8_dot */
+#endif
 
 DEFINE_QMATMUL(f32, float, f32_load, f32_store)
 DEFINE_QMATMUL(bf16, bf16, bf16_load, bf16_store)

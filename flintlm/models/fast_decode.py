@@ -27,7 +27,8 @@ _P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 
 
 class _Matrix(ctypes.Structure):
-    _fields_ = [("q", _P), ("d", _P), ("m", _P), ("out_features", _I64), ("is_4bit", _I)]
+    _fields_ = [("q", _P), ("d", _P), ("m", _P), ("out_features", _I64), ("is_4bit", _I),
+                ("is_interleaved", _I)]
 
 
 class _Layer(ctypes.Structure):
@@ -89,7 +90,8 @@ class FastDecode:
             for name, matrix in zip(("qkv", "o", "gate_up", "down"), matrices):
                 q, d, m = matrix.pointers  # type: ignore[union-attr]
                 setattr(entry, name, _Matrix(q, d, m, matrix.out_features,  # type: ignore[union-attr]
-                                             int(matrix.is_4bit)))  # type: ignore[union-attr]
+                                             int(matrix.is_4bit),  # type: ignore[union-attr]
+                                             int(matrix.is_interleaved)))  # type: ignore[union-attr]
             entry.input_norm = layer.input_layernorm.weight.data_ptr()
             entry.post_attention_norm = layer.post_attention_layernorm.weight.data_ptr()
             entry.k_cache, entry.v_cache = k_cache.data_ptr(), v_cache.data_ptr()

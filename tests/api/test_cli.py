@@ -61,6 +61,19 @@ def _run(args: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
+def test_serve_start_up_failures_exit_non_zero_naming_the_cause(tmp_path) -> None:
+    """The model loads beside the platform store (launch.py): a failure of either side ends
+    `flintlm serve` with its own error, whichever finishes first."""
+    bad_store = _run(["serve", "--port", "1", "--database-url",
+                      "postgresql+psycopg://127.0.0.1:1/none"])
+    assert bad_store.returncode != 0
+    assert "Connection refused" in bad_store.stderr
+    bad_model = _run(["serve", "--port", "1", "--data-dir", str(tmp_path),
+                      "--model", str(tmp_path / "missing.gguf")])
+    assert bad_model.returncode != 0
+    assert "missing.gguf: no such file" in bad_model.stderr
+
+
 def test_generate_and_chat_against_a_server(server: LiveServer) -> None:
     remote = ["--base-url", f"{server.url}/v1", "--api-key", server.api_key or ""]
     expected = server.openai().chat.completions.create(

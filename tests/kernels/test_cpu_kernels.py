@@ -142,19 +142,20 @@ def test_torch_mode_and_other_devices_get_no_kernels():
 
 
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0"])
-@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("rows", [1, 3, 8, 13, 64])
 def test_quant_matmul_multiplies_the_stored_weights(kernels, type_name, rows):
     """GGML blocks made by gguf's own quantizer, repacked: the exact path equals the dequantized
     weights times x (float32 rounding); the int8 path (bfloat16 only) is within activation
-    rounding of it; output columns land at col0."""
+    rounding of it, on the interleaved layout the same sums in another order; output columns
+    land at col0; more rows than the row layout's 8 a pass are taken in passes."""
     from gguf import GGMLQuantizationType, quants
 
     from flintlm.loading.checkpoint import QuantizedWeight
     from flintlm.loading.dequant import dequantize
-    from flintlm.models.quant import repack
+    from flintlm.models.quant import interleave, repack
 
     dtype = kernels.dtype
-    n, k = 40, 96  # three blocks a row: the int8 path's odd last block is covered too
+    n, k = 48, 96  # three blocks a row: the int8 path's odd last block is covered too
     ggml_type = GGMLQuantizationType[type_name]
     blocks = torch.from_numpy(quants.quantize((torch.randn(n, k) * 0.1).numpy(), ggml_type))
     dense = dequantize(blocks.flatten(), ggml_type, (n, k), torch.float32)
@@ -171,17 +172,24 @@ def test_quant_matmul_multiplies_the_stored_weights(kernels, type_name, rows):
         kernels.quant_matmul(x, weight, out_int8, 0, use_int8=True)
         scale = expected.abs().max()
         assert ((out_int8.float() - expected).abs().max() / scale) < 2e-2
+        interleaved = interleave(weight)
+        assert interleaved.is_interleaved and interleaved.out_features == n
+        out_il = torch.zeros(rows, n + 3, dtype=dtype)
+        kernels.quant_matmul(x, interleaved, out_il, 3, use_int8=True)
+        assert not out_il[:, :3].any()
+        close(out_il[:, 3:], out_int8.float(), dtype)
+        with pytest.raises(ValueError, match="int8 path only"):
+            kernels.quant_matmul(x, interleaved, out_il, 0, use_int8=False)
 
 
-def test_quant_matmul_refuses_too_many_rows(kernels):
+def test_interleave_keeps_matrices_not_in_groups_of_16():
     from flintlm.kernels.ops import QuantMatrix
+    from flintlm.models.quant import interleave
 
-    weight = QuantMatrix(torch.zeros(4, 16, dtype=torch.uint8),
-                         torch.ones(4, 1, dtype=torch.float16),
-                         torch.zeros(4, 1, dtype=torch.float16), is_4bit=True)
-    with pytest.raises(ValueError, match="rows"):
-        kernels.quant_matmul(torch.zeros(9, 32, dtype=kernels.dtype), weight,
-                             torch.zeros(9, 4, dtype=kernels.dtype), 0, use_int8=False)
+    weight = QuantMatrix(torch.zeros(24, 16, dtype=torch.uint8),
+                         torch.ones(24, 1, dtype=torch.float16),
+                         torch.zeros(24, 1, dtype=torch.float16), is_4bit=True)
+    assert interleave(weight) is weight
 
 
 @pytest.mark.parametrize("vocab", [7, 33, 49152, 49155])
