@@ -43,7 +43,7 @@ class ModelConfig:
     kernels: str = "auto"
     """CPU kernels: auto (flintlm's fused C kernels when a C compiler can build them, else
     torch), native (fail without them) or torch."""
-    quantized_max_tokens: int = 4
+    quantized_max_tokens: int = 64
     """With the CPU kernels, steps of at most this many tokens multiply a GGUF's Q4_0/Q4_1/Q8_0
     weights as stored and run every layer in one native call (in bfloat16: int8 activations, as
     llama.cpp); larger steps (prefill) use the dense weights; 0 always does."""

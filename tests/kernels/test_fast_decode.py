@@ -25,3 +25,41 @@ def test_fast_decode_matches_the_module_path():
         assert ours.token_ids == reference.token_ids
         for a, b in zip(ours.outputs[0].logprobs, reference.outputs[0].logprobs):
             assert abs(a.chosen.logprob - b.chosen.logprob) < 1e-4
+
+
+def test_bfloat16_quantized_steps_stay_as_close_to_float32_as_bfloat16_is():
+    """In bfloat16, steps of up to quantized_max_tokens rows (64 by default) multiply int8
+    activations by the GGUF's blocks, as llama.cpp does. Teacher-forced on real text, their
+    logprobs stay within bfloat16's own distance of the float32 path (which the model tests hold
+    to HF transformers): measured mean |d logprob| 0.058 vs 0.036 for dense bfloat16, top-1
+    agreement 95.5% vs 94.0%."""
+    from flintlm.config import CacheConfig, FlintConfig, ModelConfig
+
+    texts = ["The quick brown fox jumps over the lazy dog. It was a sunny day and the children "
+             "played in the park.",
+             "def add(a, b):\n    return a + b\n\nprint(add(2, 3))  # prints 5",
+             "Paris is the capital of France. Berlin is the capital of Germany. Madrid is the "
+             "capital of"]
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
+
+    def prompt_logprobs(dtype: str, quantized_max_tokens: int) -> list[tuple[float, int]]:
+        llm = LLM(config=FlintConfig(
+            model=ModelConfig(dtype=dtype, quantized_max_tokens=quantized_max_tokens),
+            cache=CacheConfig(kv_cache_memory=32 << 20, enable_prefix_caching=False)))
+        if dtype == "bfloat16" and quantized_max_tokens:
+            assert llm.engine.runner.fast_decode is not None
+            assert all(llm.engine.runner.fast_decode.can_run(len(llm.tokenizer.encode(t)))
+                       for t in texts)
+        # one prompt a step, so each step is small enough for the quantized path
+        return [(entry.chosen.logprob, entry.top[0].token_id)
+                for text in texts for entry in llm.generate([text], params)[0].prompt_logprobs
+                if entry is not None]
+
+    reference = prompt_logprobs("float32", 0)
+    quantized = prompt_logprobs("bfloat16", 64)
+    assert quantized != prompt_logprobs("bfloat16", 0)  # the int8 path did run
+    assert len(quantized) == len(reference) > 60
+    gaps = [abs(a[0] - b[0]) for a, b in zip(reference, quantized)]
+    agreement = sum(a[1] == b[1] for a, b in zip(reference, quantized)) / len(reference)
+    assert sum(gaps) / len(gaps) < 0.15 and max(gaps) < 1.5
+    assert agreement >= 0.85
