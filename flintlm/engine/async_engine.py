@@ -50,6 +50,7 @@ class AsyncEngine:
     @classmethod
     def from_config(cls, config: FlintConfig, progress: bool = False) -> AsyncEngine:
         engine = Engine.from_config(config, progress=progress)
+        engine.runner.limit_threads_for_small_steps(config.model.serving_single_thread_max_tokens)
         name = config.model.served_model_name or served_name_for(config.model.model)
         return cls(engine, name, config.scheduler.max_waiting)
 

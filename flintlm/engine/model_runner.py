@@ -114,6 +114,13 @@ class ModelRunner:
             logger.info("steps of <= %d tokens run every layer in one native call", max_rows)
         self.sampler = Sampler(self.arch.vocab_size, self.device, seed=model_config.seed,
                                kernels=self.kernels)
+        self.single_thread_max_tokens = 0  # see limit_threads_for_small_steps
+
+    def limit_threads_for_small_steps(self, max_tokens: int) -> None:
+        """Run steps of at most `max_tokens` tokens on one thread (0: never). For serving, where
+        the event loop shares the cores: a small step's many short parallel regions stall on
+        every barrier whose other thread the OS has just given to the event loop."""
+        self.single_thread_max_tokens = max_tokens if self.device.type == "cpu" else 0
 
     def _load_kernels(self, mode: str) -> CpuKernels | None:
         arch = self.arch
@@ -153,6 +160,16 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> RunnerOutput:
+        if scheduler_output.num_batched_tokens > self.single_thread_max_tokens:
+            return self._execute(scheduler_output)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # sets OpenMP's team size for the native kernels too
+        try:
+            return self._execute(scheduler_output)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _execute(self, scheduler_output: SchedulerOutput) -> RunnerOutput:
         ordered = _batch_order(scheduler_output.scheduled)
         input_ids, positions, layout = self._prepare_inputs(ordered)
         if self.fast_decode is not None and self.fast_decode.can_run(layout.num_tokens):

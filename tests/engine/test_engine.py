@@ -185,3 +185,33 @@ def test_n_completions_share_the_prompt(llm):
                                                    seed=5))[0]
     assert len(result.outputs) == 3
     assert len({tuple(o.token_ids) for o in result.outputs}) > 1
+
+
+def test_serving_runs_small_steps_on_one_thread(llm, monkeypatch):
+    """limit_threads_for_small_steps (what AsyncEngine sets for serving): steps of <= N tokens
+    run with one thread, larger ones with all of them, and the thread count is restored."""
+    import torch
+
+    runner = llm.engine.runner
+    before = torch.get_num_threads()
+    threads = 2  # whatever the suite set: two, so one thread is told apart
+    torch.set_num_threads(threads)
+    seen: list[tuple[int, int]] = []
+    real_execute = runner._execute
+
+    def recording(scheduler_output):
+        seen.append((scheduler_output.num_batched_tokens, torch.get_num_threads()))
+        return real_execute(scheduler_output)
+
+    monkeypatch.setattr(runner, "_execute", recording)
+    monkeypatch.setattr(runner, "single_thread_max_tokens", 0)
+    runner.limit_threads_for_small_steps(4)
+    params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    try:
+        llm.generate([[1000 + i for i in range(12)]] * 2 + [[2000, 2001]], params)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert any(tokens > 4 for tokens, _ in seen) and any(tokens <= 4 for tokens, _ in seen)
+    for tokens, used in seen:
+        assert used == (1 if tokens <= 4 else threads), (tokens, used)
