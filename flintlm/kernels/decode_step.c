@@ -31,6 +31,11 @@ typedef struct {
     const int32_t *block_tables, *row_seq, *row_ctx;
 } decode_batch;
 
+/* out [rows, width] = x [rows, k] times the quantized matrix (width = its out_features). */
+#define MATMUL(SUFFIX, x, k, matrix, out, width)                                                 \
+    quant_matmul_##SUFFIX(x, rows, k, (matrix).q, (matrix).d, (matrix).m, (matrix).is_4bit,      \
+                          (matrix).is_interleaved, width, out, width, 0, b->use_int8)
+
 #define DEFINE_DECODE_STEP(SUFFIX, T)                                                             \
 /* residual [rows, hidden]: the embeddings in, the residual stream after the last layer out;    \
  * `hidden` [rows, hidden]: the last layer's output (to be added by the final norm). scratch   \
@@ -68,11 +73,6 @@ void decode_step_##SUFFIX(const decode_layer *layers, int num_layers, const deco
         MATMUL(SUFFIX, act, b->intermediate, layer->down, hidden, b->hidden);                   \
     }                                                                                           \
 }
-
-/* out [rows, width] = x [rows, k] times the quantized matrix (width = its out_features). */
-#define MATMUL(SUFFIX, x, k, matrix, out, width)                                                 \
-    quant_matmul_##SUFFIX(x, rows, k, (matrix).q, (matrix).d, (matrix).m, (matrix).is_4bit,      \
-                          (matrix).is_interleaved, width, out, width, 0, b->use_int8)
 
 DEFINE_DECODE_STEP(f32, float)
 DEFINE_DECODE_STEP(bf16, bf16)

@@ -243,8 +243,8 @@ il_tile(const uint8_t *q, const uint16_t *d, const uint16_t *m, int is_q4, int64
         const __m512 d16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + b * IL_ROWS)));
         const __m512 m16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(m + b * IL_ROWS)));
         for (int r = 0; r < rows; r++) {
-            /* 4 values of x as one int32, broadcast from memory (from a general register it
-             * cost a transfer each, measured slower) */
+            /* 4 values of x as one int32, broadcast as a memory operand (a broadcast from a
+             * general register measured the same) */
             const aliased_i32 *quad = (const aliased_i32 *)(a->xq + (r0 + r) * k + b * QBLOCK);
             __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
             for (int j = 0; j < 8; j += 2) {
@@ -260,23 +260,21 @@ il_tile(const uint8_t *q, const uint16_t *d, const uint16_t *m, int is_q4, int64
     }
 }
 
-/* Every activation row against weight group g (rows 16 g ..): dots[r][0..16). */
-static void il_group(const qweights *w, int64_t g, const qactivations *a, int64_t rows, int64_t k,
-                     float *dots) {
+/* Activation rows [r0, r0 + tile_rows) against weight group g (rows 16 g ..):
+ * dots[r][0..16), tile_rows <= IL_XTILE. */
+static void il_group_tile(const qweights *w, int64_t g, const qactivations *a, int64_t k,
+                          int64_t r0, int tile_rows, float dots[IL_XTILE * IL_ROWS]) {
     const int64_t nb = w->nb;
     const uint8_t *q = w->q + g * nb * (w->is_q4 ? 256 : 512);
     const uint16_t *d = w->d + g * nb * IL_ROWS, *m = w->m + g * nb * IL_ROWS;
-    for (int64_t r0 = 0; r0 < rows; r0 += IL_XTILE) {
-        const int tile_rows = rows - r0 < IL_XTILE ? (int)(rows - r0) : IL_XTILE;
-        __m512 acc[IL_XTILE];
-        switch (tile_rows) { /* constant row counts keep acc in registers */
-            case 1: il_tile(q, d, m, w->is_q4, nb, a, k, r0, 1, acc); break;
-            case 2: il_tile(q, d, m, w->is_q4, nb, a, k, r0, 2, acc); break;
-            case 3: il_tile(q, d, m, w->is_q4, nb, a, k, r0, 3, acc); break;
-            default: il_tile(q, d, m, w->is_q4, nb, a, k, r0, IL_XTILE, acc); break;
-        }
-        for (int r = 0; r < tile_rows; r++) _mm512_storeu_ps(dots + (r0 + r) * IL_ROWS, acc[r]);
+    __m512 acc[IL_XTILE];
+    switch (tile_rows) { /* constant row counts keep acc in registers */
+        case 1: il_tile(q, d, m, w->is_q4, nb, a, k, r0, 1, acc); break;
+        case 2: il_tile(q, d, m, w->is_q4, nb, a, k, r0, 2, acc); break;
+        case 3: il_tile(q, d, m, w->is_q4, nb, a, k, r0, 3, acc); break;
+        default: il_tile(q, d, m, w->is_q4, nb, a, k, r0, IL_XTILE, acc); break;
     }
+    for (int r = 0; r < tile_rows; r++) _mm512_storeu_ps(dots + r * IL_ROWS, acc[r]);
 }
 #endif
 
@@ -312,7 +310,7 @@ static void block_stats(qactivations *a, int64_t rows, int64_t k, int want_int8)
     const int64_t nb = k / QBLOCK;
 #ifdef HAVE_AVX512
     if (want_int8) { /* the int8 path never reads xsum */
-        _Pragma("omp parallel for schedule(static) if (rows * k >= 65536)")
+#pragma omp parallel for schedule(static) if (rows * k >= 65536)
         for (int64_t i = 0; i < rows * nb; i++)
             quantize_block(a->xf + i * QBLOCK, a->xq + i * QBLOCK, &a->dx[i], &a->xqsum[i]);
         return;
@@ -400,22 +398,19 @@ void quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q
 }
 
 #ifdef HAVE_VNNI
-/* Each thread takes whole groups of 16 weight rows; dots per group [rows][16] on the heap
- * (rows is unbounded here). */
+/* Each thread takes whole groups of 16 weight rows, and the activation rows a tile at a time. */
 #define QMATMUL_INTERLEAVED(T, STORE)                                                           \
-    _Pragma("omp parallel")                                                                     \
-    {                                                                                           \
-        float *dots = malloc(sizeof(float) * (size_t)(rows * IL_ROWS));                         \
-        _Pragma("omp for schedule(static)")                                                     \
-        for (int64_t g = 0; g < n / IL_ROWS; g++) {                                             \
-            if (dots == 0) continue;                                                            \
-            il_group(&w, g, &a, rows, k, dots);                                                 \
-            for (int64_t r = 0; r < rows; r++) {                                                \
-                T *dst = y + r * y_stride + col0 + g * IL_ROWS;                                 \
+    _Pragma("omp parallel for schedule(static)")                                                \
+    for (int64_t g = 0; g < n / IL_ROWS; g++) {                                                 \
+        float dots[IL_XTILE * IL_ROWS];                                                         \
+        for (int64_t r0 = 0; r0 < rows; r0 += IL_XTILE) {                                       \
+            const int tile_rows = rows - r0 < IL_XTILE ? (int)(rows - r0) : IL_XTILE;           \
+            il_group_tile(&w, g, &a, k, r0, tile_rows, dots);                                   \
+            for (int r = 0; r < tile_rows; r++) {                                               \
+                T *dst = y + (r0 + r) * y_stride + col0 + g * IL_ROWS;                          \
                 for (int i = 0; i < IL_ROWS; i++) dst[i] = STORE(dots[r * IL_ROWS + i]);        \
             }                                                                                   \
         }                                                                                       \
-        free(dots);                                                                             \
     }
 #else
 #define QMATMUL_INTERLEAVED(T, STORE) (void)0 /* never asked for: Python checks has_int8_dot */

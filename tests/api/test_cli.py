@@ -62,8 +62,8 @@ def _run(args: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
 
 
 def test_serve_start_up_failures_exit_non_zero_naming_the_cause(tmp_path) -> None:
-    """The model loads beside the platform store (launch.py): a failure of either side ends
-    `flintlm serve` with its own error, whichever finishes first."""
+    """A bad platform store and a missing model each end `flintlm serve` with a non-zero exit
+    and their own error, before any port is bound."""
     bad_store = _run(["serve", "--port", "1", "--database-url",
                       "postgresql+psycopg://127.0.0.1:1/none"])
     assert bad_store.returncode != 0
