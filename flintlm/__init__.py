@@ -7,8 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flintlm.config import FlintConfig
-from flintlm.engine.request import SamplingParams
+from flintlm.kernels.isa import cap_torch_to_forced_tier
+
+# NOTE: before anything imports torch, so FLINTLM_CPU_ISA also caps torch's own kernels.
+cap_torch_to_forced_tier()
+
+from flintlm.config import FlintConfig  # noqa: E402
+from flintlm.engine.request import SamplingParams  # noqa: E402
 
 if TYPE_CHECKING:
     from flintlm.llm import LLM
