@@ -109,6 +109,7 @@ def serve(
     seed: Annotated[int | None, _opt("seed")] = None,
     kernels: Annotated[str | None, _opt("kernels")] = None,
     quantized_max_tokens: Annotated[int | None, _opt("quantized_max_tokens")] = None,
+    quantized_activations: Annotated[str | None, _opt("quantized_activations")] = None,
     serving_single_thread_max_tokens: Annotated[
         int | None, _opt("serving_single_thread_max_tokens")] = None,
     block_size: Annotated[int | None, _opt("block_size")] = None,

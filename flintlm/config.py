@@ -32,8 +32,9 @@ class ModelConfig:
     served_model_name: str | None = None
     """Name clients use in the `model` field; defaults to "default" or the file/folder name."""
     dtype: str = "auto"
-    """Compute dtype: auto, float32, bfloat16 or float16 (auto: bfloat16 on CUDA and on CPUs with
-    bf16 units (AVX512-BF16/AMX), else float32)."""
+    """Compute dtype: auto, float32, bfloat16 or float16 (auto: bfloat16 on CUDA; on a CPU with
+    flintlm's kernels the faster of float32 and bfloat16 as measured on this machine (see
+    `flintlm info`); else float32)."""
     device: str = "auto"
     """Device: auto, cpu or cuda (auto picks cuda when available)."""
     max_model_len: int | None = None
@@ -43,10 +44,15 @@ class ModelConfig:
     kernels: str = "auto"
     """CPU kernels: auto (flintlm's fused C kernels when a C compiler can build them, else
     torch), native (fail without them) or torch."""
-    quantized_max_tokens: int = 64
+    quantized_max_tokens: int | None = None
     """With the CPU kernels, steps of at most this many tokens multiply a GGUF's Q4_0/Q4_1/Q8_0
-    weights as stored and run every layer in one native call (in bfloat16: int8 activations, as
-    llama.cpp); larger steps (prefill) use the dense weights; 0 always does."""
+    weights as stored and run every layer in one native call; larger steps (prefill) use the
+    dense weights; 0 always does. Unset: the largest step size at which that was measured
+    faster on this machine."""
+    quantized_activations: str = "auto"
+    """How quantized steps multiply: int8 (activations quantized per block of 32, as llama.cpp;
+    fastest), exact (float activations: the dense path's product, for reference numerics) or
+    auto (what was measured faster here)."""
 
     serving_single_thread_max_tokens: int = 4
     """While serving, steps of at most this many tokens run on one thread, leaving the other
@@ -63,7 +69,10 @@ class ModelConfig:
         if self.serving_single_thread_max_tokens < 0:
             raise ValueError(f"serving_single_thread_max_tokens="
                              f"{self.serving_single_thread_max_tokens} must be >= 0")
-        if not 0 <= self.quantized_max_tokens <= 256:
+        if self.quantized_activations not in ("auto", "int8", "exact"):
+            raise ValueError(f"quantized_activations={self.quantized_activations!r} is not one "
+                             "of auto, int8, exact")
+        if self.quantized_max_tokens is not None and not 0 <= self.quantized_max_tokens <= 256:
             raise ValueError(f"quantized_max_tokens={self.quantized_max_tokens} must be in 0..256")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len={self.max_model_len} must be a positive token count")

@@ -52,11 +52,14 @@ class LLM:
                  max_model_len: int | None = None, kv_cache_memory: str | int | None = None,
                  max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
                  enable_prefix_caching: bool = True, block_size: int = 16, seed: int = 0,
+                 quantized_max_tokens: int | None = None, quantized_activations: str = "auto",
                  config: FlintConfig | None = None):
         if config is None:
             config = FlintConfig(
                 model=ModelConfig(model=model, dtype=dtype, device=device,
-                                  max_model_len=max_model_len, seed=seed),
+                                  max_model_len=max_model_len, seed=seed,
+                                  quantized_max_tokens=quantized_max_tokens,
+                                  quantized_activations=quantized_activations),
                 cache=CacheConfig(block_size=block_size,
                                   kv_cache_memory=None if kv_cache_memory is None
                                   else parse_size(kv_cache_memory),

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from flintlm.engine.cpu_dispatch import fold_dispatch, measured_dispatch
 from flintlm.engine.detokenizer import IncrementalDetokenizer
 from flintlm.engine.kv_blocks import BlockManager
 from flintlm.engine.model_runner import ModelRunner, resolve_device, resolve_dtype
@@ -27,6 +28,7 @@ from flintlm.engine.structured import GrammarCompiler, GrammarState
 if TYPE_CHECKING:
     from flintlm.config import FlintConfig
     from flintlm.engine.outputs import SchedulerOutput
+    from flintlm.kernels.calibrate import DispatchTable
     from flintlm.loading import LoadedCheckpoint
 
 logger = logging.getLogger(__name__)
@@ -91,12 +93,13 @@ def _loading_allocations() -> Iterator[None]:
 
 
 class Engine:
-    def __init__(self, config: FlintConfig, checkpoint: LoadedCheckpoint):
+    def __init__(self, config: FlintConfig, checkpoint: LoadedCheckpoint,
+                 dispatch: DispatchTable | None = None):
         self.config = config
         self.tokenizer = checkpoint.tokenizer
         arch = checkpoint.arch
         wanted_len = config.model.max_model_len or arch.max_position_embeddings
-        self.runner = ModelRunner(config.model, config.cache, checkpoint, wanted_len)
+        self.runner = ModelRunner(config.model, config.cache, checkpoint, wanted_len, dispatch)
         layout = self.runner.kv_layout
         if layout.num_tokens < wanted_len:
             logger.warning("KV cache holds %d tokens, fewer than max_model_len=%d; capping it",
@@ -120,17 +123,19 @@ class Engine:
         from flintlm.loading import load_checkpoint
 
         device = resolve_device(config.model.device)
+        dispatch = measured_dispatch(config.model, device)
+        config = config.replace(model=fold_dispatch(config.model, dispatch))
         dtype = resolve_dtype(config.model.dtype, device)
         with _loading_allocations():
             if not progress:
-                engine = cls(config, load_checkpoint(config.model.model, dtype))
+                engine = cls(config, load_checkpoint(config.model.model, dtype), dispatch)
             else:
                 from tqdm import tqdm
 
                 with tqdm(total=2, desc="Loading model", unit="step") as bar:
                     checkpoint = load_checkpoint(config.model.model, dtype)
                     bar.update(1)
-                    engine = cls(config, checkpoint)
+                    engine = cls(config, checkpoint, dispatch)
                     bar.update(1)
                     del checkpoint
         _return_freed_memory()

@@ -22,12 +22,13 @@ from flintlm.kernels.ops import CpuKernels
 from flintlm.models.attention import BatchLayout, CpuNativeAttention, SequenceSlice
 from flintlm.models.fast_decode import FastDecode
 from flintlm.models.packing import PackedLogits, can_pack, pack_linears
-from flintlm.models.quant import keep_quantized, quantized_logits
+from flintlm.models.quant import QuantizedSteps, keep_quantized, quantized_logits
 from flintlm.models.registry import model_class_for
 
 if TYPE_CHECKING:
     from flintlm.config import CacheConfig, ModelConfig
     from flintlm.engine.outputs import ScheduledRequest, SchedulerOutput
+    from flintlm.kernels.calibrate import DispatchTable
     from flintlm.loading import LoadedCheckpoint
 
 logger = logging.getLogger(__name__)
@@ -73,9 +74,17 @@ class KVCacheLayout:
         return self.num_blocks * self.block_size
 
 
+# Without a measured table (engine built directly from a checkpoint): the rule of thumb that
+# the table replaced, from 2026-12-03's measurements on AVX-512.
+DEFAULT_QUANTIZED_MAX_TOKENS = 64
+
+
 class ModelRunner:
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
-                 checkpoint: LoadedCheckpoint, max_model_len: int):
+                 checkpoint: LoadedCheckpoint, max_model_len: int,
+                 dispatch: DispatchTable | None = None):
+        """`dispatch`: the measured table (`engine/cpu_dispatch.py`) whose choices were folded
+        into `model_config`; its thread count per step size is applied here."""
         self.device = resolve_device(model_config.device)
         self.dtype = resolve_dtype(model_config.dtype, self.device)
         self.arch = checkpoint.arch
@@ -100,21 +109,38 @@ class ModelRunner:
             logger.info("packed %d linear layers and the output projection for oneDNN",
                         num_packed)
         max_rows = model_config.quantized_max_tokens
+        if max_rows is None:
+            max_rows = DEFAULT_QUANTIZED_MAX_TOKENS
+        self.dispatch = dispatch if self.device.type == "cpu" else None
+        steps = QuantizedSteps(max_rows, self.dispatch)
         if self.kernels is not None and max_rows and checkpoint.quantized:
-            num_kept = keep_quantized(self.model, checkpoint.quantized, self.kernels, max_rows)
+            use_int8 = self._int8_activations(model_config.quantized_activations)
+            num_kept = keep_quantized(self.model, checkpoint.quantized, self.kernels, steps,
+                                      use_int8)
             self.compute_logits = quantized_logits(self.compute_logits, checkpoint.quantized,
                                                    self.arch.tie_word_embeddings, self.kernels,
-                                                   max_rows)
-            logger.info("steps of <= %d tokens read %d linear layers as GGUF-quantized",
-                        max_rows, num_kept)
+                                                   steps, use_int8)
+            logger.info("steps of <= %d tokens read %d linear layers as GGUF-quantized (%s "
+                        "activations)", max_rows, num_kept, "int8" if use_int8 else "float")
         self.kv_layout = self._plan_kv_cache(cache_config)
         self.kv_caches = self._allocate_kv_cache(self.kv_layout.num_blocks)
-        self.fast_decode = FastDecode.build(self.model, self.kv_caches, self.kernels, max_rows)
+        self.fast_decode = FastDecode.build(self.model, self.kv_caches, self.kernels, steps)
         if self.fast_decode is not None:
             logger.info("steps of <= %d tokens run every layer in one native call", max_rows)
         self.sampler = Sampler(self.arch.vocab_size, self.device, seed=model_config.seed,
                                kernels=self.kernels)
         self.single_thread_max_tokens = 0  # see limit_threads_for_small_steps
+
+    def _int8_activations(self, mode: str) -> bool:
+        """int8 or exact products for the quantized steps; "auto" (no measured table) keeps the
+        exact product in float32, so a float32 run matches the reference by default."""
+        assert self.kernels is not None
+        if mode == "int8" and not self.kernels.has_int8_dot:
+            raise ValueError("quantized_activations='int8' needs the CPU kernels' integer dot "
+                             "products, which this build lacks; use exact")
+        if mode == "auto":
+            return self.dtype == torch.bfloat16 and self.kernels.has_int8_dot
+        return mode == "int8"
 
     def limit_threads_for_small_steps(self, max_tokens: int) -> None:
         """Run steps of at most `max_tokens` tokens on one thread (0: never). For serving, where
@@ -158,12 +184,23 @@ class ModelRunner:
 
     # -- the step --------------------------------------------------------------------------------
 
+    def threads_for(self, num_tokens: int) -> int | None:
+        """Threads for a step of `num_tokens`, when fewer than all: the serving limit, else the
+        measured table's choice; None leaves the thread count alone."""
+        if num_tokens <= self.single_thread_max_tokens:
+            return 1
+        if self.dispatch is not None:
+            wanted = self.dispatch.choice_for(num_tokens).num_threads
+            return wanted if wanted < torch.get_num_threads() else None
+        return None
+
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> RunnerOutput:
-        if scheduler_output.num_batched_tokens > self.single_thread_max_tokens:
+        wanted = self.threads_for(scheduler_output.num_batched_tokens)
+        if wanted is None:
             return self._execute(scheduler_output)
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # sets OpenMP's team size for the native kernels too
+        torch.set_num_threads(wanted)  # sets OpenMP's team size for the native kernels too
         try:
             return self._execute(scheduler_output)
         finally:

@@ -237,3 +237,12 @@ def llama3_divisors(scaling: RopeScaling, theta: float, head_dim: int) -> list[f
             smooth /= span
             divisors.append(1 / ((1 - smooth) / scaling.factor + smooth))
     return divisors
+
+
+def read_gguf_arch(path: str) -> tuple[ModelArch, str | None]:
+    """The architecture of a GGUF file from its metadata alone (no tensor is read), and the
+    block type of its layer matrices when the CPU kernels read that type as stored."""
+    gguf = GGUFFile(path)
+    info = gguf.tensors.get("blk.0.ffn_gate.weight")
+    kept = info is not None and info.ggml_type in BLOCK_TYPES_KEPT
+    return _arch_from_metadata(gguf), info.ggml_type.name if kept else None

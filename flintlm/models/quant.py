@@ -2,7 +2,7 @@
 
 A decode step of a few tokens reads every weight once per step, so its time is the bytes it
 reads: the Q4_1 blocks of the embedded model are 5 bits a weight against 16 for bfloat16.
-`SmallBatchQuantLinear` multiplies such steps (at most `max_rows` tokens) from the quantized
+`SmallBatchQuantLinear` multiplies such steps (those `QuantizedSteps` picks) from the quantized
 weights with flintlm's CPU kernel, and hands larger ones (prefill, big batches) to the dense
 layer it wraps, whose matmuls are compute-bound and faster on AMX. The model file never knows.
 
@@ -13,6 +13,7 @@ values, float32 scale and offset per block of 32), which holds exactly the same 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 from flintlm.kernels.ops import QuantMatrix
 
 if TYPE_CHECKING:
+    from flintlm.kernels.calibrate import DispatchTable
     from flintlm.kernels.ops import CpuKernels
     from flintlm.loading.checkpoint import QuantizedWeight
 
@@ -74,35 +76,41 @@ def interleave(matrix: QuantMatrix) -> QuantMatrix:
                        by_group(matrix.m).contiguous(), matrix.is_4bit, is_interleaved=True)
 
 
-def uses_int8(kernels: CpuKernels) -> bool:
-    """Whether quantized layers multiply with int8 activations (llama.cpp's way, ~2x faster):
-    only where the model already runs in bfloat16; float32 keeps the exact product so it
-    matches the reference."""
-    return kernels.dtype == torch.bfloat16 and kernels.has_int8_dot
-
-
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class QuantizedSteps:
+    """Which steps multiply the quantized weights: those of at most `max_tokens` tokens, and
+    of those, where a measured dispatch table chose a quantized path (all of them without)."""
+
+    max_tokens: int
+    table: DispatchTable | None = None
+
+    def __call__(self, num_tokens: int) -> bool:
+        return num_tokens <= self.max_tokens and (self.table is None
+                                                  or self.table.is_quantized(num_tokens))
+
+
 class SmallBatchQuantLinear(nn.Module):
-    """The dense linear layer `dense`, with batches of <= max_rows rows read from the blocks.
+    """The dense linear layer `dense`, with the batches `steps` picks read from the blocks.
 
     `parts` are the GGML matrices stacked (in row order) into the dense weight.
     """
 
     def __init__(self, dense: nn.Module, parts: list[QuantMatrix], bias: torch.Tensor | None,
-                 kernels: CpuKernels, max_rows: int):
+                 kernels: CpuKernels, steps: QuantizedSteps, use_int8: bool):
         super().__init__()
         self.dense = dense
         self.parts = parts
         self.out_features = sum(part.out_features for part in parts)
         self.bias = bias
         self.kernels = kernels
-        self.max_rows = max_rows
-        self.use_int8 = uses_int8(kernels)
+        self.steps = steps
+        self.use_int8 = use_int8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > self.max_rows or not x.is_contiguous():
+        if not self.steps(x.shape[0]) or not x.is_contiguous():
             return self.dense(x)
         out = x.new_empty(x.shape[0], self.out_features)
         column = 0
@@ -118,14 +126,15 @@ class SmallBatchQuantLogits(nn.Module):
     """compute_logits (hidden -> float32 logits) with the same split by batch size."""
 
     def __init__(self, dense: nn.Module, weight: QuantMatrix, kernels: CpuKernels,
-                 max_rows: int):
+                 steps: QuantizedSteps, use_int8: bool):
         super().__init__()
         self.dense = dense
-        self.linear = SmallBatchQuantLinear(nn.Identity(), [weight], None, kernels, max_rows)
-        self.max_rows = max_rows
+        self.linear = SmallBatchQuantLinear(nn.Identity(), [weight], None, kernels, steps,
+                                            use_int8)
+        self.steps = steps
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if hidden.shape[0] > self.max_rows or not hidden.is_contiguous():
+        if not self.steps(hidden.shape[0]) or not hidden.is_contiguous():
             return self.dense(hidden)
         return self.linear(hidden).float()
 
@@ -140,9 +149,10 @@ def _stacked(matrices: list[QuantMatrix]) -> list[QuantMatrix]:
 
 
 def keep_quantized(model: nn.Module, quantized: dict[str, QuantizedWeight],
-                   kernels: CpuKernels, max_rows: int) -> int:
+                   kernels: CpuKernels, steps: QuantizedSteps, use_int8: bool) -> int:
     """Wrap each linear layer of `model` whose checkpoint matrices are all in `quantized` (and of
-    a type the kernel reads) in a `SmallBatchQuantLinear`; returns how many were wrapped."""
+    a type the kernel reads) in a `SmallBatchQuantLinear`; returns how many were wrapped.
+    `use_int8`: int8 activations (the interleaved layout) rather than the exact float product."""
     num_wrapped = 0
     for module_name, sources in model.linear_sources().items():
         parts = [quantized.get(name + ".weight") for name in sources]
@@ -152,26 +162,26 @@ def keep_quantized(model: nn.Module, quantized: dict[str, QuantizedWeight],
         if any(m is None for m in matrices):
             continue
         matrices = _stacked(matrices)  # type: ignore[arg-type]
-        if uses_int8(kernels):
+        if use_int8:
             matrices = [interleave(m) for m in matrices]
         dense = model.get_submodule(module_name)
         bias = getattr(dense, "bias", None)
         parent_name, _, child_name = module_name.rpartition(".")
         wrapped = SmallBatchQuantLinear(dense, matrices,  # type: ignore[arg-type]
                                         None if bias is None else bias.detach(), kernels,
-                                        max_rows)
+                                        steps, use_int8)
         setattr(model.get_submodule(parent_name), child_name, wrapped)
         num_wrapped += 1
     return num_wrapped
 
 
 def quantized_logits(dense: nn.Module, quantized: dict[str, QuantizedWeight], tied: bool,
-                     kernels: CpuKernels, max_rows: int) -> nn.Module:
+                     kernels: CpuKernels, steps: QuantizedSteps, use_int8: bool) -> nn.Module:
     """The output projection with small batches read from its GGML blocks, when stored so."""
     weight = quantized.get("model.embed_tokens.weight" if tied else "lm_head.weight")
     matrix = repack(weight) if weight is not None and weight.type_name in KEPT_TYPES else None
     if matrix is None:
         return dense
-    if uses_int8(kernels):
+    if use_int8:
         matrix = interleave(matrix)
-    return SmallBatchQuantLogits(dense, matrix, kernels, max_rows)
+    return SmallBatchQuantLogits(dense, matrix, kernels, steps, use_int8)

@@ -14,7 +14,9 @@ torch.set_num_threads(1)  # noqa: the suite shares two cores
 
 
 def run(kernels: str, prompts: list[list[int]]):
-    config = FlintConfig(model=ModelConfig(dtype="float32", kernels=kernels),
+    model = ModelConfig(dtype="float32", kernels=kernels, quantized_max_tokens=64,
+                        quantized_activations="exact")
+    config = FlintConfig(model=model,
                          cache=CacheConfig(kv_cache_memory=48 << 20),
                          scheduler=SchedulerConfig(max_num_batched_tokens=64))
     llm = LLM(config=config)

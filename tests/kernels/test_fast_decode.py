@@ -15,7 +15,8 @@ def test_fast_decode_matches_the_module_path():
     rng = random.Random(3)
     prompts = [[rng.randrange(1000, 40000) for _ in range(n)] for n in (1, 3, 17, 40)]
     params = SamplingParams(max_tokens=12, ignore_eos=True, temperature=0.0, logprobs=0)
-    llm = LLM("default", dtype="float32", kv_cache_memory="32MiB", enable_prefix_caching=False)
+    llm = LLM("default", dtype="float32", kv_cache_memory="32MiB", enable_prefix_caching=False,
+              quantized_max_tokens=64, quantized_activations="exact")
     runner = llm.engine.runner
     assert runner.fast_decode is not None
     fast = [llm.generate([p], params)[0] for p in prompts] + llm.generate(prompts[:3], params)

@@ -1,0 +1,61 @@
+"""Before a CPU model is read: the measured dispatch table folded into its `ModelConfig`.
+
+What the configuration leaves to "auto" (the compute dtype, how many tokens a step may have to
+take the quantized path, int8 or exact activations) is decided by `kernels/calibrate.py`'s
+table for this machine and model shapes; explicit settings are kept and constrain the
+measurement. The dtype must be known before the weights are read, hence this runs first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from flintlm.config import ModelConfig
+    from flintlm.kernels.calibrate import DispatchTable
+
+logger = logging.getLogger(__name__)
+
+
+def is_left_to_measure(config: ModelConfig) -> bool:
+    return (config.dtype == "auto" or config.quantized_max_tokens is None
+            or config.quantized_activations == "auto")
+
+
+def measured_dispatch(config: ModelConfig, device: torch.device) -> DispatchTable | None:
+    """The table for this machine and `config.model`, or None where none applies (not a CPU,
+    torch kernels asked for, nothing left to measure, no C compiler)."""
+    if device.type != "cpu" or config.kernels == "torch" or not is_left_to_measure(config):
+        return None
+    from flintlm.kernels.calibrate import ModelShapes, load_or_calibrate
+    from flintlm.kernels.ops import CpuKernels
+    from flintlm.loading.loader import read_arch
+
+    if CpuKernels.create(device, torch.float32, config.kernels) is None:
+        return None
+    arch, weight_type = read_arch(config.model)
+    shapes = ModelShapes(arch.hidden_size, arch.q_size, arch.kv_size, arch.intermediate_size,
+                         arch.vocab_size, arch.num_layers, weight_type)
+    dtype = None if config.dtype == "auto" else config.dtype
+    if dtype not in (None, "float32", "bfloat16"):
+        return None  # float16 on a CPU: nothing of ours to choose between
+    activations = (None if config.quantized_activations == "auto"
+                   else config.quantized_activations)
+    return load_or_calibrate(shapes, dtype, activations)
+
+
+def fold_dispatch(config: ModelConfig, table: DispatchTable | None) -> ModelConfig:
+    """`config` with its "auto" choices replaced by the table's (unchanged without one)."""
+    if table is None:
+        return config
+    return dataclasses.replace(
+        config,
+        dtype=table.dtype if config.dtype == "auto" else config.dtype,
+        quantized_max_tokens=(table.quantized_max_tokens if config.quantized_max_tokens is None
+                              else config.quantized_max_tokens),
+        quantized_activations=(table.activations if config.quantized_activations == "auto"
+                               else config.quantized_activations))
