@@ -452,5 +452,21 @@ def usage(
             r.total_tokens, f"{r.cost_usd:f}"] for r in rows])
 
 
+@app.command()
+def info(
+    model: Annotated[str, typer.Option(help="Model whose dispatch table to show (measured now "
+                                            "if not cached).")] = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    timings: Annotated[bool, typer.Option(help="Also every timing behind the table.")] = False,
+    table: Annotated[bool, typer.Option(help="Measure or read the dispatch table.")] = True,
+    recalibrate: Annotated[bool, typer.Option(
+        help="Measure again and replace the cached table (after a busy first start).")] = False,
+) -> None:
+    """What this CPU offers (features, kernel tier) and the measured dispatch table."""
+    from flintlm.info import run
+
+    typer.echo(run(model, as_json, timings, table, recalibrate))
+
+
 def main() -> None:
     app()

@@ -26,7 +26,8 @@ def is_left_to_measure(config: ModelConfig) -> bool:
             or config.quantized_activations == "auto")
 
 
-def measured_dispatch(config: ModelConfig, device: torch.device) -> DispatchTable | None:
+def measured_dispatch(config: ModelConfig, device: torch.device,
+                      refresh: bool = False) -> DispatchTable | None:
     """The table for this machine and `config.model`, or None where none applies (not a CPU,
     torch kernels asked for, nothing left to measure, no C compiler)."""
     if device.type != "cpu" or config.kernels == "torch" or not is_left_to_measure(config):
@@ -45,7 +46,7 @@ def measured_dispatch(config: ModelConfig, device: torch.device) -> DispatchTabl
         return None  # float16 on a CPU: nothing of ours to choose between
     activations = (None if config.quantized_activations == "auto"
                    else config.quantized_activations)
-    return load_or_calibrate(shapes, dtype, activations)
+    return load_or_calibrate(shapes, dtype, activations, refresh)
 
 
 def fold_dispatch(config: ModelConfig, table: DispatchTable | None) -> ModelConfig:

@@ -348,11 +348,13 @@ def _cache_path(shapes: ModelShapes, dtype: str | None, activations: str | None)
 
 
 def load_or_calibrate(shapes: ModelShapes, dtype: str | None = None,
-                      activations: str | None = None) -> DispatchTable:
-    """The cached table for this machine and model shapes, measured on first use."""
+                      activations: str | None = None, refresh: bool = False) -> DispatchTable:
+    """The cached table for this machine and model shapes, measured on first use (or again
+    with `refresh`, e.g. after a first measurement on a busy machine)."""
     path = _cache_path(shapes, dtype, activations)
     try:
-        return DispatchTable.from_json(json.loads(path.read_text()))
+        if not refresh:
+            return DispatchTable.from_json(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     logger.info("measuring the fastest kernels for this CPU and model (once per machine)")

@@ -1,0 +1,144 @@
+"""The dispatch that measures (kernels/calibrate.py, engine/cpu_dispatch.py, `flintlm info`):
+the table picks, per step size, the fastest of what it measured; it is cached; the engine
+honours it; FLINTLM_CPU_ISA forces a tier and caps torch with it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from flintlm.config import ModelConfig
+from flintlm.engine.cpu_dispatch import fold_dispatch
+from flintlm.kernels import calibrate, isa
+from flintlm.kernels.calibrate import DispatchTable, ModelShapes, StepChoice
+
+TINY = ModelShapes(hidden=64, q_size=64, kv_size=32, intermediate=128, vocab=256, num_layers=2,
+                   weight_type="Q4_1")
+
+
+@pytest.fixture(scope="module")
+def table() -> DispatchTable:
+    return calibrate.calibrate(TINY)
+
+
+def test_each_step_size_takes_the_fastest_measured_path(table):
+    assert [c.step_size for c in table.choices] == list(calibrate.STEP_SIZES)
+    assert table.dtype in calibrate.DENSE_DTYPES
+    kept = {"dense", table.activations}
+    for choice in table.choices:
+        rivals = [t for t in table.timings if t.step_size == choice.step_size
+                  and t.dtype == table.dtype and t.path in kept]
+        assert choice.path in kept and rivals
+        assert choice.ms == min(t.ms for t in rivals)
+    # the dtype is the faster dense one where dense does the work (the largest step)
+    largest = [t for t in table.timings if t.step_size == calibrate.STEP_SIZES[-1]
+               and t.path == "dense"]
+    assert table.dtype == min(largest, key=lambda t: t.ms).dtype
+
+
+def test_a_fixed_dtype_or_activation_constrains_the_measurement():
+    fixed = calibrate.calibrate(TINY, dtype="float32", activations="exact")
+    assert fixed.dtype == "float32"
+    assert {t.dtype for t in fixed.timings} == {"float32"}
+    assert {t.path for t in fixed.timings} <= {"dense", "exact"}
+
+
+def test_the_table_is_cached_per_machine_and_shapes(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = calibrate.load_or_calibrate(TINY, dtype="float32")
+    files = list(tmp_path.rglob("*.json"))
+    assert len(files) == 1
+
+    def must_not_measure(*args, **kwargs):
+        raise AssertionError("a cached table was measured again")
+
+    monkeypatch.setattr(calibrate, "calibrate", must_not_measure)
+    assert calibrate.load_or_calibrate(TINY, dtype="float32") == first
+    other = ModelShapes(**{**TINY.__dict__, "num_layers": 3})
+    with pytest.raises(AssertionError):  # other shapes: another entry, measured anew
+        calibrate.load_or_calibrate(other, dtype="float32")
+
+
+def test_auto_settings_are_folded_in_and_explicit_ones_kept():
+    table = DispatchTable("avx2", "float32", (StepChoice(4, "int8", 1, 1.0),
+                                              StepChoice(16, "dense", 2, 2.0),
+                                              StepChoice(64, "int8", 2, 3.0)))
+    folded = fold_dispatch(ModelConfig(), table)
+    assert (folded.dtype, folded.quantized_max_tokens, folded.quantized_activations) == \
+        ("float32", 64, "int8")
+    assert table.is_quantized(3) and not table.is_quantized(10) and table.is_quantized(40)
+    assert table.choice_for(1000).step_size == 64  # the last entry covers larger steps
+    kept = fold_dispatch(ModelConfig(dtype="bfloat16", quantized_max_tokens=8,
+                                     quantized_activations="exact"), table)
+    assert (kept.dtype, kept.quantized_max_tokens, kept.quantized_activations) == \
+        ("bfloat16", 8, "exact")
+
+
+def test_the_engine_follows_the_table():
+    """A hand-made table (dense at 1 token, int8 at 2-4 on one thread): the runner takes the
+    one-call quantized path exactly where the table says, with its thread count."""
+    from flintlm import SamplingParams
+    from flintlm.config import CacheConfig, FlintConfig
+    from flintlm.engine.engine import Engine
+    from flintlm.loading import load_checkpoint
+
+    kernels_available = calibrate.CpuKernels.create(torch.device("cpu"), torch.float32)
+    if kernels_available is None or not kernels_available.has_int8_dot:
+        pytest.skip("no C compiler: no native kernels to dispatch to")
+    table = DispatchTable(isa.selected_tier(), "float32", (StepChoice(1, "dense", 2, 1.0),
+                                                           StepChoice(4, "int8", 1, 1.0),
+                                                           StepChoice(8, "dense", 2, 1.0)))
+    config = FlintConfig(model=fold_dispatch(ModelConfig(), table),
+                         cache=CacheConfig(kv_cache_memory=16 << 20))
+    engine = Engine(config, load_checkpoint("default", torch.float32), table)
+    runner = engine.runner
+    assert runner.fast_decode is not None
+    assert [runner.fast_decode.can_run(n) for n in (1, 2, 4, 5, 8)] == \
+        [False, True, True, False, False]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert runner.threads_for(3) == 1 and runner.threads_for(6) is None
+    finally:
+        torch.set_num_threads(previous)
+    engine.add_request("r", [1, 2, 3], SamplingParams(max_tokens=3, ignore_eos=True))
+    outputs = []
+    while engine.has_unfinished:
+        outputs += engine.step()
+    assert outputs[-1].finished and sum(len(o.new_token_ids) for o in outputs) == 3
+
+
+def run_info(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flintlm", "info", *args],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+
+
+def test_info_reports_the_cpu_tier_and_table():
+    result = run_info("--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["tiers"]["selected"] == isa.supported_tiers()[0]
+    assert report["tiers"]["forced"] is None
+    table = report["dispatch"]
+    assert table is None or [c["step_size"] for c in table["choices"]] == \
+        list(calibrate.STEP_SIZES)
+
+
+@pytest.mark.skipif("avx2" not in isa.supported_tiers() or isa.supported_tiers()[0] == "avx2",
+                    reason="needs a CPU above the AVX2 tier to force it down")
+def test_a_forced_tier_caps_the_kernels_and_torch():
+    result = run_info("--json", "--no-table", FLINTLM_CPU_ISA="avx2")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["tiers"] == {**report["tiers"], "selected": "avx2", "forced": "avx2"}
+    assert report["torch_cpu_capability"] == "AVX2"
+    assert report["kernels"] is None or report["kernels"]["tier"] == "avx2"
+
+
+def test_an_unknown_or_impossible_tier_is_refused():
+    result = run_info("--no-table", FLINTLM_CPU_ISA="sse9")
+    assert result.returncode != 0
+    assert "FLINTLM_CPU_ISA" in result.stderr + result.stdout
