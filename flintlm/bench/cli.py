@@ -130,8 +130,11 @@ def _finish(
     path = out / f"{tag}.json"
     report.write_json(path, records, meta)
     typer.echo("\n" + report.format_table(records))
-    for png in report.plot(records, out, prefix=tag):
-        typer.echo(f"plot: {png}")
+    try:
+        for png in report.plot(records, out, prefix=tag):
+            typer.echo(f"plot: {png}")
+    except ImportError as exc:  # the figures are in the JSON; only the pictures need the extra
+        typer.echo(f"plots skipped ({exc}; pip install -e '.[bench]')", err=True)
     typer.echo(f"results: {path}")
 
 
@@ -259,8 +262,8 @@ def serve(
         raise typer.BadParameter("nothing to drive: pass --base-url, --launch and/or "
                                  "--peer llama-cpp")
     levels = _ints(concurrency or ["1", "8", "32"])
-    model = _resolve_model(model)
-    workload = _workload(model, prompt_format, input_len, output_len, dataset, vocab_size)
+    model_file = _resolve_model(model)  # --model itself is what --base-url's server is sent
+    workload = _workload(model_file, prompt_format, input_len, output_len, dataset, vocab_size)
     meta = report.environment()
     records: list[report.BenchRecord] = []
 
@@ -292,13 +295,16 @@ def serve(
         sweep(name, base_url, model, api_key)
     if launch:
         log = Path(tempfile.gettempdir()) / "flintlm-bench-flintlm-server.log"
+        # The name both sides use is set here: a served file is otherwise named by its path.
+        served = Path(model).name.removesuffix(".gguf")
+        args = ["--served-model-name", served, *serve_args.split()]
         with tempfile.TemporaryDirectory() as data_dir, FlintlmServer(
-                model, serve_args.split(), Path(data_dir), log) as server:
+                model_file, args, Path(data_dir), log) as server:
             typer.echo(f"flintlm on {server.base_url} (log {log}): {' '.join(server.command)}")
             meta["flintlm_server_command"] = server.command
-            sweep("flintlm", server.base_url, model, None)
+            sweep("flintlm", server.base_url, served, None)
     if Peer.LLAMA_CPP in peer:
-        gguf = resolve_gguf(model)
+        gguf = resolve_gguf(model_file)
         parallel = max(levels)
         log = Path(tempfile.gettempdir()) / "flintlm-bench-llama-server.log"
         n_threads = threads or num_cores()
