@@ -4,6 +4,7 @@ scaling, grouped-query attention 4:1, tied embeddings). Never touches the 1B fil
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,8 +34,11 @@ NUM_PROMPT_TOKENS = 48
 
 
 @pytest.fixture(autouse=True)
-def one_intraop_thread() -> None:
+def one_intraop_thread() -> Iterator[None]:
+    num_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors on a shared 2-core machine
+    yield
+    torch.set_num_threads(num_threads)
 
 
 @pytest.fixture(scope="module")
