@@ -1,9 +1,9 @@
-"""`flintlm bench offline|serve|structured`: parse options, build the systems, run them, write the
-report.
+"""`flintlm bench offline|serve|structured|make-model`: parse options, build the systems, run
+them, write the report.
 
 Mounted by `flintlm/cli.py` as `app.add_typer(bench_app, name="bench")`. Each command only
-wires the pieces in `offline.py`, `serve.py`, `structured.py`, `peers.py` and `report.py`
-together.
+wires the pieces in `offline.py`, `serve.py`, `structured.py`, `peers.py`, `report.py` and
+`model_cache.py` together.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ class PromptFormat(str, Enum):
 
 
 # Options shared by both commands, as Annotated aliases so each signature stays readable.
-ModelOpt = Annotated[
-    str, typer.Option(help="flintlm model / request `model`; peers: 'default' or a .gguf")
-]
+ModelOpt = Annotated[str, typer.Option(
+    help="'default', a .gguf, an HF folder (flintlm only), or a synthetic model generated once"
+         " into the cache: <shape>-<type>, e.g. llama-3.2-1b-q4_0 (see make-model)")]
 NumPromptsOpt = Annotated[int | None, typer.Option(help="prompts per run")]
 InputLenOpt = Annotated[int, typer.Option(help="tokens per synthetic prompt")]
 OutputLenOpt = Annotated[int, typer.Option(help="tokens generated per prompt (EOS ignored)")]
@@ -63,6 +63,13 @@ def _ints(values: list[str]) -> list[int]:
 
 def _strs(values: list[str]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _resolve_model(model: str) -> str:
+    """A synthetic model name -> its generated GGUF (made on first use); others unchanged."""
+    from flintlm.bench.model_cache import resolve_bench_model  # numpy and gguf: only when asked
+
+    return resolve_bench_model(model, typer.echo)
 
 
 def _workload(
@@ -123,8 +130,11 @@ def _finish(
     path = out / f"{tag}.json"
     report.write_json(path, records, meta)
     typer.echo("\n" + report.format_table(records))
-    for png in report.plot(records, out, prefix=tag):
-        typer.echo(f"plot: {png}")
+    try:
+        for png in report.plot(records, out, prefix=tag):
+            typer.echo(f"plot: {png}")
+    except ImportError as exc:  # the figures are in the JSON; only the pictures need the extra
+        typer.echo(f"plots skipped ({exc}; pip install -e '.[bench]')", err=True)
     typer.echo(f"results: {path}")
 
 
@@ -159,6 +169,7 @@ def offline(
     from flintlm.bench.peers import HfGenerate, LlamaCppBatched, LlamaCppSingleStream, num_cores
 
     peer = peer or []
+    model = _resolve_model(model)
     meta = report.environment()
     workload = _workload(model, PromptFormat.IDS, input_len, output_len, dataset, None)
     n_threads = threads or num_cores()
@@ -251,7 +262,8 @@ def serve(
         raise typer.BadParameter("nothing to drive: pass --base-url, --launch and/or "
                                  "--peer llama-cpp")
     levels = _ints(concurrency or ["1", "8", "32"])
-    workload = _workload(model, prompt_format, input_len, output_len, dataset, vocab_size)
+    model_file = _resolve_model(model)  # --model itself is what --base-url's server is sent
+    workload = _workload(model_file, prompt_format, input_len, output_len, dataset, vocab_size)
     meta = report.environment()
     records: list[report.BenchRecord] = []
 
@@ -283,13 +295,16 @@ def serve(
         sweep(name, base_url, model, api_key)
     if launch:
         log = Path(tempfile.gettempdir()) / "flintlm-bench-flintlm-server.log"
+        # The name both sides use is set here: a served file is otherwise named by its path.
+        served = Path(model).name.removesuffix(".gguf")
+        args = ["--served-model-name", served, *serve_args.split()]
         with tempfile.TemporaryDirectory() as data_dir, FlintlmServer(
-                model, serve_args.split(), Path(data_dir), log) as server:
+                model_file, args, Path(data_dir), log) as server:
             typer.echo(f"flintlm on {server.base_url} (log {log}): {' '.join(server.command)}")
             meta["flintlm_server_command"] = server.command
-            sweep("flintlm", server.base_url, model, None)
+            sweep("flintlm", server.base_url, served, None)
     if Peer.LLAMA_CPP in peer:
-        gguf = resolve_gguf(model)
+        gguf = resolve_gguf(model_file)
         parallel = max(levels)
         log = Path(tempfile.gettempdir()) / "flintlm-bench-llama-server.log"
         n_threads = threads or num_cores()
@@ -322,6 +337,7 @@ def structured(
     from flintlm.bench.structured import endless_schema, run_batch, time_compiles, time_steps
 
     num_constrained = num_prompts // 2 if constrained is None else constrained
+    model = _resolve_model(model)
     meta = report.environment()
     params = {"num_prompts": num_prompts, "input_len": input_len, "output_len": output_len}
     system = f"flintlm/{dtype}"
@@ -360,6 +376,33 @@ def structured(
         low, high = timings.spread(key)
         typer.echo(f"  {key}: {value:.2f} ms (min-max {low:.2f}-{high:.2f})")
     typer.echo(f"results: {path}")
+
+
+@bench_app.command("make-model")
+def make_model(
+    shape: Annotated[str, typer.Option(help="model shape: llama-3.2-1b")] = "llama-3.2-1b",
+    type_name: Annotated[str, typer.Option("--type", help="Q4_0, Q4_1 or Q8_0 matrices")] = "Q4_0",
+    out: Annotated[Path | None, typer.Option(
+        help="GGUF to write (default: the cache file `--model <shape>-<type>` uses)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed of the weights")] = 0,
+) -> None:
+    """Write a GGUF of a real model's shape with random weights (normal, std 0.02) and the
+    embedded model's tokenizer, for benchmarks of flintlm and llama.cpp at that size."""
+    import time
+
+    from flintlm.bench.model_cache import cache_dir, synthetic_model_path
+    from flintlm.bench.synthetic import SHAPES, WEIGHT_TYPES, write_synthetic_gguf
+
+    if shape not in SHAPES:
+        raise typer.BadParameter(f"--shape {shape!r}: use one of {', '.join(SHAPES)}")
+    if type_name.upper() not in WEIGHT_TYPES:
+        raise typer.BadParameter(f"--type {type_name!r}: use one of {', '.join(WEIGHT_TYPES)}")
+    path = out or synthetic_model_path(f"{shape}-{type_name}", cache_dir())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    write_synthetic_gguf(SHAPES[shape], WEIGHT_TYPES[type_name.upper()], path, seed)
+    typer.echo(f"{path}: {path.stat().st_size / 1e9:.2f} GB in "
+               f"{time.perf_counter() - start:.1f} s")  # fmt: skip
 
 
 @bench_app.command("report")

@@ -351,6 +351,9 @@ class ManagedServer:
 
     label = "server"
     command: list[str]
+    # NOTE: a 1B model took 89 s from start to /health here (load, oneDNN packing, quantized
+    # repacking) on a busy 2-core machine; a dead process is noticed at once either way.
+    startup_timeout_s = 600.0
 
     def __init__(self, log_path: Path | None = None) -> None:
         self.port = _free_port()
@@ -367,7 +370,8 @@ class ManagedServer:
             self.command, env=self.environment(), stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            wait_until_ready(self.base_url, timeout_s=180.0, is_alive=self.is_alive)
+            wait_until_ready(self.base_url, timeout_s=self.startup_timeout_s,
+                             is_alive=self.is_alive)
         except BaseException:
             self.stop()
             raise

@@ -153,8 +153,6 @@ def resolve_gguf(model: str) -> Path:
 
 def gguf_vocab_size(path: Path) -> int:
     """Number of tokens in a GGUF's vocabulary (read from its metadata, no weights loaded)."""
-    from gguf import GGUFReader
+    from flintlm.loading.gguf_file import GGUFFile  # gguf.GGUFReader: ~2 s per 100k tokens
 
-    reader = GGUFReader(path)
-    tokens = reader.fields["tokenizer.ggml.tokens"]
-    return len(tokens.data)
+    return len(GGUFFile(str(path)).metadata["tokenizer.ggml.tokens"])
