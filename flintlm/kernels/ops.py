@@ -123,15 +123,7 @@ class CpuKernels:
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """[blocks, block_size, kv heads, head_dim] caches (the torch backend's layout) -> this
         layout; for tests and tools."""
-        num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
-        pair = self.pair
-        keys = (k_cache.permute(0, 2, 3, 1)  # [blocks, heads, dim, tokens]
-                .reshape(num_blocks, num_kv_heads, head_dim // pair, pair, block_size)
-                .transpose(3, 4).contiguous())
-        values = (v_cache.permute(0, 2, 1, 3)  # [blocks, heads, tokens, dim]
-                  .reshape(num_blocks, num_kv_heads, block_size // pair, pair, head_dim)
-                  .transpose(3, 4).contiguous())
-        return keys, values
+        return kv_cache_from_token_major(k_cache, v_cache, self.pair)
 
     # -- layers ----------------------------------------------------------------------------------
 
@@ -227,6 +219,20 @@ class CpuKernels:
         _require_contiguous(residual, hidden, scratch)
         self._decode_step(layers_address, num_layers, batch_address, residual.data_ptr(),
                           hidden.data_ptr(), scratch.data_ptr())
+
+
+def kv_cache_from_token_major(k_cache: torch.Tensor, v_cache: torch.Tensor, pair: int
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`CpuKernels.from_token_major` for a given pair size, without a loaded library (for the
+    tests of builds the host cannot load, such as ARM64 under emulation)."""
+    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+    keys = (k_cache.permute(0, 2, 3, 1)  # [blocks, heads, dim, tokens]
+            .reshape(num_blocks, num_kv_heads, head_dim // pair, pair, block_size)
+            .transpose(3, 4).contiguous())
+    values = (v_cache.permute(0, 2, 1, 3)  # [blocks, heads, tokens, dim]
+              .reshape(num_blocks, num_kv_heads, block_size // pair, pair, head_dim)
+              .transpose(3, 4).contiguous())
+    return keys, values
 
 
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -1,0 +1,107 @@
+"""flintlm's CPU kernels built for ARM64 with the cross compiler and run under qemu-user
+through driver.c, for tests/kernels/test_arm64_emulated.py.
+
+Only the file exchange and the tool calls live here; what to compute and the references stay in
+the test. The build uses the host build's flags for the same (arch, tier), from kernels/native.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from flintlm.kernels import native
+
+CROSS_COMPILER = "aarch64-linux-gnu-gcc"
+EMULATOR = "qemu-aarch64"
+DEBIAN_PACKAGES = "gcc-aarch64-linux-gnu qemu-user"
+DRIVER_SOURCE = Path(__file__).parent / "driver.c"
+# Two threads: the OpenMP loops run split as on real machines, on a host shared by others.
+EMULATED_THREADS = "2"
+
+
+@dataclass(frozen=True)
+class ArmBuild:
+    """One ARM64 build: a kernel tier and the -march it is compiled for (the extensions it may
+    use); `has_int8_dot` is what the build must report (quant_int8_available)."""
+
+    name: str
+    tier: str
+    march: str
+    has_int8_dot: bool
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in (CROSS_COMPILER, EMULATOR) if shutil.which(tool) is None]
+
+
+def build_driver(build: ArmBuild, folder: Path) -> Path:
+    """The driver linked with every kernel source, static (qemu then needs no sysroot)."""
+    # NOTE: until native.py names flags per (arch, tier), the host's with the -march swapped.
+    flags = [flag for flag in native.COMPILE_FLAGS if not flag.startswith("-march=")]
+    flags.append(f"-march={build.march}")
+    binary = folder / f"driver-{build.name}"
+    sources = [str(native.SOURCE_DIR / name) for name in native.SOURCES]
+    command = [CROSS_COMPILER, *flags, f"-I{native.SOURCE_DIR}", *sources, str(DRIVER_SOURCE),
+               "-static", "-o", str(binary), "-lm"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)}\n{result.stderr[-4000:]}")
+    return binary
+
+
+@dataclass
+class Case:
+    """One kernel call: integer/float arguments by name, input tensors by name (written raw)."""
+
+    kernel: str
+    scalars: dict[str, int | float]
+    inputs: dict[str, torch.Tensor]
+
+
+@dataclass
+class Emulator:
+    """A built driver and a scratch folder; `run` takes a fresh subfolder per call."""
+
+    build: ArmBuild
+    driver: Path
+    folder: Path
+    num_runs: int = 0
+
+    def run(self, cases: list[Case]) -> list[dict[str, bytes]]:
+        self.num_runs += 1
+        return run(self.driver, cases, self.folder / f"run{self.num_runs}")
+
+
+def run(driver: Path, cases: list[Case], folder: Path) -> list[dict[str, bytes]]:
+    """Every case in one emulator run; returns each case's output files by name."""
+    folders = []
+    for index, case in enumerate(cases):
+        case_dir = folder / f"case{index}"
+        case_dir.mkdir(parents=True)
+        lines = [case.kernel, *(f"{name} {value!r}" for name, value in case.scalars.items())]
+        (case_dir / "case.txt").write_text("\n".join(lines) + "\n")
+        for name, tensor in case.inputs.items():
+            (case_dir / f"{name}.bin").write_bytes(raw_bytes(tensor))
+        folders.append(case_dir)
+    env = dict(os.environ, OMP_NUM_THREADS=EMULATED_THREADS)
+    result = subprocess.run([EMULATOR, "-cpu", "max", str(driver), *map(str, folders)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"{driver.name} exited {result.returncode}: {result.stderr[-4000:]}")
+    return [{path.stem: path.read_bytes() for path in case_dir.glob("*.out")}
+            for case_dir in folders]
+
+
+def raw_bytes(tensor: torch.Tensor) -> bytes:
+    """The tensor's elements in memory order (bfloat16 as its 16-bit patterns)."""
+    return tensor.contiguous().flatten().view(torch.uint8).numpy().tobytes()
+
+
+def from_bytes(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
