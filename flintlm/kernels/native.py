@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent
 SOURCES = ("attention.c", "decode_step.c", "layers.c", "quant_matmul.c")
-HEADERS = ("common.h", "tier.h", "tier_avx512.h", "tier_avx2.h", "tier_generic.h")
+HEADERS = ("common.h", "tier.h", "tier_avx512.h", "tier_avx2.h", "tier_generic.h", "tier_neon.h",
+           "tier_neon_attention.h")
 ABI_VERSION = 5
 # NOTE: fast-math lets gcc vectorise the float reductions and expf (through libmvec). The
 # kernels never rely on inf or NaN arithmetic (running maxima start at -FLT_MAX; the bfloat16

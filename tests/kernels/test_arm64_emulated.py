@@ -21,6 +21,8 @@ from tests.kernels.test_cpu_kernels import close, reference_attention
 
 ARM_BUILDS = [
     ArmBuild("generic", "generic", "armv8-a", has_int8_dot=False),
+    ArmBuild("neon", "neon", "armv8-a", has_int8_dot=True),  # no SDOT: widening multiplies
+    ArmBuild("neon-dotprod", "neon", "armv8.2-a+dotprod", has_int8_dot=True),
 ]
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the driver's `dtype` argument
 
@@ -37,11 +39,12 @@ def emulator(request, tmp_path_factory) -> Emulator:
     return Emulator(request.param, build_driver(request.param, folder), folder)
 
 
-def test_the_build_reports_its_abi_and_int8_path(emulator):
+def test_the_build_reports_its_tier_abi_and_int8_path(emulator):
     [outputs] = emulator.run([Case("features", {}, {})])
-    int8_available, abi_version = from_bytes(outputs["features"], torch.int32, (2,)).tolist()
+    available, has_dot, abi_version = from_bytes(outputs["features"], torch.int32, (3,)).tolist()
+    assert outputs["tier"].decode() == emulator.build.tier
     assert abi_version == native.ABI_VERSION
-    assert bool(int8_available) == emulator.build.has_int8_dot
+    assert available and bool(has_dot) == emulator.build.has_int8_dot
 
 
 def quantized_x(x: torch.Tensor) -> torch.Tensor:
@@ -55,9 +58,9 @@ def quantized_x(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0"])
 def test_quant_matmul_multiplies_the_stored_weights(emulator, type_name):
-    """Exact path: dequantized weights times x; int8 path (row and interleaved layouts, where
-    the build has one): the dequantized weights times the int8-quantized x, which it computes
-    exactly up to float32 rounding. Rows 1, 5 and 9 cover partial activation tiles and the row
+    """Exact path: dequantized weights times x; int8 path (row and interleaved layouts): the
+    dequantized weights times the int8-quantized x, which it computes exactly up to float32
+    rounding. Rows 1, 5 and 9 cover partial activation tiles and the row
     layout's passes of 8."""
     from gguf import GGMLQuantizationType, quants
 
@@ -71,9 +74,7 @@ def test_quant_matmul_multiplies_the_stored_weights(emulator, type_name):
     blocks = torch.from_numpy(quants.quantize((torch.randn(n, k) * 0.1).numpy(), ggml_type))
     dense = dequantize(blocks.flatten(), ggml_type, (n, k), torch.float32).double()
     weight = repack(QuantizedWeight(type_name, blocks))
-    layouts = [(weight, False)]
-    if emulator.build.has_int8_dot:
-        layouts += [(weight, True), (interleave(weight), True)]
+    layouts = [(weight, False), (weight, True), (interleave(weight), True)]
     cases, expected = [], []
     for dtype, code in DTYPES.items():
         for rows in (1, 5, 9):

@@ -13,7 +13,9 @@
 
 /* Exported beside the DECLARE_KERNELS set (quant_matmul.c, layers.c, attention.c). */
 int quant_int8_available(void);
+int quant_int8_has_dot(void);
 int flintlm_kernels_abi_version(void);
+const char *flintlm_kernels_tier(void);
 void argmax_rows_f32(const float *logits, int64_t num_rows, int64_t vocab, int64_t *out);
 
 #define MAX_SCALARS 32
@@ -85,10 +87,13 @@ static void output(const test_case *c, const char *name, const void *data, size_
 
 static size_t element_size(const test_case *c) { return integer(c, "dtype") ? 2 : 4; }
 
-/* case.txt: int8_available abi_version; no inputs. */
+/* What the build says of itself: int32 [int8 available, int8 on dot products, ABI version]
+ * and the tier's name. No inputs. */
 static void run_features(const test_case *c) {
-    const int32_t values[2] = {quant_int8_available(), flintlm_kernels_abi_version()};
+    const int32_t values[3] = {quant_int8_available(), quant_int8_has_dot(),
+                               flintlm_kernels_abi_version()};
     output(c, "features", values, sizeof values);
+    output(c, "tier", flintlm_kernels_tier(), strlen(flintlm_kernels_tier()));
 }
 
 static void run_quant_matmul(const test_case *c) {

@@ -28,7 +28,7 @@ EMULATED_THREADS = "2"
 @dataclass(frozen=True)
 class ArmBuild:
     """One ARM64 build: a kernel tier and the -march it is compiled for (the extensions it may
-    use); `has_int8_dot` is what the build must report (quant_int8_available)."""
+    use); `has_int8_dot` is what the build must report (quant_int8_has_dot)."""
 
     name: str
     tier: str
@@ -41,18 +41,27 @@ def missing_tools() -> list[str]:
 
 
 def build_driver(build: ArmBuild, folder: Path) -> Path:
-    """The driver linked with every kernel source, static (qemu then needs no sysroot)."""
+    """The driver linked with every kernel source, static (qemu then needs no sysroot).
+    Compiled and linked apart, as native.py builds: fast-math at link time would add gcc's
+    flush-to-zero start-up code, which the host library never has."""
     # NOTE: until native.py names flags per (arch, tier), the host's with the -march swapped.
     flags = [flag for flag in native.COMPILE_FLAGS if not flag.startswith("-march=")]
-    flags.append(f"-march={build.march}")
+    flags += [f"-march={build.march}", f"-I{native.SOURCE_DIR}"]
+    if build.tier == "generic":
+        flags.append("-DFLINTLM_TIER_GENERIC")
+    objects = []
+    for source in [native.SOURCE_DIR / name for name in native.SOURCES] + [DRIVER_SOURCE]:
+        objects.append(folder / f"{build.name}-{source.stem}.o")
+        _check([CROSS_COMPILER, *flags, "-c", str(source), "-o", str(objects[-1])])
     binary = folder / f"driver-{build.name}"
-    sources = [str(native.SOURCE_DIR / name) for name in native.SOURCES]
-    command = [CROSS_COMPILER, *flags, f"-I{native.SOURCE_DIR}", *sources, str(DRIVER_SOURCE),
-               "-static", "-o", str(binary), "-lm"]
+    _check([CROSS_COMPILER, *map(str, objects), "-static", "-fopenmp", "-o", str(binary), "-lm"])
+    return binary
+
+
+def _check(command: list[str]) -> None:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)}\n{result.stderr[-4000:]}")
-    return binary
 
 
 @dataclass
