@@ -61,6 +61,7 @@ class CpuKernels:
 
     def __init__(self, library: native.NativeLibrary, dtype: torch.dtype):
         self.dtype = dtype
+        self.tier = library.tier
         self.has_int8_dot = library.has_int8_dot
         self._paged_attention = library.function("paged_attention", dtype)
         self._rope_write_kv = library.function("rope_write_kv", dtype)
@@ -105,7 +106,7 @@ class CpuKernels:
 
     @property
     def pair(self) -> int:
-        """Elements per pair in the cache layout: 2 for bfloat16 (AVX512-BF16 dot products)."""
+        """Elements per pair in the cache layout: 2 for bfloat16 (pairs of a 32-bit lane)."""
         return 2 if self.dtype == torch.bfloat16 else 1
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int, num_kv_heads: int,
@@ -195,16 +196,14 @@ class CpuKernels:
         Args:
             x: [rows, K] activations, K a multiple of 32 (<= 32768).
             out: [rows, >= col0 + N], written in place.
-            use_int8: quantize x to int8 per block of 32 (VNNI dot products, as llama.cpp);
-                else multiply x in float32, exactly as the dense path. The interleaved layout
-                is read by the int8 path only.
+            use_int8: quantize x to int8 per block of 32 (integer dot products where the tier
+                has them, `has_int8_dot`; as llama.cpp); else multiply x in float32, exactly as
+                the dense path. The interleaved layout is read by the int8 path only.
         """
         _require_contiguous(x, out)
         rows, k = x.shape
         if k % 32 or k > 32768:
             raise ValueError("quant_matmul takes K % 32 == 0, K <= 32768")
-        if use_int8 and not self.has_int8_dot:
-            raise ValueError("use_int8 needs AVX-512 VNNI")
         if weight.is_interleaved and not use_int8:
             raise ValueError("an interleaved QuantMatrix is read by the int8 path only")
         q, d, m = weight.pointers

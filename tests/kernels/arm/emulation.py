@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from flintlm.kernels import native
+from flintlm.kernels import isa, native
 
 CROSS_COMPILER = "aarch64-linux-gnu-gcc"
 EMULATOR = "qemu-aarch64"
@@ -23,12 +24,13 @@ DEBIAN_PACKAGES = "gcc-aarch64-linux-gnu qemu-user"
 DRIVER_SOURCE = Path(__file__).parent / "driver.c"
 # Two threads: the OpenMP loops run split as on real machines, on a host shared by others.
 EMULATED_THREADS = "2"
+COMPILE_JOBS = 2
 
 
 @dataclass(frozen=True)
 class ArmBuild:
-    """One ARM64 build: a kernel tier and the -march it is compiled for (the extensions it may
-    use); `has_int8_dot` is what the build must report (quant_int8_has_dot)."""
+    """One ARM64 build: a kernel tier and the -march standing in for -mcpu=native (the
+    extensions it may use); `has_int8_dot` is what it must report (quant_int8_has_dot)."""
 
     name: str
     tier: str
@@ -44,18 +46,23 @@ def build_driver(build: ArmBuild, folder: Path) -> Path:
     """The driver linked with every kernel source, static (qemu then needs no sysroot).
     Compiled and linked apart, as native.py builds: fast-math at link time would add gcc's
     flush-to-zero start-up code, which the host library never has."""
-    # NOTE: until native.py names flags per (arch, tier), the host's with the -march swapped.
-    flags = [flag for flag in native.COMPILE_FLAGS if not flag.startswith("-march=")]
-    flags += [f"-march={build.march}", f"-I{native.SOURCE_DIR}"]
-    if build.tier == "generic":
-        flags.append("-DFLINTLM_TIER_GENERIC")
-    objects = []
-    for source in [native.SOURCE_DIR / name for name in native.SOURCES] + [DRIVER_SOURCE]:
-        objects.append(folder / f"{build.name}-{source.stem}.o")
-        _check([CROSS_COMPILER, *flags, "-c", str(source), "-o", str(objects[-1])])
+    flags = [*native.COMPILE_FLAGS, *arm_tier_flags(build), f"-I{native.SOURCE_DIR}"]
+    sources = [native.SOURCE_DIR / name for name in native.SOURCES] + [DRIVER_SOURCE]
+    objects = [folder / f"{build.name}-{source.stem}.o" for source in sources]
+    with ThreadPoolExecutor(COMPILE_JOBS) as pool:  # the build is most of this test's time
+        list(pool.map(lambda source, obj: _check([CROSS_COMPILER, *flags, "-c", str(source),
+                                                  "-o", str(obj)]), sources, objects))
     binary = folder / f"driver-{build.name}"
     _check([CROSS_COMPILER, *map(str, objects), "-static", "-fopenmp", "-o", str(binary), "-lm"])
     return binary
+
+
+def arm_tier_flags(build: ArmBuild) -> list[str]:
+    """native.tier_flags for an ARM64 CPU, with -mcpu=native (meaningless when cross-compiling)
+    replaced by the build's -march."""
+    arm64 = isa.CpuFeatures("aarch64", "emulated", frozenset({"asimd"}))
+    return [f"-march={build.march}" if flag in ("-mcpu=native", "-march=native") else flag
+            for flag in native.tier_flags(build.tier, arm64)]
 
 
 def _check(command: list[str]) -> None:
