@@ -7,7 +7,7 @@
  *   V: [num_blocks, num_kv_heads, block_size / P, head_dim, P]
  * Decode reads each cached row once, in place; nothing is gathered or copied per step.
  */
-#include "common.h"
+#include "tier.h"
 
 
 /* Index of element (token j, dim d) inside one (block, head) slab. */
@@ -127,197 +127,30 @@ static void attend_f32(const float *query, const float *k_cache, const float *v_
     }
 }
 
-/* The same for bfloat16 slabs (P = 2), in float32: each 32-value vector of bf16 pairs splits
- * into its even and odd elements by a shift and a mask, then float32 FMAs. (AVX512-BF16 dot
- * products on the pairs were measured slower: vdpbf16ps issues at a quarter of the FMA rate
- * on this CPU, and rounds the probabilities to bf16.) */
-#ifdef HAVE_AVX512
-#define HAVE_BF16_FAST 1
-__m512 _ZGVeN16v_expf(__m512 x); /* glibc's libmvec: expf on 16 lanes */
-
-static inline __m512 even_bf16(__m512i pairs) { return _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16)); }
-static inline __m512 odd_bf16(__m512i pairs) {
-    return _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32((int)0xFFFF0000u)));
-}
-
-/* One query's block of scores [0, count) -> online-softmax update of its running max and sum,
- * the factor its accumulator must be rescaled by, and the probabilities in place (zero from
- * `count` to the next multiple of 16), 16 tokens a vector. */
-static inline void softmax_row(float *scores, int count, float *running_max,
-                               float *running_sum, float *correction) {
-    float block_max = *running_max;
-    for (int chunk = 0; chunk < count; chunk += 16) {
-        const __mmask16 live = count - chunk >= 16 ? 0xFFFF
-                                                   : (__mmask16)((1u << (count - chunk)) - 1u);
-        const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-FLT_MAX), live, scores + chunk);
-        const float chunk_max = _mm512_reduce_max_ps(v);
-        block_max = chunk_max > block_max ? chunk_max : block_max;
-    }
-    *correction = expf(*running_max - block_max);
-    *running_max = block_max;
-    float sum = 0.0f;
-    for (int chunk = 0; chunk < count; chunk += 16) {
-        const __mmask16 live = count - chunk >= 16 ? 0xFFFF
-                                                   : (__mmask16)((1u << (count - chunk)) - 1u);
-        const __m512 v = _mm512_loadu_ps(scores + chunk);
-        const __m512 p = _mm512_maskz_mov_ps(
-            live, _ZGVeN16v_expf(_mm512_sub_ps(v, _mm512_set1_ps(block_max))));
-        sum += _mm512_reduce_add_ps(p);
-        _mm512_storeu_ps(scores + chunk, p);
-    }
-    *running_sum = *running_sum * *correction + sum;
-}
-
-/* Specialised per group size G so every accumulator has a constant index and stays in a
- * register: the FMAs are latency-bound chains otherwise (measured 3x slower). The scores of a
- * 16-token chunk use CHAINS independent sums per query (each over even and odd dims); p.v
- * covers 64 dims (4 vectors) per query at a time. */
-#define DEFINE_ATTEND_BF16(G, CHAINS)                                                              \
-static void attend_bf16_g##G(const float query[][MAX_HEAD_DIM], const bf16 *k_cache,             \
-                             const bf16 *v_cache, const int32_t *table, int context,             \
-                             int head_dim, int block_size, int64_t slab_stride,                   \
-                             int64_t head_offset, float scale, float acc[][MAX_HEAD_DIM],         \
-                             float *running_sum) {                                                \
-    float scores[MAX_GROUP][MAX_BLOCK];                                                           \
-    float running_max[MAX_GROUP], correction[MAX_GROUP];                                          \
-    reset_running(G, head_dim, acc, running_max, running_sum);                                    \
-    for (int start = 0; start < context; start += block_size) {                                   \
-        const int64_t block = table[start / block_size];                                          \
-        const int count = context - start < block_size ? context - start : block_size;            \
-        const bf16 *keys = k_cache + block * slab_stride + head_offset;   /* [D/2][bs][2] */      \
-        const bf16 *values = v_cache + block * slab_stride + head_offset; /* [bs/2][D][2] */      \
-        for (int chunk = 0; chunk < count; chunk += 16) {                                         \
-            __m512 s[G][CHAINS];                                                                  \
-            for (int g = 0; g < G; g++)                                                           \
-                for (int c = 0; c < CHAINS; c++) s[g][c] = _mm512_setzero_ps();                   \
-            for (int dp = 0; dp < head_dim / 2; dp += CHAINS) {                                   \
-                for (int c = 0; c < CHAINS; c++) {                                                \
-                    const __m512i pairs = _mm512_loadu_si512(                                     \
-                        keys + ((int64_t)(dp + c) * block_size + chunk) * 2);                     \
-                    const __m512 k_even = even_bf16(pairs), k_odd = odd_bf16(pairs);              \
-                    for (int g = 0; g < G; g++) {                                                 \
-                        s[g][c] = _mm512_fmadd_ps(_mm512_set1_ps(query[g][2 * (dp + c)]),         \
-                                                  k_even, s[g][c]);                               \
-                        s[g][c] = _mm512_fmadd_ps(_mm512_set1_ps(query[g][2 * (dp + c) + 1]),     \
-                                                  k_odd, s[g][c]);                                \
-                    }                                                                             \
-                }                                                                                 \
-            }                                                                                     \
-            for (int g = 0; g < G; g++) {                                                         \
-                __m512 total = s[g][0];                                                           \
-                for (int c = 1; c < CHAINS; c++) total = _mm512_add_ps(total, s[g][c]);           \
-                _mm512_storeu_ps(scores[g] + chunk, _mm512_mul_ps(total, _mm512_set1_ps(scale))); \
-            }                                                                                     \
-        }                                                                                         \
-        for (int g = 0; g < G; g++)                                                               \
-            softmax_row(scores[g], count, &running_max[g], &running_sum[g], &correction[g]);      \
-        const int num_pairs = (count + 1) / 2;                                                    \
-        for (int dc = 0; dc < head_dim; dc += 64) {                                               \
-            if (head_dim - dc >= 64)                                                              \
-                ACCUMULATE_VALUES(G, 4);                                                          \
-            else if (head_dim - dc >= 32)                                                         \
-                ACCUMULATE_VALUES(G, 2);                                                          \
-            else                                                                                  \
-                ACCUMULATE_VALUES(G, 1);                                                          \
-        }                                                                                         \
-    }                                                                                             \
-}
-
-/* acc[g][dc .. dc + 16 W) = acc * correction + p.v for the block: W vectors per query, the
- * accumulators in registers (constant trip counts). A pair vector holds 16 dims of tokens
- * 2 jp (even elements) and 2 jp + 1 (odd ones). */
-#define ACCUMULATE_VALUES(G, W)                                                                   \
-    do {                                                                                          \
-        __m512 a[G][W];                                                                           \
-        for (int g = 0; g < G; g++)                                                               \
-            for (int v = 0; v < W; v++)                                                           \
-                a[g][v] = _mm512_mul_ps(_mm512_loadu_ps(acc[g] + dc + 16 * v),                    \
-                                        _mm512_set1_ps(correction[g]));                           \
-        for (int jp = 0; jp < num_pairs; jp++) {                                                  \
-            for (int v = 0; v < W; v++) {                                                         \
-                const __m512i pairs = _mm512_loadu_si512(                                         \
-                    values + ((int64_t)jp * head_dim + dc + 16 * v) * 2);                         \
-                const __m512 v_even = even_bf16(pairs), v_odd = odd_bf16(pairs);                  \
-                for (int g = 0; g < G; g++) {                                                     \
-                    a[g][v] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g][2 * jp]), v_even, a[g][v]);\
-                    a[g][v] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g][2 * jp + 1]), v_odd,       \
-                                              a[g][v]);                                           \
-                }                                                                                 \
-            }                                                                                     \
-        }                                                                                         \
-        for (int g = 0; g < G; g++)                                                               \
-            for (int v = 0; v < W; v++) _mm512_storeu_ps(acc[g] + dc + 16 * v, a[g][v]);          \
-    } while (0)
-
-DEFINE_ATTEND_BF16(1, 4)
-DEFINE_ATTEND_BF16(2, 4)
-DEFINE_ATTEND_BF16(3, 2)
-DEFINE_ATTEND_BF16(4, 2)
-DEFINE_ATTEND_BF16(5, 2)
-DEFINE_ATTEND_BF16(6, 2)
-DEFINE_ATTEND_BF16(7, 1)
-DEFINE_ATTEND_BF16(8, 1)
-#endif
-
-
-/* Generic bfloat16 path: any group size, and CPUs without AVX-512. */
-static void attend_bf16_scalar(const bf16 *query, const bf16 *k_cache, const bf16 *v_cache,
-                               const int32_t *table, int context, int group, int head_dim,
-                               int block_size, int64_t slab_stride, int64_t head_offset,
-                               float scale, float acc[][MAX_HEAD_DIM], float *running_sum) {
-    float scores[MAX_GROUP][MAX_BLOCK];
-    float running_max[MAX_GROUP], correction[MAX_GROUP];
-    reset_running(group, head_dim, acc, running_max, running_sum);
-    for (int start = 0; start < context; start += block_size) {
-        const int64_t block = table[start / block_size];
-        const int count = context - start < block_size ? context - start : block_size;
-        const bf16 *keys = k_cache + block * slab_stride + head_offset;
-        const bf16 *values = v_cache + block * slab_stride + head_offset;
-        for (int g = 0; g < group; g++)
-            for (int j = 0; j < count; j++) {
-                float dot = 0.0f;
-                for (int d = 0; d < head_dim; d++)
-                    dot += bf16_load(query[g * head_dim + d])
-                           * bf16_load(keys[key_index(j, d, block_size, 2)]);
-                scores[g][j] = dot * scale;
-            }
-        softmax_block(scores, group, count, running_max, running_sum, correction);
-        for (int g = 0; g < group; g++) {
-            for (int d = 0; d < head_dim; d++) acc[g][d] *= correction[g];
-            for (int j = 0; j < count; j++) {
-                const float p = bf16_load(bf16_store(scores[g][j]));
-                for (int d = 0; d < head_dim; d++)
-                    acc[g][d] += p * bf16_load(values[value_index(j, d, head_dim, 2)]);
-            }
-        }
-    }
-}
-
+/* The same for bfloat16 slabs (P = 2), in float32 (the query converted once), with the
+ * tier's loops for the scores, the online softmax and p.v (tier.h). */
 static void attend_bf16(const bf16 *query, const bf16 *k_cache, const bf16 *v_cache,
                         const int32_t *table, int context, int group, int head_dim,
                         int block_size, int64_t slab_stride, int64_t head_offset, float scale,
                         float acc[][MAX_HEAD_DIM], float *running_sum) {
-#ifdef HAVE_BF16_FAST
     float q_float[MAX_GROUP][MAX_HEAD_DIM];
-    for (int g = 0; g < group && g < MAX_GROUP; g++)
+    float scores[MAX_GROUP][MAX_BLOCK];
+    float running_max[MAX_GROUP], correction[MAX_GROUP];
+    for (int g = 0; g < group; g++)
         for (int d = 0; d < head_dim; d++) q_float[g][d] = bf16_load(query[g * head_dim + d]);
-#define ATTEND_G(G) attend_bf16_g##G(q_float, k_cache, v_cache, table, context, head_dim, \
-                                     block_size, slab_stride, head_offset, scale, acc, running_sum)
-    switch (group) {
-        case 1: ATTEND_G(1); return;
-        case 2: ATTEND_G(2); return;
-        case 3: ATTEND_G(3); return;
-        case 4: ATTEND_G(4); return;
-        case 5: ATTEND_G(5); return;
-        case 6: ATTEND_G(6); return;
-        case 7: ATTEND_G(7); return;
-        case 8: ATTEND_G(8); return;
-        default: break;
+    reset_running(group, head_dim, acc, running_max, running_sum);
+    for (int start = 0; start < context; start += block_size) {
+        const int64_t block = table[start / block_size];
+        const int count = context - start < block_size ? context - start : block_size;
+        const bf16 *keys = k_cache + block * slab_stride + head_offset;   /* [D/2][bs][2] */
+        const bf16 *values = v_cache + block * slab_stride + head_offset; /* [bs/2][D][2] */
+        tier_bf16_scores((const float(*)[MAX_HEAD_DIM])q_float, group, keys, block_size,
+                         head_dim, count, scale, scores);
+        for (int g = 0; g < group; g++)
+            tier_softmax_row(scores[g], count, &running_max[g], &running_sum[g], &correction[g]);
+        tier_bf16_values((const float(*)[MAX_BLOCK])scores, group, values, head_dim, count,
+                         correction, acc);
     }
-#undef ATTEND_G
-#endif
-    attend_bf16_scalar(query, k_cache, v_cache, table, context, group, head_dim, block_size,
-                       slab_stride, head_offset, scale, acc, running_sum);
 }
 
 #define DEFINE_PAGED_ATTENTION(SUFFIX, T, LOAD, STORE, ATTEND)                                   \
@@ -355,3 +188,5 @@ DEFINE_PAGED_ATTENTION(bf16, bf16, bf16_load, bf16_store, attend_bf16)
 
 /* Lets the loader check that the library and its Python bindings agree. */
 int flintlm_kernels_abi_version(void) { return 5; }
+/* The tier this library was compiled for (tier.h), checked against the one Python asked for. */
+const char *flintlm_kernels_tier(void) { return FLINTLM_TIER_NAME; }

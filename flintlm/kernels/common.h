@@ -1,6 +1,7 @@
-/* Shared by flintlm's CPU kernels: bfloat16 <-> float32, feature tests, size limits.
+/* Shared by flintlm's CPU kernels: bfloat16 <-> float32, size limits, the kernels' prototypes.
  *
- * The kernels are built at run time by kernels/native.py (cc -O3 -march=native -fopenmp) and
+ * The kernels are built at run time by kernels/native.py (cc -O3 with the flags of the selected
+ * instruction-set tier, see tier.h; -fopenmp) and
  * called through ctypes with raw pointers; every tensor is contiguous unless a stride is
  * passed. Each exists for float32 (suffix _f32) and bfloat16 (suffix _bf16); arithmetic is
  * float32. OpenMP here shares PyTorch's libgomp (same soname, already loaded), hence its
@@ -14,10 +15,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__) && defined(__F16C__)
-#include <immintrin.h>
-#define HAVE_AVX512 1
-#endif
 
 typedef uint16_t bf16;
 

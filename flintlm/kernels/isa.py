@@ -1,7 +1,7 @@
 """What this CPU can run, and which instruction-set tier flintlm's CPU kernels are built for.
 
 Tiers, best first on their architecture (llama.cpp's ggml-cpu builds the same kind of variants):
-  avx512   x86-64-v4: AVX-512 F/BW/DQ/VL, plus VNNI and BF16 where the CPU has them
+  avx512   x86-64-v4 with VNNI: AVX-512 F/BW/DQ/VL/VNNI (BF16 where the CPU has it)
   avx2     x86-64-v3: AVX2, FMA, F16C (and AVX-VNNI where the CPU has it)
   neon     ARM64 Advanced SIMD (and the dotprod / i8mm extensions where present)
   generic  portable C, vectorised by the compiler for the architecture's baseline
@@ -22,7 +22,8 @@ from flintlm import env
 
 TIERS = ("avx512", "avx2", "neon", "generic")
 _X86_TIER_FLAGS = {
-    "avx512": frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"}),
+    "avx512": frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx2",
+                         "fma", "f16c"}),
     "avx2": frozenset({"avx2", "fma", "f16c"}),
 }
 # What torch and oneDNN are capped to under a forced tier (read by them at import / first use).

@@ -1,8 +1,9 @@
 """Build and load flintlm's CPU kernels (the *.c files here) with the system C compiler.
 
-The library is compiled once per source, compiler and CPU (-march=native) into the user's cache
-folder and loaded with ctypes; a machine without a compiler, or a build that fails, gets None
-and the torch reference path. Only bindings live here; `kernels/ops.py` decides when to call them.
+The library is compiled once per source, compiler, CPU and instruction-set tier (kernels/isa.py;
+the tier decides the compiler flags and tier.h the header) into the user's cache folder and
+loaded with ctypes; a machine without a compiler, or a build that fails, gets None and the torch
+reference path. Only bindings live here; `kernels/ops.py` decides when to call them.
 """
 
 from __future__ import annotations
@@ -19,17 +20,21 @@ from pathlib import Path
 
 import torch  # noqa: F401  - loaded first so the library binds to torch's libgomp, not another
 
+from flintlm.kernels import isa
+
 logger = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent
 SOURCES = ("attention.c", "decode_step.c", "layers.c", "quant_matmul.c")
-HEADERS = ("common.h",)
+HEADERS = ("common.h", "tier.h")
+TIER_HEADERS = {"avx512": "tier_avx512.h", "avx2": "tier_avx2.h", "neon": "tier_neon.h",
+                "generic": "tier_generic.h"}
 ABI_VERSION = 5
 # NOTE: fast-math lets gcc vectorise the float reductions and expf (through libmvec). The
 # kernels never rely on inf or NaN arithmetic (running maxima start at -FLT_MAX; the bfloat16
 # NaN test looks at bits), and linking is a separate step without fast-math, so gcc's
 # flush-to-zero start-up code never enters the process and changes torch's numerics.
-COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11")
+COMPILE_FLAGS = ("-O3", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11")
 LINK_FLAGS = ("-shared", "-fopenmp", "-lm")
 
 _P = ctypes.c_void_p
@@ -50,15 +55,46 @@ _lock = threading.Lock()
 _loaded: dict[str, NativeLibrary | None] = {}
 
 
+def tier_flags(tier: str, features: isa.CpuFeatures | None = None) -> tuple[str, ...]:
+    """The compiler flags that build `tier` on this CPU: its own instruction set and nothing
+    above it (a forced lower tier must not use what -march=native alone would enable)."""
+    features = features or isa.cpu_features()
+    if tier == "generic":
+        baseline = ("-march=armv8-a",) if features.is_arm64 else ("-march=x86-64", "-mtune=native")
+        return (*baseline, "-DFLINTLM_TIER_GENERIC")  # tier.h: NEON is in ARM64's baseline
+    if tier == "neon":
+        return ("-mcpu=native",)
+    if tier == "avx2" and "avx512f" in features.flags:
+        return ("-march=native", "-mno-avx512f")  # drops every AVX-512 subset, keeps AVX-VNNI
+    return ("-march=native",)
+
+
+def available_tiers() -> tuple[str, ...]:
+    """The tiers this CPU executes whose header is here, best first ("generic" always)."""
+    return tuple(tier for tier in isa.supported_tiers()
+                 if (SOURCE_DIR / TIER_HEADERS[tier]).exists())
+
+
+def default_tier() -> str:
+    """FLINTLM_CPU_ISA's tier when set, else the best available one."""
+    return isa.forced_tier() or available_tiers()[0]
+
+
 class NativeLibrary:
     """The loaded kernels: `function(name, dtype)` returns the ctypes function for a dtype."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, tier: str):
         self.path = path
+        self.tier = tier
         self._lib = ctypes.CDLL(str(path))
         if self._lib.flintlm_kernels_abi_version() != ABI_VERSION:
             raise RuntimeError(f"{path} has another ABI version than {ABI_VERSION}")
-        self.has_int8_dot = bool(self._lib.quant_int8_available())
+        self._lib.flintlm_kernels_tier.restype = ctypes.c_char_p
+        built_for = self._lib.flintlm_kernels_tier().decode()
+        if built_for != tier:
+            raise RuntimeError(f"{path} was compiled for the {built_for} tier, not {tier}")
+        # NOTE: the int8 path runs on every tier; has_int8_dot says it is also the faster one.
+        self.has_int8_dot = bool(self._lib.quant_int8_has_dot())
         self.argmax_rows = self._lib.argmax_rows_f32
         self.argmax_rows.argtypes = [_P, _I64, _I64, _P]
         self.argmax_rows.restype = None
@@ -84,7 +120,10 @@ def _cpu_identity() -> str:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return os.uname().machine
-    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+    # x86 names its CPU and features "model name" / "flags"; ARM64 "CPU implementer" / "CPU
+    # part" / "Features" (-mcpu=native enables dotprod, i8mm from them)
+    keys = ("model name", "flags", "CPU implementer", "CPU part", "Features")
+    lines = [line for line in text.splitlines() if line.startswith(keys)]
     return "\n".join(sorted(set(lines)))
 
 
@@ -94,13 +133,13 @@ def _cache_dir() -> Path:
     return Path(user_cache_dir("flintlm")) / "kernels"
 
 
-def _build(compiler: str, target: Path) -> None:
+def _build(compiler: str, flags: tuple[str, ...], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         objects = []
         for source in SOURCES:
             obj = Path(scratch) / source.replace(".c", ".o")
-            subprocess.run([compiler, *COMPILE_FLAGS, "-c", str(SOURCE_DIR / source), "-o",
+            subprocess.run([compiler, *COMPILE_FLAGS, *flags, "-c", str(SOURCE_DIR / source), "-o",
                             str(obj)], check=True, capture_output=True, text=True)
             objects.append(str(obj))
         lib = Path(scratch) / target.name
@@ -109,31 +148,42 @@ def _build(compiler: str, target: Path) -> None:
         os.replace(lib, target)  # atomic: a concurrent process sees the old file or the new
 
 
-def load() -> NativeLibrary | None:
-    """The CPU kernels, built on first use; None (and one warning) where they cannot be built."""
+def load(tier: str | None = None) -> NativeLibrary | None:
+    """The CPU kernels for `tier` (default: `default_tier()`), built on first use; None (and one
+    warning) where they cannot be built.
+
+    Raises:
+        ValueError: `tier` (or FLINTLM_CPU_ISA) names a tier this CPU or source tree lacks.
+    """
+    tier = tier or default_tier()
+    if tier not in available_tiers():
+        raise ValueError(f"CPU kernel tier {tier!r} is not available here; this CPU and "
+                         f"source tree offer {', '.join(available_tiers())}")
     with _lock:
-        if "lib" in _loaded:
-            return _loaded["lib"]
-        _loaded["lib"] = library = _load_uncached()
-        return library
+        if tier not in _loaded:
+            _loaded[tier] = _load_uncached(tier)
+        return _loaded[tier]
 
 
-def _load_uncached() -> NativeLibrary | None:
+def _load_uncached(tier: str) -> NativeLibrary | None:
     compiler = _compiler()
     if compiler is None:
         logger.warning("no C compiler found (set CC): using the slower torch kernels")
         return None
     try:
+        flags = tier_flags(tier)
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                                  check=True).stdout
-        texts = [(SOURCE_DIR / name).read_text() for name in SOURCES + HEADERS]
-        key = hashlib.sha256("\0".join([*texts, " ".join(COMPILE_FLAGS), " ".join(LINK_FLAGS),
-                                        version, _cpu_identity()]).encode()).hexdigest()[:16]
-        target = _cache_dir() / f"flintlm_cpu_kernels_{key}.so"
+        names = SOURCES + HEADERS + tuple(TIER_HEADERS[t] for t in available_tiers())
+        texts = [(SOURCE_DIR / name).read_text() for name in names]
+        key = hashlib.sha256("\0".join([*texts, tier, " ".join(COMPILE_FLAGS + flags),
+                                        " ".join(LINK_FLAGS), version, _cpu_identity()]
+                                       ).encode()).hexdigest()[:16]
+        target = _cache_dir() / f"flintlm_cpu_kernels_{tier}_{key}.so"
         if not target.exists():
-            logger.info("building the CPU kernels with %s into %s", compiler, target)
-            _build(compiler, target)
-        return NativeLibrary(target)
+            logger.info("building the %s CPU kernels with %s into %s", tier, compiler, target)
+            _build(compiler, flags, target)
+        return NativeLibrary(target, tier)
     except subprocess.CalledProcessError as exc:
         logger.warning("building the CPU kernels failed; using the torch kernels:\n%s",
                        exc.stderr[-2000:])

@@ -61,6 +61,7 @@ class CpuKernels:
 
     def __init__(self, library: native.NativeLibrary, dtype: torch.dtype):
         self.dtype = dtype
+        self.tier = library.tier
         self.has_int8_dot = library.has_int8_dot
         self._paged_attention = library.function("paged_attention", dtype)
         self._rope_write_kv = library.function("rope_write_kv", dtype)
@@ -105,7 +106,7 @@ class CpuKernels:
 
     @property
     def pair(self) -> int:
-        """Elements per pair in the cache layout: 2 for bfloat16 (AVX512-BF16 dot products)."""
+        """Elements per pair in the cache layout: 2 for bfloat16 (pairs of a 32-bit lane)."""
         return 2 if self.dtype == torch.bfloat16 else 1
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int, num_kv_heads: int,
@@ -123,15 +124,7 @@ class CpuKernels:
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """[blocks, block_size, kv heads, head_dim] caches (the torch backend's layout) -> this
         layout; for tests and tools."""
-        num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
-        pair = self.pair
-        keys = (k_cache.permute(0, 2, 3, 1)  # [blocks, heads, dim, tokens]
-                .reshape(num_blocks, num_kv_heads, head_dim // pair, pair, block_size)
-                .transpose(3, 4).contiguous())
-        values = (v_cache.permute(0, 2, 1, 3)  # [blocks, heads, tokens, dim]
-                  .reshape(num_blocks, num_kv_heads, block_size // pair, pair, head_dim)
-                  .transpose(3, 4).contiguous())
-        return keys, values
+        return kv_cache_from_token_major(k_cache, v_cache, self.pair)
 
     # -- layers ----------------------------------------------------------------------------------
 
@@ -203,16 +196,14 @@ class CpuKernels:
         Args:
             x: [rows, K] activations, K a multiple of 32 (<= 32768).
             out: [rows, >= col0 + N], written in place.
-            use_int8: quantize x to int8 per block of 32 (VNNI dot products, as llama.cpp);
-                else multiply x in float32, exactly as the dense path. The interleaved layout
-                is read by the int8 path only.
+            use_int8: quantize x to int8 per block of 32 (integer dot products where the tier
+                has them, `has_int8_dot`; as llama.cpp); else multiply x in float32, exactly as
+                the dense path. The interleaved layout is read by the int8 path only.
         """
         _require_contiguous(x, out)
         rows, k = x.shape
         if k % 32 or k > 32768:
             raise ValueError("quant_matmul takes K % 32 == 0, K <= 32768")
-        if use_int8 and not self.has_int8_dot:
-            raise ValueError("use_int8 needs AVX-512 VNNI")
         if weight.is_interleaved and not use_int8:
             raise ValueError("an interleaved QuantMatrix is read by the int8 path only")
         q, d, m = weight.pointers
@@ -227,6 +218,20 @@ class CpuKernels:
         _require_contiguous(residual, hidden, scratch)
         self._decode_step(layers_address, num_layers, batch_address, residual.data_ptr(),
                           hidden.data_ptr(), scratch.data_ptr())
+
+
+def kv_cache_from_token_major(k_cache: torch.Tensor, v_cache: torch.Tensor, pair: int
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`CpuKernels.from_token_major` for a given pair size, without a loaded library (for the
+    tests of builds the host cannot load, such as ARM64 under emulation)."""
+    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+    keys = (k_cache.permute(0, 2, 3, 1)  # [blocks, heads, dim, tokens]
+            .reshape(num_blocks, num_kv_heads, head_dim // pair, pair, block_size)
+            .transpose(3, 4).contiguous())
+    values = (v_cache.permute(0, 2, 1, 3)  # [blocks, heads, tokens, dim]
+              .reshape(num_blocks, num_kv_heads, block_size // pair, pair, head_dim)
+              .transpose(3, 4).contiguous())
+    return keys, values
 
 
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
