@@ -237,3 +237,34 @@ def test_argmax_matches_torch_including_ties(kernels, vocab):
     logits[2, :] = 1.0  # all equal
     logits[3, vocab - 1] = 60.0  # the maximum in the scalar tail
     assert torch.equal(kernels.argmax(logits), logits.argmax(dim=-1))
+
+
+def test_a_kernel_that_cannot_allocate_raises_memory_error():
+    """Under an address-space limit too small for quant_matmul's activation buffer, the
+    kernel returns its status and the wrapper raises, instead of leaving `out` unwritten.
+    (In a child process: the limit must not touch the test run.)"""
+    import subprocess
+    import sys
+
+    script = """
+import resource, torch
+from flintlm.kernels import native
+from flintlm.kernels.ops import CpuKernels, QuantMatrix
+from flintlm.models.quant import interleave
+kernels = CpuKernels(native.load(), torch.bfloat16)
+k = 32768
+weight = interleave(QuantMatrix(torch.zeros(16, k // 2, dtype=torch.uint8),
+                                torch.ones(16, k // 32, dtype=torch.float16),
+                                torch.zeros(16, k // 32, dtype=torch.float16), is_4bit=True))
+x = torch.zeros(2048, k, dtype=torch.bfloat16)  # the buffer needs 2048 * k * 5 bytes = 320 MiB
+out = torch.empty(2048, 16, dtype=torch.bfloat16)
+size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + (64 << 20), resource.RLIM_INFINITY))
+try:
+    kernels.quant_matmul(x, weight, out, 0, use_int8=True)
+except MemoryError:
+    print("MemoryError")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == "MemoryError", result.stderr[-2000:]
