@@ -42,12 +42,13 @@ static inline float f32_store(float x) { return x; }
 #define MAX_BLOCK 128     /* tokens per KV block */
 
 /* The kernels other files compose (decode_step.c), declared once here so that every file
- * defining them is checked against the same signature by the compiler. */
+ * defining them is checked against the same signature by the compiler. A kernel that
+ * allocates returns an int: 0, or nonzero where it could not allocate (outputs unwritten). */
 #define DECLARE_KERNELS(SUFFIX, T)                                                               \
 void add_rms_norm_##SUFFIX(const T *x, T *residual, const T *weight, T *out,                    \
                            int64_t num_tokens, int size, float eps);                             \
 void silu_and_mul_##SUFFIX(const T *gate_up, T *out, int64_t num_tokens, int size);             \
-void quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,               \
+int quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,                \
                            const uint16_t *d, const uint16_t *m, int is_q4, int is_interleaved,  \
                            int64_t n, T *y, int64_t y_stride, int64_t col0, int use_int8);      \
 void rope_write_kv_##SUFFIX(const T *q, const T *k, const T *v, int64_t row_stride,             \

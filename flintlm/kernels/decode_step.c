@@ -31,16 +31,22 @@ typedef struct {
     const int32_t *block_tables, *row_seq, *row_ctx;
 } decode_batch;
 
-/* out [rows, width] = x [rows, k] times the quantized matrix (width = its out_features). */
+/* out [rows, width] = x [rows, k] times the quantized matrix (width = its out_features);
+ * returns from the step with 1 where the matmul could not allocate. */
 #define MATMUL(SUFFIX, x, k, matrix, out, width)                                                 \
-    quant_matmul_##SUFFIX(x, rows, k, (matrix).q, (matrix).d, (matrix).m, (matrix).is_4bit,      \
-                          (matrix).is_interleaved, width, out, width, 0, b->use_int8)
+    do {                                                                                         \
+        if (quant_matmul_##SUFFIX(x, rows, k, (matrix).q, (matrix).d, (matrix).m,                \
+                                  (matrix).is_4bit, (matrix).is_interleaved, width, out, width,  \
+                                  0, b->use_int8))                                               \
+            return 1;                                                                            \
+    } while (0)
 
 #define DEFINE_DECODE_STEP(SUFFIX, T)                                                             \
 /* residual [rows, hidden]: the embeddings in, the residual stream after the last layer out;    \
  * `hidden` [rows, hidden]: the last layer's output (to be added by the final norm). scratch   \
- * holds rows x (hidden + (q + 2 kv) + q + kv + q + 2 intermediate + intermediate) elements. */\
-void decode_step_##SUFFIX(const decode_layer *layers, int num_layers, const decode_batch *b,   \
+ * holds rows x (hidden + (q + 2 kv) + q + kv + q + 2 intermediate + intermediate) elements.   \
+ * Returns 0, or 1 where a matmul could not allocate (the step's outputs are then invalid). */ \
+int decode_step_##SUFFIX(const decode_layer *layers, int num_layers, const decode_batch *b,   \
                           T *residual, T *hidden, T *scratch) {                                 \
     const int64_t rows = b->num_rows;                                                           \
     const int q_size = b->num_heads * b->head_dim, kv_size = b->num_kv_heads * b->head_dim;    \
@@ -72,6 +78,7 @@ void decode_step_##SUFFIX(const decode_layer *layers, int num_layers, const deco
         silu_and_mul_##SUFFIX(gate_up, act, rows, b->intermediate);                             \
         MATMUL(SUFFIX, act, b->intermediate, layer->down, hidden, b->hidden);                   \
     }                                                                                           \
+    return 0;                                                                                   \
 }
 
 DEFINE_DECODE_STEP(f32, float)

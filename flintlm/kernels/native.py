@@ -29,7 +29,7 @@ SOURCES = ("attention.c", "decode_step.c", "layers.c", "quant_matmul.c")
 HEADERS = ("common.h", "tier.h")
 TIER_HEADERS = {"avx512": "tier_avx512.h", "avx2": "tier_avx2.h", "neon": "tier_neon.h",
                 "generic": "tier_generic.h"}
-ABI_VERSION = 5
+ABI_VERSION = 6
 # NOTE: fast-math lets gcc vectorise the float reductions and expf (through libmvec). The
 # kernels never rely on inf or NaN arithmetic (running maxima start at -FLT_MAX; the bfloat16
 # NaN test looks at bits), and linking is a separate step without fast-math, so gcc's
@@ -49,6 +49,8 @@ SIGNATURES: dict[str, tuple[object, ...]] = {
     "quant_matmul": (_P, _I64, _I64, _P, _P, _P, _I, _I, _I64, _P, _I64, _I64, _I),
     "decode_step": (_P, _I, _P, _P, _P, _P),
 }
+# Kernels that allocate return an int status (0 ok, nonzero: could not allocate); the rest none.
+RETURNS_STATUS = frozenset({"quant_matmul", "decode_step"})
 SUFFIXES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 _lock = threading.Lock()
@@ -103,7 +105,7 @@ class NativeLibrary:
             for dtype, suffix in SUFFIXES.items():
                 function = getattr(self._lib, f"{name}_{suffix}")
                 function.argtypes = list(argtypes)
-                function.restype = None
+                function.restype = _I if name in RETURNS_STATUS else None
                 self._functions[name, dtype] = function
 
     def function(self, name: str, dtype: torch.dtype) -> ctypes._CFuncPtr:

@@ -199,6 +199,9 @@ class CpuKernels:
             use_int8: quantize x to int8 per block of 32 (integer dot products where the tier
                 has them, `has_int8_dot`; as llama.cpp); else multiply x in float32, exactly as
                 the dense path. The interleaved layout is read by the int8 path only.
+
+        Raises:
+            MemoryError: the kernel could not allocate its activation buffer.
         """
         _require_contiguous(x, out)
         rows, k = x.shape
@@ -207,17 +210,19 @@ class CpuKernels:
         if weight.is_interleaved and not use_int8:
             raise ValueError("an interleaved QuantMatrix is read by the int8 path only")
         q, d, m = weight.pointers
-        self._quant_matmul(x.data_ptr(), rows, k, q, d, m, int(weight.is_4bit),
-                           int(weight.is_interleaved), weight.out_features, out.data_ptr(),
-                           out.stride(0), col0, int(use_int8))
+        status = self._quant_matmul(x.data_ptr(), rows, k, q, d, m, int(weight.is_4bit),
+                                    int(weight.is_interleaved), weight.out_features,
+                                    out.data_ptr(), out.stride(0), col0, int(use_int8))
+        _raise_if_unallocated(status, "quant_matmul")
 
     def decode_step(self, layers_address: int, num_layers: int, batch_address: int,
                     residual: torch.Tensor, hidden: torch.Tensor, scratch: torch.Tensor) -> None:
         """Every layer of a small decode batch in one call (decode_step.c); the layer table and
         batch description are ctypes structures built by models/fast_decode.py."""
         _require_contiguous(residual, hidden, scratch)
-        self._decode_step(layers_address, num_layers, batch_address, residual.data_ptr(),
-                          hidden.data_ptr(), scratch.data_ptr())
+        status = self._decode_step(layers_address, num_layers, batch_address,
+                                   residual.data_ptr(), hidden.data_ptr(), scratch.data_ptr())
+        _raise_if_unallocated(status, "decode_step")
 
 
 def kv_cache_from_token_major(k_cache: torch.Tensor, v_cache: torch.Tensor, pair: int
@@ -245,6 +250,12 @@ def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     itemsize = torch.empty((), dtype=dtype).element_size()
     raw = np.zeros(int(np.prod(shape)) * itemsize, dtype=np.uint8)
     return torch.from_numpy(raw).view(dtype).view(shape)
+
+
+def _raise_if_unallocated(status: int, kernel: str) -> None:
+    """A kernel's nonzero status: it could not allocate its working memory, wrote nothing."""
+    if status != 0:
+        raise MemoryError(f"CPU kernel {kernel} could not allocate its working memory")
 
 
 def _require_contiguous(*tensors: torch.Tensor) -> None:

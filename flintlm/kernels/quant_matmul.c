@@ -87,19 +87,21 @@ int quant_int8_has_dot(void) { return TIER_HAS_INT8_DOT; }
 #define DEFINE_QMATMUL(SUFFIX, T, LOAD, STORE)                                                   \
 /* x [rows, k] (T); weights as documented above, n rows; writes y[r, col0 + j] (row stride     \
  * y_stride) for j < n. k a multiple of 32; the interleaved layout                          \
- * (n a multiple of 16) needs use_int8. The row layout is read MAX_QROWS rows at a time. */     \
-void quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,             \
+ * (n a multiple of 16) needs use_int8. The row layout is read MAX_QROWS rows at a time.       \
+ * Returns 0, or 1 where the activations' buffer could not be allocated (y then unwritten). */ \
+int quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,              \
                            const uint16_t *d, const uint16_t *m, int is_q4, int is_interleaved, \
                            int64_t n, T *y, int64_t y_stride, int64_t col0, int use_int8) {     \
     if (!is_interleaved && rows > MAX_QROWS) {                                                  \
         for (int64_t r0 = 0; r0 < rows; r0 += MAX_QROWS)                                        \
-            quant_matmul_##SUFFIX(x + r0 * k, rows - r0 < MAX_QROWS ? rows - r0 : MAX_QROWS, k, \
-                                  q, d, m, is_q4, 0, n, y + r0 * y_stride, y_stride, col0,      \
-                                  use_int8);                                                    \
-        return;                                                                                 \
+            if (quant_matmul_##SUFFIX(x + r0 * k, rows - r0 < MAX_QROWS ? rows - r0 : MAX_QROWS, \
+                                      k, q, d, m, is_q4, 0, n, y + r0 * y_stride, y_stride,     \
+                                      col0, use_int8))                                          \
+                return 1;                                                                       \
+        return 0;                                                                               \
     }                                                                                           \
     qactivations a;                                                                             \
-    if (!alloc_activations(&a, rows, k)) return;                                                \
+    if (!alloc_activations(&a, rows, k)) return 1;                                              \
     for (int64_t i = 0; i < rows * k; i++) a.xf[i] = LOAD(x[i]);                                \
     block_stats(&a, rows, k, use_int8);                                                         \
     const qweights w = {q, d, m, is_q4 ? k / 2 : k, k / QBLOCK, is_q4};                         \
@@ -117,6 +119,7 @@ void quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q
         }                                                                                       \
     }                                                                                           \
     free(a.xf);                                                                                 \
+    return 0;                                                                                   \
 }
 
 /* Each thread takes whole groups of 16 weight rows, and the activation rows a tile at a time. */

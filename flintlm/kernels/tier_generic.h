@@ -41,20 +41,21 @@ static inline void tier_quantize_block(const float *x, int8_t *xq, float *dx, fl
     *xqsum = amax / 127.0f * (float)sum;
 }
 
+/* Each block is first widened to 32 floats (loops the compiler vectorises as they stand),
+ * then one 32-lane dot product; is_q4 is tested once a row, outside the loops. */
 static inline float tier_qdot_exact_row(const uint8_t *q, const float *d, const float *x,
                                         int64_t nb, int is_q4) {
     float total = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
-        const float *xb = x + b * QBLOCK;
-        float dot = 0.0f;
+        float w[QBLOCK];
         if (is_q4) {
-            const uint8_t *qb = q + b * 16;
-            for (int j = 0; j < 16; j++)
-                dot += (float)(qb[j] & 0x0F) * xb[j] + (float)(qb[j] >> 4) * xb[j + 16];
+            for (int j = 0; j < 16; j++) w[j] = (float)(q[b * 16 + j] & 0x0F);
+            for (int j = 0; j < 16; j++) w[j + 16] = (float)(q[b * 16 + j] >> 4);
         } else {
-            const uint8_t *qb = q + b * 32;
-            for (int j = 0; j < QBLOCK; j++) dot += (float)qb[j] * xb[j];
+            for (int j = 0; j < QBLOCK; j++) w[j] = (float)q[b * 32 + j];
         }
+        float dot = 0.0f;
+        for (int j = 0; j < QBLOCK; j++) dot += w[j] * x[b * QBLOCK + j];
         total += d[b] * dot;
     }
     return total;
@@ -89,35 +90,41 @@ static inline void tier_int8_rows(const qweights *w, int64_t first, int count,
     }
 }
 
-/* Chunk c of an interleaved block against 4 values of x per half: the 16 rows' sums. */
-static inline void generic_il_chunk(const uint8_t *chunk, const int8_t *x_lo, const int8_t *x_hi,
-                                    int is_q4, int32_t sums[IL_ROWS]) {
-    for (int i = 0; i < IL_ROWS; i++) {
-        const uint8_t *v = chunk + 4 * i;
-        if (is_q4)
-            sums[i] += (v[0] & 15) * x_lo[0] + (v[1] & 15) * x_lo[1] + (v[2] & 15) * x_lo[2]
-                       + (v[3] & 15) * x_lo[3] + (v[0] >> 4) * x_hi[0] + (v[1] >> 4) * x_hi[1]
-                       + (v[2] >> 4) * x_hi[2] + (v[3] >> 4) * x_hi[3];
-        else
-            sums[i] += v[0] * x_lo[0] + v[1] * x_lo[1] + v[2] * x_lo[2] + v[3] * x_lo[3];
+/* One block of an interleaved group widened to int16, [16 rows][32 values in x's order], once
+ * for every activation row: the dots are then plain loops the compiler vectorises. */
+static inline void generic_il_unpack(const uint8_t *q, int is_q4, int16_t w[IL_ROWS][QBLOCK]) {
+    if (is_q4) {
+        for (int c = 0; c < 4; c++)
+            for (int i = 0; i < IL_ROWS; i++)
+                for (int t = 0; t < 4; t++) {
+                    w[i][4 * c + t] = q[64 * c + 4 * i + t] & 0x0F;
+                    w[i][16 + 4 * c + t] = q[64 * c + 4 * i + t] >> 4;
+                }
+    } else {
+        for (int c = 0; c < 8; c++)
+            for (int i = 0; i < IL_ROWS; i++)
+                for (int t = 0; t < 4; t++) w[i][4 * c + t] = q[64 * c + 4 * i + t];
     }
 }
 
 static inline void tier_il_tile(const qweights *group, const qactivations *a, int64_t k,
                                 int64_t r0, int rows, float dots[IL_XTILE * IL_ROWS]) {
     const int64_t nb = group->nb, block_bytes = group->is_q4 ? 256 : 512;
-    const int chunks = group->is_q4 ? 4 : 8;
     for (int i = 0; i < rows * IL_ROWS; i++) dots[i] = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
         float d[IL_ROWS], m[IL_ROWS];
         tier_f16_row(group->d + b * IL_ROWS, d, IL_ROWS);
         tier_f16_row(group->m + b * IL_ROWS, m, IL_ROWS);
+        int16_t w[IL_ROWS][QBLOCK];
+        generic_il_unpack(group->q + b * block_bytes, group->is_q4, w);
         for (int r = 0; r < rows; r++) {
             const int8_t *xb = a->xq + (r0 + r) * k + b * QBLOCK;
-            int32_t sums[IL_ROWS] = {0};
-            for (int c = 0; c < chunks; c++)
-                generic_il_chunk(group->q + b * block_bytes + 64 * c, xb + 4 * c,
-                                 xb + 16 + 4 * c, group->is_q4, sums);
+            int32_t sums[IL_ROWS];
+            for (int i = 0; i < IL_ROWS; i++) {
+                int32_t dot = 0;
+                for (int j = 0; j < QBLOCK; j++) dot += w[i][j] * xb[j];
+                sums[i] = dot;
+            }
             const int64_t at = (r0 + r) * nb + b;
             for (int i = 0; i < IL_ROWS; i++)
                 dots[r * IL_ROWS + i] += d[i] * a->dx[at] * (float)sums[i] + m[i] * a->xqsum[at];

@@ -1,6 +1,8 @@
 """flintlm's CPU kernels against the torch reference they replace, on random inputs: paged
 attention over scattered blocks (GQA, partial last blocks, rows of one sequence seeing different
-prefixes), rotary + KV write, residual RMSNorm and SiLU-and-mul, in float32 and bfloat16."""
+prefixes), rotary + KV write, residual RMSNorm and SiLU-and-mul, quantized matmuls, argmax, in
+float32 and bfloat16, for every instruction-set tier this CPU executes (each built in this
+process: avx512, avx2 and generic on an AVX-512 machine; neon and generic on ARM64)."""
 
 import random
 
@@ -8,6 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from flintlm.kernels import isa, native
 from flintlm.kernels.ops import CpuKernels
 from flintlm.models.layers import RMSNorm, RotaryEmbedding
 
@@ -16,11 +19,34 @@ torch.set_num_threads(1)  # noqa: the suite shares two cores
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
-@pytest.fixture(scope="module", params=[torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
+
+
+def load_tier(tier: str) -> native.NativeLibrary:
+    if tier not in native.available_tiers():
+        pytest.skip(f"no kernels/{native.TIER_HEADERS[tier]} yet")
+    library = native.load(tier)
+    assert library is not None and library.tier == tier
+    return library
+
+
+@pytest.fixture(scope="module", params=[(tier, name) for tier in isa.supported_tiers()
+                                        for name in DTYPES],
+                ids=lambda param: "-".join(param))
 def kernels(request):
-    built = CpuKernels.create(torch.device("cpu"), request.param, "native")
-    assert built is not None
-    return built
+    tier, dtype_name = request.param
+    return CpuKernels(load_tier(tier), DTYPES[dtype_name])
+
+
+@pytest.mark.parametrize("tier", isa.supported_tiers())
+def test_each_tier_reports_the_tier_it_was_built_for(tier):
+    library = load_tier(tier)
+    assert library.has_int8_dot == (tier != "generic")
+    flags = native.tier_flags(tier)
+    if tier == "avx2" and "avx512f" in isa.cpu_features().flags:
+        assert "-mno-avx512f" in flags  # -march=native alone would let AVX-512 in
+    if tier == "generic":
+        assert "-march=native" not in flags and "-DFLINTLM_TIER_GENERIC" in flags
 
 
 def close(ours: torch.Tensor, reference: torch.Tensor, dtype: torch.dtype) -> None:
@@ -40,7 +66,8 @@ def reference_attention(q, k_cache, v_cache, block_ids, context, scale):
     return torch.einsum("hl,lhd->hd", scores.softmax(-1), values)
 
 
-@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(9, 3, 64), (8, 8, 32), (4, 1, 128)])
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim",
+                         [(9, 3, 64), (8, 8, 32), (4, 1, 128), (16, 1, 64), (12, 2, 96)])
 def test_paged_attention_matches_the_reference(kernels, num_heads, num_kv_heads, head_dim):
     dtype = kernels.dtype
     rng = random.Random(0)
@@ -141,13 +168,23 @@ def test_torch_mode_and_other_devices_get_no_kernels():
         CpuKernels.create(torch.device("cpu"), torch.float16, "native")
 
 
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """x [rows, K] -> x as the int8 path sees it: per block of 32, round(x * 127 / max|x|)
+    (to nearest even, as the kernels) times max|x| / 127."""
+    blocks = x.float().view(x.shape[0], -1, 32)
+    amax = blocks.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    return ((blocks * inv).round() * (amax / 127.0)).view_as(x)
+
+
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0"])
-@pytest.mark.parametrize("rows", [1, 3, 8, 13, 64])
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 13, 70])
 def test_quant_matmul_multiplies_the_stored_weights(kernels, type_name, rows):
-    """GGML blocks made by gguf's own quantizer, repacked: the exact path equals the dequantized
-    weights times x (float32 rounding); the int8 path (bfloat16 only) is within activation
-    rounding of it, on the interleaved layout the same sums in another order; output columns
-    land at col0; more rows than the row layout's 8 a pass are taken in passes."""
+    """GGML blocks made by gguf's own quantizer, repacked. The exact path equals the
+    dequantized weights times x; the int8 path, in the row layout and the interleaved one,
+    equals the dequantized weights times the int8-quantized x (both up to float32 summation
+    order and the output's rounding). Output columns land at col0; more rows than a pass takes
+    come in passes; odd block counts and K up to 2080 are covered."""
     from gguf import GGMLQuantizationType, quants
 
     from flintlm.loading.checkpoint import QuantizedWeight
@@ -155,29 +192,30 @@ def test_quant_matmul_multiplies_the_stored_weights(kernels, type_name, rows):
     from flintlm.models.quant import interleave, repack
 
     dtype = kernels.dtype
-    n, k = 48, 96  # three blocks a row: the int8 path's odd last block is covered too
-    ggml_type = GGMLQuantizationType[type_name]
-    blocks = torch.from_numpy(quants.quantize((torch.randn(n, k) * 0.1).numpy(), ggml_type))
-    dense = dequantize(blocks.flatten(), ggml_type, (n, k), torch.float32)
-    weight = repack(QuantizedWeight(type_name, blocks))
-    x = torch.randn(rows, k).to(dtype)
-    expected = x.float() @ dense.t()
+    torch.manual_seed(rows)
+    for n, k in ((48, 96), (32, 2080)):
+        ggml_type = GGMLQuantizationType[type_name]
+        blocks = torch.from_numpy(quants.quantize((torch.randn(n, k) * 0.1).numpy(), ggml_type))
+        dense = dequantize(blocks.flatten(), ggml_type, (n, k), torch.float64)
+        weight = repack(QuantizedWeight(type_name, blocks))
+        x = torch.randn(rows, k).to(dtype)
+        expected = (x.double() @ dense.t()).float()
+        expected_int8 = (quantize_activations(x).double() @ dense.t()).float()
 
-    out = torch.zeros(rows, n + 5, dtype=dtype)
-    kernels.quant_matmul(x, weight, out, 5, use_int8=False)
-    assert not out[:, :5].any()
-    close(out[:, 5:], expected, dtype)
-    if kernels.has_int8_dot:
+        out = torch.zeros(rows, n + 5, dtype=dtype)
+        kernels.quant_matmul(x, weight, out, 5, use_int8=False)
+        assert not out[:, :5].any()
+        close(out[:, 5:], expected, dtype)
+
         out_int8 = torch.zeros(rows, n, dtype=dtype)
         kernels.quant_matmul(x, weight, out_int8, 0, use_int8=True)
-        scale = expected.abs().max()
-        assert ((out_int8.float() - expected).abs().max() / scale) < 2e-2
+        close(out_int8, expected_int8, dtype)
         interleaved = interleave(weight)
         assert interleaved.is_interleaved and interleaved.out_features == n
         out_il = torch.zeros(rows, n + 3, dtype=dtype)
         kernels.quant_matmul(x, interleaved, out_il, 3, use_int8=True)
         assert not out_il[:, :3].any()
-        close(out_il[:, 3:], out_int8.float(), dtype)
+        close(out_il[:, 3:], expected_int8, dtype)
         with pytest.raises(ValueError, match="int8 path only"):
             kernels.quant_matmul(x, interleaved, out_il, 0, use_int8=False)
 
@@ -199,3 +237,34 @@ def test_argmax_matches_torch_including_ties(kernels, vocab):
     logits[2, :] = 1.0  # all equal
     logits[3, vocab - 1] = 60.0  # the maximum in the scalar tail
     assert torch.equal(kernels.argmax(logits), logits.argmax(dim=-1))
+
+
+def test_a_kernel_that_cannot_allocate_raises_memory_error():
+    """Under an address-space limit too small for quant_matmul's activation buffer, the
+    kernel returns its status and the wrapper raises, instead of leaving `out` unwritten.
+    (In a child process: the limit must not touch the test run.)"""
+    import subprocess
+    import sys
+
+    script = """
+import resource, torch
+from flintlm.kernels import native
+from flintlm.kernels.ops import CpuKernels, QuantMatrix
+from flintlm.models.quant import interleave
+kernels = CpuKernels(native.load(), torch.bfloat16)
+k = 32768
+weight = interleave(QuantMatrix(torch.zeros(16, k // 2, dtype=torch.uint8),
+                                torch.ones(16, k // 32, dtype=torch.float16),
+                                torch.zeros(16, k // 32, dtype=torch.float16), is_4bit=True))
+x = torch.zeros(2048, k, dtype=torch.bfloat16)  # the buffer needs 2048 * k * 5 bytes = 320 MiB
+out = torch.empty(2048, 16, dtype=torch.bfloat16)
+size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + (64 << 20), resource.RLIM_INFINITY))
+try:
+    kernels.quant_matmul(x, weight, out, 0, use_int8=True)
+except MemoryError:
+    print("MemoryError")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == "MemoryError", result.stderr[-2000:]

@@ -1,24 +1,35 @@
 """The one-call decode step (kernels/decode_step.c via models/fast_decode.py) against the
 module path on the same engine: same greedy tokens, float32 logprobs within 1e-4, for single
-prompts of 1-40 tokens (prompt rows go through the paged kernel too) and a small batch."""
+prompts of 1-40 tokens (prompt rows go through the paged kernel too) and a small batch; on
+every instruction-set tier this CPU executes (FLINTLM_CPU_ISA picks the kernels' build)."""
 
 import random
 
+import pytest
 import torch
 
 from flintlm import LLM, SamplingParams
+from flintlm.kernels import isa, native
 
 torch.set_num_threads(1)  # noqa: the suite shares two cores
 
 
-def test_fast_decode_matches_the_module_path():
+@pytest.fixture(params=isa.supported_tiers())
+def tier(request, monkeypatch):
+    if request.param not in native.available_tiers():
+        pytest.skip(f"no kernels/{native.TIER_HEADERS[request.param]} yet")
+    monkeypatch.setenv("FLINTLM_CPU_ISA", request.param)
+    return request.param
+
+
+def test_fast_decode_matches_the_module_path(tier):
     rng = random.Random(3)
     prompts = [[rng.randrange(1000, 40000) for _ in range(n)] for n in (1, 3, 17, 40)]
     params = SamplingParams(max_tokens=12, ignore_eos=True, temperature=0.0, logprobs=0)
     llm = LLM("default", dtype="float32", kv_cache_memory="32MiB", enable_prefix_caching=False,
               quantized_max_tokens=64, quantized_activations="exact")
     runner = llm.engine.runner
-    assert runner.fast_decode is not None
+    assert runner.fast_decode is not None and runner.kernels.tier == tier
     fast = [llm.generate([p], params)[0] for p in prompts] + llm.generate(prompts[:3], params)
     runner.fast_decode = None
     modules = [llm.generate([p], params)[0] for p in prompts] + llm.generate(prompts[:3], params)
@@ -28,7 +39,7 @@ def test_fast_decode_matches_the_module_path():
             assert abs(a.chosen.logprob - b.chosen.logprob) < 1e-4
 
 
-def test_bfloat16_quantized_steps_stay_as_close_to_float32_as_bfloat16_is():
+def test_bfloat16_quantized_steps_stay_as_close_to_float32_as_bfloat16_is(tier):
     """In bfloat16, steps of up to quantized_max_tokens rows (64 by default) multiply int8
     activations by the GGUF's blocks, as llama.cpp does. Teacher-forced on real text, their
     logprobs stay within bfloat16's own distance of the float32 path (which the model tests hold
@@ -49,6 +60,7 @@ def test_bfloat16_quantized_steps_stay_as_close_to_float32_as_bfloat16_is():
             cache=CacheConfig(kv_cache_memory=32 << 20, enable_prefix_caching=False)))
         if dtype == "bfloat16" and quantized_max_tokens:
             assert llm.engine.runner.fast_decode is not None
+            assert llm.engine.runner.kernels.tier == tier
             assert all(llm.engine.runner.fast_decode.can_run(len(llm.tokenizer.encode(t)))
                        for t in texts)
         # one prompt a step, so each step is small enough for the quantized path
