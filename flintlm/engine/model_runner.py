@@ -132,12 +132,10 @@ class ModelRunner:
         self.single_thread_max_tokens = 0  # see limit_threads_for_small_steps
 
     def _int8_activations(self, mode: str) -> bool:
-        """int8 or exact products for the quantized steps; "auto" (no measured table) keeps the
-        exact product in float32, so a float32 run matches the reference by default."""
+        """int8 or exact products for the quantized steps (every kernel tier has both); "auto"
+        (no measured table) keeps the exact product in float32, so a float32 run matches the
+        reference by default, and int8 where the tier has integer dot products."""
         assert self.kernels is not None
-        if mode == "int8" and not self.kernels.has_int8_dot:
-            raise ValueError("quantized_activations='int8' needs the CPU kernels' integer dot "
-                             "products, which this build lacks; use exact")
         if mode == "auto":
             return self.dtype == torch.bfloat16 and self.kernels.has_int8_dot
         return mode == "int8"

@@ -86,7 +86,7 @@ def test_the_engine_follows_the_table():
     from flintlm.loading import load_checkpoint
 
     kernels_available = calibrate.CpuKernels.create(torch.device("cpu"), torch.float32)
-    if kernels_available is None or not kernels_available.has_int8_dot:
+    if kernels_available is None:
         pytest.skip("no C compiler: no native kernels to dispatch to")
     table = DispatchTable(isa.selected_tier(), "float32", (StepChoice(1, "dense", 2, 1.0),
                                                            StepChoice(4, "int8", 1, 1.0),

@@ -56,7 +56,8 @@ def test_bfloat16_quantized_steps_stay_as_close_to_float32_as_bfloat16_is(tier):
 
     def prompt_logprobs(dtype: str, quantized_max_tokens: int) -> list[tuple[float, int]]:
         llm = LLM(config=FlintConfig(
-            model=ModelConfig(dtype=dtype, quantized_max_tokens=quantized_max_tokens),
+            model=ModelConfig(dtype=dtype, quantized_max_tokens=quantized_max_tokens,
+                              quantized_activations="int8" if quantized_max_tokens else "exact"),
             cache=CacheConfig(kv_cache_memory=32 << 20, enable_prefix_caching=False)))
         if dtype == "bfloat16" and quantized_max_tokens:
             assert llm.engine.runner.fast_decode is not None
