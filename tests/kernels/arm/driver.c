@@ -106,10 +106,10 @@ static void run_quant_matmul(const test_case *c) {
     const int use_int8 = (int)integer(c, "use_int8");
     const size_t bytes = (size_t)(rows * width) * element_size(c);
     void *y = output_buffer(c, bytes);
-    if (integer(c, "dtype"))
-        quant_matmul_bf16(x, rows, k, q, d, m, is_q4, is_interleaved, n, y, width, col0, use_int8);
-    else
-        quant_matmul_f32(x, rows, k, q, d, m, is_q4, is_interleaved, n, y, width, col0, use_int8);
+    const int status = integer(c, "dtype")
+        ? quant_matmul_bf16(x, rows, k, q, d, m, is_q4, is_interleaved, n, y, width, col0, use_int8)
+        : quant_matmul_f32(x, rows, k, q, d, m, is_q4, is_interleaved, n, y, width, col0, use_int8);
+    if (status != 0) fail(c, "kernel reported status", "quant_matmul");
     output(c, "y", y, bytes);
 }
 
