@@ -185,8 +185,3 @@ void paged_attention_##SUFFIX(const T *q, const T *k_cache, const T *v_cache,   
 
 DEFINE_PAGED_ATTENTION(f32, float, f32_load, f32_store, attend_f32)
 DEFINE_PAGED_ATTENTION(bf16, bf16, bf16_load, bf16_store, attend_bf16)
-
-/* Lets the loader check that the library and its Python bindings agree. */
-int flintlm_kernels_abi_version(void) { return 6; }
-/* The tier this library was compiled for (tier.h), checked against the one Python asked for. */
-const char *flintlm_kernels_tier(void) { return FLINTLM_TIER_NAME; }

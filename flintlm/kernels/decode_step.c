@@ -8,28 +8,7 @@
  */
 #include "common.h"
 
-typedef struct {
-    const uint8_t *q;
-    const uint16_t *d, *m;
-    int64_t out_features;
-    int is_4bit, is_interleaved;
-} decode_matrix;
-
-typedef struct {
-    const void *input_norm, *post_attention_norm; /* [hidden] */
-    decode_matrix qkv, o, gate_up, down;
-    void *k_cache, *v_cache;
-} decode_layer;
-
-typedef struct {
-    int64_t num_rows;
-    int hidden, num_heads, num_kv_heads, head_dim, intermediate, block_size, max_blocks;
-    float eps, scale;
-    int use_int8;
-    const int64_t *positions, *slots;  /* [rows] */
-    const float *cos_table, *sin_table;
-    const int32_t *block_tables, *row_seq, *row_ctx;
-} decode_batch;
+/* decode_matrix, decode_layer and decode_batch: abi.h (declared in kernels/abi.py). */
 
 /* out [rows, width] = x [rows, k] times the quantized matrix (width = its out_features);
  * returns from the step with 1 where the matmul could not allocate. */

@@ -20,16 +20,15 @@ from pathlib import Path
 
 import torch  # noqa: F401  - loaded first so the library binds to torch's libgomp, not another
 
-from flintlm.kernels import isa
+from flintlm.kernels import abi, isa
 
 logger = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent
-SOURCES = ("attention.c", "decode_step.c", "layers.c", "quant_matmul.c")
+SOURCES = ("abi.c", "attention.c", "decode_step.c", "layers.c", "quant_matmul.c")
 HEADERS = ("common.h", "tier.h")
 TIER_HEADERS = {"avx512": "tier_avx512.h", "avx2": "tier_avx2.h", "neon": "tier_neon.h",
                 "generic": "tier_generic.h"}
-ABI_VERSION = 6
 # NOTE: fast-math lets gcc vectorise the float reductions and expf (through libmvec). The
 # kernels never rely on inf or NaN arithmetic (running maxima start at -FLT_MAX; the bfloat16
 # NaN test looks at bits), and linking is a separate step without fast-math, so gcc's
@@ -39,18 +38,6 @@ LINK_FLAGS = ("-shared", "-fopenmp", "-lm")
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
-_I = ctypes.c_int
-_F = ctypes.c_float
-SIGNATURES: dict[str, tuple[object, ...]] = {
-    "paged_attention": (_P, _P, _P, _P, _P, _P, _P, _I64, _I, _I, _I, _I, _I, _F),
-    "rope_write_kv": (_P, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I, _I, _I, _I),
-    "add_rms_norm": (_P, _P, _P, _P, _I64, _I, _F),
-    "silu_and_mul": (_P, _P, _I64, _I),
-    "quant_matmul": (_P, _I64, _I64, _P, _P, _P, _I, _I, _I64, _P, _I64, _I64, _I),
-    "decode_step": (_P, _I, _P, _P, _P, _P),
-}
-# Kernels that allocate return an int status (0 ok, nonzero: could not allocate); the rest none.
-RETURNS_STATUS = frozenset({"quant_matmul", "decode_step"})
 SUFFIXES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 _lock = threading.Lock()
@@ -89,8 +76,7 @@ class NativeLibrary:
         self.path = path
         self.tier = tier
         self._lib = ctypes.CDLL(str(path))
-        if self._lib.flintlm_kernels_abi_version() != ABI_VERSION:
-            raise RuntimeError(f"{path} has another ABI version than {ABI_VERSION}")
+        abi.check(self.reported_layout())
         self._lib.flintlm_kernels_tier.restype = ctypes.c_char_p
         built_for = self._lib.flintlm_kernels_tier().decode()
         if built_for != tier:
@@ -101,12 +87,21 @@ class NativeLibrary:
         self.argmax_rows.argtypes = [_P, _I64, _I64, _P]
         self.argmax_rows.restype = None
         self._functions: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}
-        for name, argtypes in SIGNATURES.items():
+        for kernel in abi.KERNELS:
             for dtype, suffix in SUFFIXES.items():
-                function = getattr(self._lib, f"{name}_{suffix}")
-                function.argtypes = list(argtypes)
-                function.restype = _I if name in RETURNS_STATUS else None
-                self._functions[name, dtype] = function
+                function = getattr(self._lib, f"{kernel.name}_{suffix}")
+                function.argtypes = kernel.argtypes()
+                function.restype = ctypes.c_int if kernel.returns_status else None
+                self._functions[kernel.name, dtype] = function
+
+    def reported_layout(self) -> list[int]:
+        """The ABI version, limits and structure layout as the library's compiler saw them."""
+        report = self._lib.flintlm_kernels_layout
+        report.argtypes, report.restype = [_P, _I64], _I64
+        count = report(None, 0)
+        values = (ctypes.c_int64 * count)()
+        report(values, count)
+        return list(values)
 
     def function(self, name: str, dtype: torch.dtype) -> ctypes._CFuncPtr:
         return self._functions[name, dtype]
@@ -135,14 +130,21 @@ def _cache_dir() -> Path:
     return Path(user_cache_dir("flintlm")) / "kernels"
 
 
+def write_generated_headers(folder: Path) -> None:
+    """abi.h (kernels/abi.py in C) into `folder`, which a build then puts on its include path."""
+    (folder / "abi.h").write_text(abi.header())
+
+
 def _build(compiler: str, flags: tuple[str, ...], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        write_generated_headers(Path(scratch))
         objects = []
         for source in SOURCES:
             obj = Path(scratch) / source.replace(".c", ".o")
-            subprocess.run([compiler, *COMPILE_FLAGS, *flags, "-c", str(SOURCE_DIR / source), "-o",
-                            str(obj)], check=True, capture_output=True, text=True)
+            subprocess.run([compiler, *COMPILE_FLAGS, *flags, f"-I{scratch}", "-c",
+                            str(SOURCE_DIR / source), "-o", str(obj)],
+                           check=True, capture_output=True, text=True)
             objects.append(str(obj))
         lib = Path(scratch) / target.name
         subprocess.run([compiler, *objects, "-o", str(lib), *LINK_FLAGS],
@@ -178,7 +180,7 @@ def _load_uncached(tier: str) -> NativeLibrary | None:
                                  check=True).stdout
         names = SOURCES + HEADERS + tuple(TIER_HEADERS[t] for t in available_tiers())
         texts = [(SOURCE_DIR / name).read_text() for name in names]
-        key = hashlib.sha256("\0".join([*texts, tier, " ".join(COMPILE_FLAGS + flags),
+        key = hashlib.sha256("\0".join([*texts, abi.header(), tier, " ".join(COMPILE_FLAGS + flags),
                                         " ".join(LINK_FLAGS), version, _cpu_identity()]
                                        ).encode()).hexdigest()[:16]
         target = _cache_dir() / f"flintlm_cpu_kernels_{tier}_{key}.so"

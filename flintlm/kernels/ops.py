@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from flintlm.kernels import native
+from flintlm.kernels.abi import limit
 
 logger = logging.getLogger(__name__)
 
@@ -205,8 +206,9 @@ class CpuKernels:
         """
         _require_contiguous(x, out)
         rows, k = x.shape
-        if k % 32 or k > 32768:
-            raise ValueError("quant_matmul takes K % 32 == 0, K <= 32768")
+        block, max_k = limit("QBLOCK"), limit("QBLOCK") * limit("MAX_QBLOCKS")
+        if k % block or k > max_k:
+            raise ValueError(f"quant_matmul takes K % {block} == 0, K <= {max_k}")
         if weight.is_interleaved and not use_int8:
             raise ValueError("an interleaved QuantMatrix is read by the int8 path only")
         q, d, m = weight.pointers

@@ -74,10 +74,8 @@
 
 #include "common.h"
 
-#define QBLOCK 32
 #define MAX_QROWS 8       /* activation rows a pass of the row layout */
 #define QROW_GROUP 4      /* weight rows a pass of the row layout */
-#define MAX_QBLOCKS 1024  /* blocks of 32 per row: K <= 32768 */
 #define IL_ROWS 16        /* weight rows per interleaved group */
 #define IL_XTILE 4        /* activation rows per pass over a group's blocks */
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch.nn import functional as F
 
+from flintlm.kernels.abi import limit
 from flintlm.kernels.ops import lazy_zeros
 
 if TYPE_CHECKING:
@@ -251,7 +252,9 @@ class TorchAttention:
 class CpuNativeAttention:
     """flintlm's CPU kernels: fused rotary + KV write, paged attention read in place."""
 
-    MAX_GROUP, MAX_HEAD_DIM, MAX_BLOCK_SIZE = 16, 256, 128  # the C kernel's stack arrays
+    # the C kernels' stack arrays (kernels/abi.py)
+    MAX_GROUP, MAX_HEAD_DIM, MAX_BLOCK_SIZE = (limit("MAX_GROUP"), limit("MAX_HEAD_DIM"),
+                                               limit("MAX_BLOCK"))
 
     def __init__(self, kernels: CpuKernels):
         self.kernels = kernels

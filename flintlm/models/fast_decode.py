@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from flintlm.kernels.abi import DecodeBatch, DecodeLayer, DecodeMatrix
 from flintlm.models.attention import paged_row_tables
 from flintlm.models.quant import QuantizedSteps, SmallBatchQuantLinear
 
@@ -22,28 +23,6 @@ if TYPE_CHECKING:
     from flintlm.kernels.ops import CpuKernels, QuantMatrix
     from flintlm.models.attention import BatchLayout, KVCache
     from flintlm.models.llama import LlamaForCausalLM
-
-_P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-
-
-class _Matrix(ctypes.Structure):
-    _fields_ = [("q", _P), ("d", _P), ("m", _P), ("out_features", _I64), ("is_4bit", _I),
-                ("is_interleaved", _I)]
-
-
-class _Layer(ctypes.Structure):
-    _fields_ = [("input_norm", _P), ("post_attention_norm", _P), ("qkv", _Matrix),
-                ("o", _Matrix), ("gate_up", _Matrix), ("down", _Matrix), ("k_cache", _P),
-                ("v_cache", _P)]
-
-
-class _Batch(ctypes.Structure):
-    _fields_ = [("num_rows", _I64), ("hidden", _I), ("num_heads", _I), ("num_kv_heads", _I),
-                ("head_dim", _I), ("intermediate", _I), ("block_size", _I), ("max_blocks", _I),
-                ("eps", _F), ("scale", _F), ("use_int8", _I), ("positions", _P), ("slots", _P),
-                ("cos_table", _P), ("sin_table", _P), ("block_tables", _P), ("row_seq", _P),
-                ("row_ctx", _P)]
-
 
 def _matrix(module: torch.nn.Module) -> QuantMatrix | None:
     if (not isinstance(module, SmallBatchQuantLinear) or len(module.parts) != 1
@@ -55,7 +34,7 @@ def _matrix(module: torch.nn.Module) -> QuantMatrix | None:
 class FastDecode:
     """Built once by the runner (`build`); `forward` runs a step's layers in one C call."""
 
-    def __init__(self, model: LlamaForCausalLM, layers: ctypes.Array[_Layer],
+    def __init__(self, model: LlamaForCausalLM, layers: ctypes.Array[DecodeLayer],
                  kernels: CpuKernels, steps: QuantizedSteps, use_int8: bool,
                  keep_alive: list[object]):
         self.model = model
@@ -78,7 +57,7 @@ class FastDecode:
         arch = model.arch
         if kernels is None or steps.max_tokens < 1 or arch.attention_bias or arch.qk_norm:
             return None
-        layers = (_Layer * arch.num_layers)()
+        layers = (DecodeLayer * arch.num_layers)()
         keep_alive: list[object] = []
         use_int8 = False
         for entry, layer, (k_cache, v_cache) in zip(layers, model.layers, kv_caches):
@@ -89,10 +68,10 @@ class FastDecode:
                 return None
             use_int8 = linears[0].use_int8
             for name, matrix in zip(("qkv", "o", "gate_up", "down"), matrices):
-                q, d, m = matrix.pointers  # type: ignore[union-attr]
-                setattr(entry, name, _Matrix(q, d, m, matrix.out_features,  # type: ignore[union-attr]
-                                             int(matrix.is_4bit),  # type: ignore[union-attr]
-                                             int(matrix.is_interleaved)))  # type: ignore[union-attr]
+                assert matrix is not None  # checked just above
+                q, d, m = matrix.pointers
+                setattr(entry, name, DecodeMatrix(q, d, m, matrix.out_features,
+                                                  int(matrix.is_4bit), int(matrix.is_interleaved)))
             entry.input_norm = layer.input_layernorm.weight.data_ptr()
             entry.post_attention_norm = layer.post_attention_layernorm.weight.data_ptr()
             entry.k_cache, entry.v_cache = k_cache.data_ptr(), v_cache.data_ptr()
@@ -116,7 +95,7 @@ class FastDecode:
         positions = positions.contiguous()
         slots = layout.slot_mapping.contiguous()
         rotary = model.rotary
-        batch = _Batch(
+        batch = DecodeBatch(
             num_rows=input_ids.shape[0], hidden=arch.hidden_size, num_heads=arch.num_heads,
             num_kv_heads=arch.num_kv_heads, head_dim=arch.head_dim,
             intermediate=arch.intermediate_size, block_size=layout.block_size,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from flintlm.kernels import native
+from flintlm.kernels import abi
 from flintlm.kernels.ops import kv_cache_from_token_major
 from flintlm.models.layers import RMSNorm, RotaryEmbedding
 from tests.kernels.arm.emulation import (DEBIAN_PACKAGES, ArmBuild, Case, Emulator,
@@ -39,11 +39,13 @@ def emulator(request, tmp_path_factory) -> Emulator:
     return Emulator(request.param, build_driver(request.param, folder), folder)
 
 
-def test_the_build_reports_its_tier_abi_and_int8_path(emulator):
+def test_the_build_reports_its_tier_abi_layout_and_int8_path(emulator):
     [outputs] = emulator.run([Case("features", {}, {})])
-    available, has_dot, abi_version = from_bytes(outputs["features"], torch.int32, (3,)).tolist()
+    available, has_dot = from_bytes(outputs["features"], torch.int32, (2,)).tolist()
     assert outputs["tier"].decode() == emulator.build.tier
-    assert abi_version == native.ABI_VERSION
+    # version, limits and structure layouts as the ARM64 compiler laid them out == ctypes'
+    layout = from_bytes(outputs["layout"], torch.int64, (-1,)).tolist()
+    assert layout == abi.layout()
     assert available and bool(has_dot) == emulator.build.has_int8_dot
 
 

@@ -14,7 +14,7 @@
 /* Exported beside the DECLARE_KERNELS set (quant_matmul.c, layers.c, attention.c). */
 int quant_int8_available(void);
 int quant_int8_has_dot(void);
-int flintlm_kernels_abi_version(void);
+int64_t flintlm_kernels_layout(int64_t *out, int64_t capacity);
 const char *flintlm_kernels_tier(void);
 void argmax_rows_f32(const float *logits, int64_t num_rows, int64_t vocab, int64_t *out);
 
@@ -87,12 +87,16 @@ static void output(const test_case *c, const char *name, const void *data, size_
 
 static size_t element_size(const test_case *c) { return integer(c, "dtype") ? 2 : 4; }
 
-/* What the build says of itself: int32 [int8 available, int8 on dot products, ABI version]
- * and the tier's name. No inputs. */
+/* What the build says of itself: int32 [int8 available, int8 on dot products], the ABI layout
+ * report (int64, kernels/abi.py `layout()` as this compiler laid it out) and the tier's name.
+ * No inputs. */
 static void run_features(const test_case *c) {
-    const int32_t values[3] = {quant_int8_available(), quant_int8_has_dot(),
-                               flintlm_kernels_abi_version()};
+    const int32_t values[2] = {quant_int8_available(), quant_int8_has_dot()};
     output(c, "features", values, sizeof values);
+    int64_t layout[256];
+    const int64_t count = flintlm_kernels_layout(layout, 256);
+    if (count > 256) fail(c, "layout report longer than", "256");
+    output(c, "layout", layout, (size_t)count * sizeof layout[0]);
     output(c, "tier", flintlm_kernels_tier(), strlen(flintlm_kernels_tier()));
 }
 

@@ -46,7 +46,9 @@ def build_driver(build: ArmBuild, folder: Path) -> Path:
     """The driver linked with every kernel source, static (qemu then needs no sysroot).
     Compiled and linked apart, as native.py builds: fast-math at link time would add gcc's
     flush-to-zero start-up code, which the host library never has."""
-    flags = [*native.COMPILE_FLAGS, *arm_tier_flags(build), f"-I{native.SOURCE_DIR}"]
+    native.write_generated_headers(folder)  # abi.h, as the host build generates it
+    flags = [*native.COMPILE_FLAGS, *arm_tier_flags(build), f"-I{folder}",
+             f"-I{native.SOURCE_DIR}"]
     sources = [native.SOURCE_DIR / name for name in native.SOURCES] + [DRIVER_SOURCE]
     objects = [folder / f"{build.name}-{source.stem}.o" for source in sources]
     with ThreadPoolExecutor(COMPILE_JOBS) as pool:  # the build is most of this test's time
