@@ -72,8 +72,9 @@ class ModelConfig:
         if self.quantized_activations not in ("auto", "int8", "exact"):
             raise ValueError(f"quantized_activations={self.quantized_activations!r} is not one "
                              "of auto, int8, exact")
-        if self.quantized_max_tokens is not None and not 0 <= self.quantized_max_tokens <= 256:
-            raise ValueError(f"quantized_max_tokens={self.quantized_max_tokens} must be in 0..256")
+        if self.quantized_max_tokens is not None and not 0 <= self.quantized_max_tokens <= 8192:
+            raise ValueError(f"quantized_max_tokens={self.quantized_max_tokens} must be in "
+                             "0..8192")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len={self.max_model_len} must be a positive token count")
 

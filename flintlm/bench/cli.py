@@ -144,7 +144,9 @@ def offline(
     num_prompts: Annotated[int, typer.Option(help="prompts per run")] = 64,
     input_len: InputLenOpt = 128,
     output_len: OutputLenOpt = 128,
-    dtype: Annotated[list[str] | None, typer.Option(help="bfloat16 and/or float32")] = None,
+    dtype: Annotated[list[str] | None, typer.Option(
+        help="auto (flintlm: the measured choice), bfloat16 and/or float32; HF takes bfloat16 "
+             "for auto")] = None,
     peer: PeerOpt = None,
     engine: Annotated[bool, typer.Option(help="run flintlm itself")] = True,
     runs: RunsOpt = 3,
@@ -175,7 +177,8 @@ def offline(
     n_threads = threads or num_cores()
     params = {"num_prompts": num_prompts, "input_len": input_len, "output_len": output_len}
     records: list[report.BenchRecord] = []
-    dtypes = _strs(dtype or ["bfloat16"])
+    dtypes = _strs(dtype or ["auto"])
+    hf_dtypes = list(dict.fromkeys("bfloat16" if name == "auto" else name for name in dtypes))
 
     def prompts(count: int) -> Callable[[int], list[Prompt]]:
         return lambda seed: workload.make(count, seed)
@@ -206,7 +209,7 @@ def offline(
         ))  # fmt: skip
     if Peer.HF in peer:
         gguf = resolve_gguf(model)
-        for name in dtypes:
+        for name in hf_dtypes:
             for batch_size in _ints(hf_batch_size or ["1", "16", "32"]):
                 count = batch_size * hf_num_batches
                 records.append(_run_offline_system(

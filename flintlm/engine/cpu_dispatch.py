@@ -49,14 +49,22 @@ def measured_dispatch(config: ModelConfig, device: torch.device,
     return load_or_calibrate(shapes, dtype, activations, refresh)
 
 
-def fold_dispatch(config: ModelConfig, table: DispatchTable | None) -> ModelConfig:
-    """`config` with its "auto" choices replaced by the table's (unchanged without one)."""
+def fold_dispatch(config: ModelConfig, table: DispatchTable | None,
+                  max_step_tokens: int) -> ModelConfig:
+    """`config` with its "auto" choices replaced by the table's (unchanged without one).
+
+    Where the largest step size measured chose a quantized path, larger steps do too (both
+    paths are compute-bound there and scale alike), up to the scheduler's step budget
+    `max_step_tokens`."""
     if table is None:
         return config
+    max_tokens = table.quantized_max_tokens
+    if table.is_quantized(table.choices[-1].step_size):
+        max_tokens = max(max_tokens, max_step_tokens)
     return dataclasses.replace(
         config,
         dtype=table.dtype if config.dtype == "auto" else config.dtype,
-        quantized_max_tokens=(table.quantized_max_tokens if config.quantized_max_tokens is None
+        quantized_max_tokens=(max_tokens if config.quantized_max_tokens is None
                               else config.quantized_max_tokens),
         quantized_activations=(table.activations if config.quantized_activations == "auto"
                                else config.quantized_activations))

@@ -124,7 +124,8 @@ class Engine:
 
         device = resolve_device(config.model.device)
         dispatch = measured_dispatch(config.model, device)
-        config = config.replace(model=fold_dispatch(config.model, dispatch))
+        config = config.replace(model=fold_dispatch(
+            config.model, dispatch, config.scheduler.max_num_batched_tokens))
         dtype = resolve_dtype(config.model.dtype, device)
         with _loading_allocations():
             if not progress:

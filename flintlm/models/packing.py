@@ -13,6 +13,8 @@ import logging
 import torch
 from torch import nn
 
+from flintlm.kernels import isa
+
 logger = logging.getLogger(__name__)
 
 
@@ -47,10 +49,12 @@ class PackedLogits(nn.Module):
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
-    """oneDNN packing pays for bfloat16 on a CPU with native bf16 units (AVX-512 BF16 or AMX)."""
+    """oneDNN packing pays for bfloat16 on a CPU with native bf16 units (AVX-512 BF16 or AMX),
+    and is allowed only there: under a forced lower tier (FLINTLM_CPU_ISA) oneDNN is capped
+    too and refuses to pack."""
     return (device.type == "cpu" and dtype == torch.bfloat16
             and torch.backends.mkldnn.is_available()
-            and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+            and (isa.has_flag("avx512_bf16") or isa.has_flag("amx_bf16")))
 
 
 def pack_linears(model: nn.Module) -> int:

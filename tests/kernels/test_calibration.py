@@ -66,13 +66,16 @@ def test_auto_settings_are_folded_in_and_explicit_ones_kept():
     table = DispatchTable("avx2", "float32", (StepChoice(4, "int8", 1, 1.0),
                                               StepChoice(16, "dense", 2, 2.0),
                                               StepChoice(64, "int8", 2, 3.0)))
-    folded = fold_dispatch(ModelConfig(), table)
+    folded = fold_dispatch(ModelConfig(), table, max_step_tokens=512)
+    # the largest measured size chose int8: larger steps up to the step budget do too
     assert (folded.dtype, folded.quantized_max_tokens, folded.quantized_activations) == \
-        ("float32", 64, "int8")
+        ("float32", 512, "int8")
+    dense_last = DispatchTable("avx2", "float32", table.choices[:2])
+    assert fold_dispatch(ModelConfig(), dense_last, 512).quantized_max_tokens == 4
     assert table.is_quantized(3) and not table.is_quantized(10) and table.is_quantized(40)
     assert table.choice_for(1000).step_size == 64  # the last entry covers larger steps
     kept = fold_dispatch(ModelConfig(dtype="bfloat16", quantized_max_tokens=8,
-                                     quantized_activations="exact"), table)
+                                     quantized_activations="exact"), table, 512)
     assert (kept.dtype, kept.quantized_max_tokens, kept.quantized_activations) == \
         ("bfloat16", 8, "exact")
 
@@ -91,7 +94,7 @@ def test_the_engine_follows_the_table():
     table = DispatchTable(isa.selected_tier(), "float32", (StepChoice(1, "dense", 2, 1.0),
                                                            StepChoice(4, "int8", 1, 1.0),
                                                            StepChoice(8, "dense", 2, 1.0)))
-    config = FlintConfig(model=fold_dispatch(ModelConfig(), table),
+    config = FlintConfig(model=fold_dispatch(ModelConfig(), table, 8),
                          cache=CacheConfig(kv_cache_memory=16 << 20))
     engine = Engine(config, load_checkpoint("default", torch.float32), table)
     runner = engine.runner
