@@ -18,6 +18,7 @@ from flintlm.engine.request import Usage
 from flintlm.platform.ledger import UsageStatus
 from flintlm.platform.service import Platform, Timings
 from flintlm.server import build_app
+from tests.conftest import HANG_TIMEOUT_S, READY_TIMEOUT_S
 
 from .fakes import FakeEngine
 
@@ -57,7 +58,8 @@ class FakeServer:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url,
-                            headers={"Authorization": f"Bearer {FAKE_KEY}"}, timeout=30)
+                            headers={"Authorization": f"Bearer {FAKE_KEY}"},
+                            timeout=HANG_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +76,10 @@ def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert server.started, "the in-process server did not start"
     yield FakeServer(engine, admission, app.state.serving, f"http://127.0.0.1:{port}")
     server.should_exit = True
     thread.join(10)

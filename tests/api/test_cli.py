@@ -18,7 +18,7 @@ from flintlm.config import (
     SchedulerConfig,
     ServerConfig,
 )
-from tests.conftest import LiveServer
+from tests.conftest import HANG_TIMEOUT_S, LiveServer
 
 
 def test_every_engine_and_server_field_is_a_serve_flag() -> None:
@@ -58,7 +58,7 @@ def test_bad_values_are_usage_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _run(args: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "flintlm", *args], input=stdin,
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=HANG_TIMEOUT_S, check=False)
 
 
 def test_serve_start_up_failures_exit_non_zero_naming_the_cause(tmp_path) -> None:

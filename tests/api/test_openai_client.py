@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import HANG_TIMEOUT_S, LiveServer
 
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
 
@@ -169,7 +169,7 @@ def test_raw_error_bodies(server: LiveServer) -> None:
 
 async def test_32_concurrent_streams(server: LiveServer) -> None:
     client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=server.api_key,
-                                max_retries=0, timeout=120)
+                                max_retries=0, timeout=HANG_TIMEOUT_S)
 
     async def one(i: int) -> tuple[str, int]:
         stream = await client.completions.create(
@@ -201,7 +201,7 @@ def test_disconnect_mid_stream_frees_kv_blocks(server: LiveServer) -> None:
                 break
         held = _kv_blocks_used(server)
     assert held > baseline
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + HANG_TIMEOUT_S
     while _kv_blocks_used(server) > baseline and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _kv_blocks_used(server) == baseline

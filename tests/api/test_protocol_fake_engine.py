@@ -9,6 +9,8 @@ import time
 import httpx
 import pytest
 
+from tests.conftest import HANG_TIMEOUT_S
+
 from .conftest import FakeServer
 from .fakes import REPLY, SECRET
 
@@ -229,7 +231,7 @@ def test_disconnect_mid_stream_aborts(fake_server: FakeServer) -> None:
                 if line.startswith("data: {"):
                     break
         request_id = engine.submitted[-1].request_id
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + HANG_TIMEOUT_S
         while request_id in engine.running and time.monotonic() < deadline:
             time.sleep(0.02)
         assert request_id in engine.aborted and request_id not in engine.running
@@ -245,7 +247,7 @@ def test_disconnect_while_waiting_aborts_a_non_streamed_request(fake_server: Fak
         with pytest.raises(httpx.ReadTimeout), fake_server.client() as client:
             client.post("/v1/completions", json=body, timeout=0.5)
         request_id = engine.submitted[-1].request_id
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + HANG_TIMEOUT_S
         while request_id in engine.running and time.monotonic() < deadline:
             time.sleep(0.02)
         assert request_id in engine.aborted

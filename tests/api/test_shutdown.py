@@ -8,11 +8,13 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import start_server
+from tests.conftest import HANG_TIMEOUT_S, start_server
 
 
 def test_sigterm_drains_an_in_flight_request(tmp_path: Path) -> None:
-    server = start_server(tmp_path, "--drain-timeout-s", "60")
+    # The server exits as soon as the request is done, so a drain this long costs nothing on a
+    # fast machine and leaves a slow one all the time its 48 tokens take.
+    server = start_server(tmp_path, "--drain-timeout-s", str(HANG_TIMEOUT_S / 2))
     result: dict[str, object] = {}
     first_chunk = threading.Event()
 
@@ -32,10 +34,10 @@ def test_sigterm_drains_an_in_flight_request(tmp_path: Path) -> None:
     thread = threading.Thread(target=stream)
     thread.start()
     try:
-        assert first_chunk.wait(60)
+        assert first_chunk.wait(HANG_TIMEOUT_S)  # the request is in flight: SIGTERM now
         server.process.send_signal(signal.SIGTERM)
-        thread.join(60)
-        exit_code = server.stop(timeout_s=60)
+        thread.join(HANG_TIMEOUT_S)
+        exit_code = server.stop()
     finally:
         server.stop(signal.SIGKILL)
     assert result == {"finish_reason": "length", "completion_tokens": 48}, server.log()

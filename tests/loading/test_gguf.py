@@ -15,6 +15,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, RopeScalingType, quants
 from flintlm.loading import LoadedCheckpoint, ModelLoadError, load_checkpoint
 from flintlm.loading.dequant import dequantize
 from flintlm.models.arch import RopeScaling
+from tests.conftest import needs_reference_speed
 
 T = GGMLQuantizationType
 
@@ -54,6 +55,7 @@ def test_embedded_arch_matches_hf_config(embedded: LoadedCheckpoint, hf_model: A
     assert not arch.attention_bias and not arch.qk_norm and arch.rope_scaling is None
 
 
+@needs_reference_speed
 def test_embedded_model_loads_in_under_two_seconds(embedded_path: str) -> None:
     # The server must be ready in < 5 s; loading is budgeted < 2 s. Best of two, as the test
     # machine may be shared.

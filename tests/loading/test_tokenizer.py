@@ -10,6 +10,7 @@ import pytest
 from gguf import GGUFWriter
 
 from flintlm.loading import Tokenizer, load_tokenizer
+from tests.conftest import HANG_TIMEOUT_S
 
 TEXTS = [
     "Hello world",
@@ -292,7 +293,7 @@ def test_tokenizer_imports_neither_transformers_nor_torch() -> None:
         "t = load_tokenizer('default'); t.apply_chat_template([{'role': 'user', 'content': 'x'}]); "
         "assert not {'transformers', 'torch'} & set(sys.modules), 'heavy import'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=HANG_TIMEOUT_S)
 
 
 SENTENCEPIECE_CORPUS = "the quick brown fox jumps over the lazy dog hello world then"

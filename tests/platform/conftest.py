@@ -1,4 +1,5 @@
-"""Fixtures of the platform tests: real SQLite and PostgreSQL stores, real Redis, a fake clock.
+"""Fixtures of the platform tests: real SQLite and PostgreSQL stores, real Redis, a fake clock,
+and how long a request takes on this machine (`chat_seconds`).
 
 PostgreSQL tests run in a schema of their own, dropped at the end, so runs are repeatable and
 never touch other data; Redis tests use a key prefix of their own, deleted at the end. Both are
@@ -19,6 +20,8 @@ import sqlalchemy as sa
 from flintlm.platform.db import Database
 from flintlm.platform.limit_store import LimitStore, MemoryLimitStore, RedisLimitStore
 from flintlm.platform.tables import Base
+from tests.conftest import start_server
+from tests.platform.served import seconds_per_chat
 
 POSTGRES_URLS = [
     os.environ.get("FLINTLM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
@@ -164,3 +167,14 @@ def limit_store(request: pytest.FixtureRequest) -> LimitStore:
     if request.param == "memory":
         return MemoryLimitStore()
     return request.getfixturevalue("make_redis_store")()
+
+
+@pytest.fixture(scope="session")
+def chat_seconds(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """How long one short chat (`served.CHAT`) takes here, timed on a server of its own before
+    the served tests start theirs, which size their rate windows and drains from it."""
+    live = start_server(tmp_path_factory.mktemp("timing"))
+    try:
+        return seconds_per_chat(live.openai())
+    finally:
+        live.stop()

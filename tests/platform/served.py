@@ -16,9 +16,17 @@ import openai
 import sqlalchemy as sa
 
 from flintlm.platform.db import Database
-from tests.conftest import LiveServer, launch_server, wait_until_ready
+from tests.conftest import HANG_TIMEOUT_S, LiveServer, launch_server, wait_until_ready
 
 ADMIN_KEY = "test-admin-key-7f3a9c1e5b"
+MESSAGES = [{"role": "user", "content": "Say hi."}]
+NUM_COMPLETION = 8
+# The tests' usual request: a short prompt and exactly NUM_COMPLETION tokens.
+CHAT: dict[str, Any] = {"model": "default", "messages": MESSAGES, "max_tokens": NUM_COMPLETION,
+                        "temperature": 0, "extra_body": {"ignore_eos": True}}
+# Ledger rows reach the store within a flush (0.2 s) of their request's end; this only bounds a
+# wait for rows that never come.
+LEDGER_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,7 @@ class PlatformServer:
 
     def admin(self, key: str = ADMIN_KEY) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"},
-                            timeout=60)
+                            timeout=HANG_TIMEOUT_S)
 
     def create_key(self, name: str = "test", **body: Any) -> IssuedKey:
         with self.admin() as admin:
@@ -55,15 +63,15 @@ class PlatformServer:
     def openai(self, key: IssuedKey | str) -> openai.OpenAI:
         secret = key.secret if isinstance(key, IssuedKey) else key
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=secret, max_retries=0,
-                             timeout=120)
+                             timeout=HANG_TIMEOUT_S)
 
     def async_openai(self, key: IssuedKey, **kwargs: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key.secret, max_retries=0,
-                                  timeout=300, **kwargs)
+                                  timeout=HANG_TIMEOUT_S, **kwargs)
 
     def http(self, key: IssuedKey) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key.secret}"},
-                            timeout=60)
+                            timeout=HANG_TIMEOUT_S)
 
     def count_tokens(self, key: IssuedKey, **body: Any) -> int:
         with self.http(key) as http:
@@ -80,7 +88,7 @@ class PlatformServer:
             rows = connection.execute(sa.text(query), {"key_id": key_id})
             return [dict(row._mapping) for row in rows]
 
-    def wait_for_ledger(self, key_id: str, num_rows: int, timeout_s: float = 20
+    def wait_for_ledger(self, key_id: str, num_rows: int, timeout_s: float = LEDGER_TIMEOUT_S
                         ) -> list[dict[str, Any]]:
         """The key's rows once there are `num_rows` of them (fails if more ever show up)."""
         deadline = time.monotonic() + timeout_s
@@ -94,6 +102,20 @@ class PlatformServer:
     def close(self) -> None:
         if self._store is not None:
             self._store.dispose()
+
+
+def seconds_per_chat(client: openai.OpenAI, num_requests: int = 3) -> float:
+    """The median time one CHAT takes, end to end, on this machine as loaded now.
+
+    Tests size what must outlast their requests (rate windows, drains) from it, so that their
+    assertions hold on a machine of any speed instead of one as fast as the author's.
+    """
+    timings = []
+    for _ in range(num_requests):
+        start = time.monotonic()
+        client.chat.completions.create(**CHAT)
+        timings.append(time.monotonic() - start)
+    return sorted(timings)[num_requests // 2]
 
 
 def platform_args(store_url: str, *extra: str) -> tuple[str, ...]:

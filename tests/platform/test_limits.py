@@ -28,6 +28,7 @@ from flintlm.platform.limit_store import (
     RedisLimitStore,
 )
 from flintlm.platform.limits import Limit, Limiter, format_duration
+from tests.conftest import HANG_TIMEOUT_S
 
 if TYPE_CHECKING:
     from tests.platform.conftest import FakeClock
@@ -283,7 +284,7 @@ def test_two_server_processes_share_one_token_quota(
     command = [sys.executable, "-c", _SERVER_PROCESS, redis_url, redis_prefix, repr(clock.now), "8"]
     processes = [subprocess.Popen(command, cwd=repo_root, stdout=subprocess.PIPE, text=True)
                  for _ in range(2)]
-    outputs = [process.communicate(timeout=60)[0] for process in processes]
+    outputs = [process.communicate(timeout=HANG_TIMEOUT_S)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0]
     assert sum(int(output) for output in outputs) == 10  # 16 attempts, a quota of 10
 

@@ -20,6 +20,7 @@ from flintlm.platform.ledger import UsageStatus
 from flintlm.platform.limits import Limit
 from flintlm.platform.pricing import TokenCounts
 from flintlm.platform.service import NO_USAGE, Platform, Timings
+from tests.conftest import HANG_TIMEOUT_S
 
 if TYPE_CHECKING:
     from tests.platform.conftest import FakeClock
@@ -139,5 +140,5 @@ def test_the_platform_imports_neither_torch_nor_the_http_layer() -> None:
              "print(sorted({'torch', 'fastapi', 'flintlm.api'} & set(sys.modules)))")
     repo_root = Path(flintlm.__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", probe], cwd=repo_root, capture_output=True,
-                            text=True, timeout=60, check=True)
+                            text=True, timeout=HANG_TIMEOUT_S, check=True)
     assert result.stdout.strip() == "[]"

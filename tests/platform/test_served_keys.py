@@ -2,12 +2,13 @@
 the openai client, on SQLite and on PostgreSQL. Keys come from the admin API or the CLI; the
 ledger is read from the store itself.
 
-The server's rate window is WINDOW_S seconds instead of a minute, so a test can watch a limit
-recover; prices are high (PRICES) so a budget runs out in one request.
+The server's rate window is a few seconds instead of a minute (`window_s`), so a test can watch a
+limit recover; prices are high (PRICES) so a budget runs out in one request.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -25,25 +26,41 @@ import httpx
 import openai
 import pytest
 
-from tests.platform.served import ADMIN_KEY, IssuedKey, PlatformServer, platform_servers
+from tests.conftest import HANG_TIMEOUT_S
+from tests.platform.served import (
+    ADMIN_KEY,
+    CHAT,
+    MESSAGES,
+    NUM_COMPLETION,
+    IssuedKey,
+    PlatformServer,
+    platform_servers,
+)
 
-WINDOW_S = 8
 # USD per 1M tokens: an uncached prompt token costs 1e6 nano-USD, a completion token 2e6.
 PRICES = '[models."*"]\ninput = 1000\ncached_input = 500\noutput = 2000\n'
-MESSAGES = [{"role": "user", "content": "Say hi."}]
-NUM_COMPLETION = 8
-CHAT: dict[str, Any] = {"model": "default", "messages": MESSAGES, "max_tokens": NUM_COMPLETION,
-                        "temperature": 0, "extra_body": {"ignore_eos": True}}
+MIN_WINDOW_S = 8
+# The limit tests below allow 2 requests per window, so one refills every half window; their
+# refusals must all come before that, a span of about two requests (a concurrent burst, then
+# one more). 20 requests' time per window leaves that span a margin of 5 at any machine speed.
+CHATS_PER_WINDOW = 20
 _T = TypeVar("_T")
 
 
 @pytest.fixture(scope="module")
-def served(store_url: str, tmp_path_factory: pytest.TempPathFactory
+def window_s(chat_seconds: float) -> int:
+    """The server's rate window: short to keep recovery waits short, long enough for the
+    requests of one refill to finish first on this machine."""
+    return max(MIN_WINDOW_S, math.ceil(CHATS_PER_WINDOW * chat_seconds))
+
+
+@pytest.fixture(scope="module")
+def served(store_url: str, window_s: int, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[PlatformServer]:
     log_dir = tmp_path_factory.mktemp("served")
     prices = log_dir / "prices.toml"
     prices.write_text(PRICES)
-    with platform_servers(log_dir, store_url, "--rate-window-s", str(WINDOW_S),
+    with platform_servers(log_dir, store_url, "--rate-window-s", str(window_s),
                           "--prices-file", str(prices)) as [server]:
         yield server
 
@@ -81,7 +98,8 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     return error  # type: ignore[no-any-return]
 
 
-def test_key_lifecycle_create_use_revoke_expire(served: PlatformServer) -> None:
+def test_key_lifecycle_create_use_revoke_expire(served: PlatformServer,
+                                                chat_seconds: float) -> None:
     key = served.create_key("lifecycle")
     assert served.openai(key).chat.completions.create(**CHAT).usage.completion_tokens == 8
 
@@ -92,7 +110,8 @@ def test_key_lifecycle_create_use_revoke_expire(served: PlatformServer) -> None:
         served.openai(key).chat.completions.create(**CHAT)
     assert refused.value.code == "invalid_api_key" and "revoked" in refused.value.body["message"]
 
-    expires_at = datetime.now(UTC) + timedelta(seconds=3)
+    # Long enough to create the key and get one request past authentication on this machine.
+    expires_at = datetime.now(UTC) + timedelta(seconds=max(3.0, 3 * chat_seconds))
     short_lived = served.create_key("short-lived", expires_at=expires_at.isoformat())
     assert served.openai(short_lived).chat.completions.create(**CHAT).choices
     time.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()) + 0.2)
@@ -102,7 +121,7 @@ def test_key_lifecycle_create_use_revoke_expire(served: PlatformServer) -> None:
 
     with pytest.raises(openai.AuthenticationError):
         served.openai("flint-sk-" + "A" * 43).chat.completions.create(**CHAT)
-    missing = httpx.post(f"{served.url}/v1/chat/completions", json=CHAT, timeout=30)
+    missing = httpx.post(f"{served.url}/v1/chat/completions", json=CHAT, timeout=HANG_TIMEOUT_S)
     assert missing.status_code == 401 and error_of(missing)["code"] == "invalid_api_key"
     # Only the request that got through has a row; a 401 has no key to charge.
     assert [row["status"] for row in served.wait_for_ledger(key.id, 1)] == ["finished"]
@@ -111,8 +130,8 @@ def test_key_lifecycle_create_use_revoke_expire(served: PlatformServer) -> None:
 def _cli(served: PlatformServer, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLINTLM_")}
     return subprocess.run([sys.executable, "-m", "flintlm", *args, "--database-url",
-                           served.store_url], capture_output=True, text=True, timeout=120,
-                          env=env, check=False)
+                           served.store_url], capture_output=True, text=True,
+                          timeout=HANG_TIMEOUT_S, env=env, check=False)
 
 
 def test_cli_keys_and_usage_work_on_the_servers_store(served: PlatformServer) -> None:
@@ -164,7 +183,7 @@ def test_a_key_uses_only_its_models(served: PlatformServer) -> None:
             for r in rows} == {("rejected", "model_not_allowed", 0, 0)}
 
 
-def test_requests_per_minute_limit_and_recovery(served: PlatformServer) -> None:
+def test_requests_per_minute_limit_and_recovery(served: PlatformServer, window_s: int) -> None:
     key = served.create_key("rpm", rpm=2)
     client = served.openai(key)
     responses = concurrently(3, lambda: raw_chat(client))
@@ -178,8 +197,8 @@ def test_requests_per_minute_limit_and_recovery(served: PlatformServer) -> None:
     error = error_of(refused)
     assert (error["code"], error["type"]) == ("rate_limit_exceeded", "requests")
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
-    # One request comes back every WINDOW_S / rpm seconds.
-    assert 1 <= int(refused.headers["retry-after"]) <= WINDOW_S // 2
+    # One request comes back every window_s / rpm seconds.
+    assert 1 <= int(refused.headers["retry-after"]) <= math.ceil(window_s / 2)
 
     # Streamed: refused with the status and headers, before any byte of a stream.
     with pytest.raises(openai.RateLimitError) as streamed:
@@ -195,7 +214,8 @@ def test_requests_per_minute_limit_and_recovery(served: PlatformServer) -> None:
     assert sorted(r["status"] for r in rows) == ["finished"] * 3 + ["rejected"] * 2
 
 
-def test_tokens_per_minute_limit_and_recovery(served: PlatformServer, num_prompt: int) -> None:
+def test_tokens_per_minute_limit_and_recovery(served: PlatformServer, num_prompt: int,
+                                              window_s: int) -> None:
     per_request = num_prompt + NUM_COMPLETION  # reserved and (ignore_eos) used
     key = served.create_key("tpm", tpm=2 * per_request)
     client = served.openai(key)
@@ -210,7 +230,7 @@ def test_tokens_per_minute_limit_and_recovery(served: PlatformServer, num_prompt
     assert (error["code"], error["type"]) == ("rate_limit_exceeded", "tokens")
     assert f"requested {per_request}" in error["message"]
     retry_after = int(refused.headers["retry-after"])
-    assert 1 <= retry_after <= WINDOW_S // 2 + 1
+    assert 1 <= retry_after <= math.ceil(window_s / 2) + 1
 
     too_large = raw_chat(client, max_tokens=2 * per_request)
     assert too_large.status_code == 429 and too_large.headers["x-should-retry"] == "false"
