@@ -37,8 +37,11 @@ needs_reference_speed = pytest.mark.skipif(
     os.environ.get("FLINTLM_TEST_TIME_BUDGETS") != "1",
     reason="an absolute time budget of the reference machine; set FLINTLM_TEST_TIME_BUDGETS=1")
 # Small KV budget and context: quick to allocate, and a few requests visibly move the block count.
+# The reference numerics (exact products, the same paths at every step size on every machine):
+# tests of what the model writes must not change with the machine's measured dispatch table.
 SERVER_ARGS = ("--model", "default", "--dtype", "float32", "--device", "cpu",
-               "--kv-cache-memory", "96MiB", "--max-model-len", "2048")
+               "--kv-cache-memory", "96MiB", "--max-model-len", "2048",
+               "--quantized-max-tokens", "64", "--quantized-activations", "exact")
 
 
 def free_port() -> int:
