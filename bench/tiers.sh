@@ -25,7 +25,7 @@ export FLINTLM_CPU_ISA=$TIER
 echo "== $TAG: $GGUF; llama.cpp from $BIN; $(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # The dispatch table this tier measured (cached by the first load; shown for the record).
-$PY -m flintlm info --model "$MODEL" --json > "$OUT/$TAG-info.json"
+$PY -m flintlm info --model "$GGUF" --json > "$OUT/$TAG-info.json"
 
 # 1. Offline batch + single stream (flintlm's LLM API, 2 threads).
 $PY -m flintlm.bench offline --model "$MODEL" --num-prompts "$NUM_PROMPTS" \
