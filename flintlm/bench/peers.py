@@ -53,7 +53,8 @@ def _load_llama_cpp(repack: bool = DEFAULT_LLAMA_REPACK) -> Any:
     from llama_cpp import _logger
 
     _logger.set_verbose(False)
-    defaults = getattr(bindings, "_flintlm_default_model_params", bindings.llama_model_default_params)
+    defaults = getattr(bindings, "_flintlm_default_model_params",
+                       bindings.llama_model_default_params)
 
     def model_params() -> Any:  # `Llama` offers no option for it: patch its defaults
         params = defaults()

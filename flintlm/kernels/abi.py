@@ -152,7 +152,7 @@ def header() -> str:
     entries = ["FLINTLM_ABI_VERSION", *LIMITS]
     for name, fields in _STRUCT_FIELDS.items():
         entries += [f"sizeof({name})", *(f"offsetof({name}, {f})" for _, f in fields)]
-    lines += ["/* What the library reports at load (abi.py `layout()`), laid out by this compiler */",
+    lines += ["/* The library reports this at load (abi.py `layout()`), as compiled */",
               f"#define FLINTLM_ABI_LAYOUT {{{', '.join(entries)}}}", "", "#endif", ""]
     return "\n".join(lines)
 
