@@ -37,6 +37,25 @@ static inline bf16 bf16_store(float value) {
     return (bf16)((is_nan ? (bits | 0x00400000u) : rounded) >> 16);
 }
 
+/* argmax's last steps on x86: the best of `lanes` per-lane winners (the first index on ties),
+ * then row[from..n) one by one. */
+static inline int64_t argmax_finish(const float *values, const int32_t *indices, int lanes,
+                                    const float *row, int64_t from, int64_t n) {
+    float best = values[0];
+    int64_t best_index = indices[0];
+    for (int lane = 1; lane < lanes; lane++)
+        if (values[lane] > best || (values[lane] == best && indices[lane] < best_index)) {
+            best = values[lane];
+            best_index = indices[lane];
+        }
+    for (int64_t i = from; i < n; i++)
+        if (row[i] > best) {
+            best = row[i];
+            best_index = i;
+        }
+    return best_index;
+}
+
 static inline float f32_load(float x) { return x; }
 static inline float f32_store(float x) { return x; }
 

@@ -289,13 +289,7 @@ static inline int64_t tier_argmax_row(const float *row, int64_t n) {
         int32_t indices[8];
         _mm256_storeu_ps(values, lane_best);
         _mm256_storeu_si256((__m256i *)indices, lane_index);
-        best = values[0];
-        best_index = indices[0];
-        for (int lane = 1; lane < 8; lane++)
-            if (values[lane] > best || (values[lane] == best && indices[lane] < best_index)) {
-                best = values[lane];
-                best_index = indices[lane];
-            }
+        return argmax_finish(values, indices, 8, row, i, n);
     }
     for (; i < n; i++)
         if (row[i] > best) {

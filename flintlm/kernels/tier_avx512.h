@@ -204,13 +204,7 @@ static inline int64_t tier_argmax_row(const float *row, int64_t n) {
         int32_t indices[16];
         _mm512_storeu_ps(values, lane_best);
         _mm512_storeu_si512(indices, lane_index);
-        best = values[0];
-        best_index = indices[0];
-        for (int lane = 1; lane < 16; lane++)
-            if (values[lane] > best || (values[lane] == best && indices[lane] < best_index)) {
-                best = values[lane];
-                best_index = indices[lane];
-            }
+        return argmax_finish(values, indices, 16, row, i, n);
     }
     for (; i < n; i++)
         if (row[i] > best) {

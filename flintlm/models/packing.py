@@ -8,6 +8,7 @@ the swap happens from outside, as gpt-fast swaps in its quantized linears.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -50,11 +51,21 @@ class PackedLogits(nn.Module):
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
     """oneDNN packing pays for bfloat16 on a CPU with native bf16 units (AVX-512 BF16 or AMX),
-    and is allowed only there: under a forced lower tier (FLINTLM_CPU_ISA) oneDNN is capped
-    too and refuses to pack."""
+    and is allowed only there: under a forced lower tier (FLINTLM_CPU_ISA) or a capped oneDNN
+    (ONEDNN_MAX_CPU_ISA) it refuses to pack, so it is asked once."""
     return (device.type == "cpu" and dtype == torch.bfloat16
             and torch.backends.mkldnn.is_available()
-            and (isa.has_flag("avx512_bf16") or isa.has_flag("amx_bf16")))
+            and (isa.has_flag("avx512_bf16") or isa.has_flag("amx_bf16"))
+            and _onednn_packs_bf16())
+
+
+@functools.cache
+def _onednn_packs_bf16() -> bool:
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), None)
+    except RuntimeError:
+        return False
+    return True
 
 
 def pack_linears(model: nn.Module) -> int:

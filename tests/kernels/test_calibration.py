@@ -123,8 +123,9 @@ def test_info_reports_the_cpu_tier_and_table():
     result = run_info("--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["tiers"]["selected"] == isa.supported_tiers()[0]
-    assert report["tiers"]["forced"] is None
+    assert report["tiers"]["selected"] == isa.selected_tier()  # the best, unless forced
+    assert report["tiers"]["forced"] == isa.forced_tier()
+    assert isa.forced_tier() or report["tiers"]["selected"] == isa.supported_tiers()[0]
     table = report["dispatch"]
     assert table is None or [c["step_size"] for c in table["choices"]] == \
         list(calibrate.STEP_SIZES)
