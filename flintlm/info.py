@@ -36,7 +36,7 @@ def collect(model: str, with_table: bool = True, refresh: bool = False) -> dict[
                   "forced": isa.forced_tier()},
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "kernels": None if library is None else {
-            "library": str(library.path), "tier": getattr(library, "tier", isa.selected_tier()),
+            "library": str(library.path), "tier": library.tier,
             "int8_dot_products": library.has_int8_dot},
     }
     if with_table:

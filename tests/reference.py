@@ -10,6 +10,9 @@ import importlib.util
 import os
 
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The engine's reference numerics: exact products on the quantized weights, the same paths at
+# every step size on every machine (a measured dispatch table may pick int8 or mix paths).
+REFERENCE_PATHS = {"quantized_max_tokens": 64, "quantized_activations": "exact"}
 
 
 def embedded_gguf_dir() -> str:

@@ -18,6 +18,8 @@ from flintlm.kernels.abi import limit
 logger = logging.getLogger(__name__)
 
 KERNEL_MODES = ("auto", "native", "torch")
+_QBLOCK = limit("QBLOCK")
+_MAX_K = limit("QBLOCK") * limit("MAX_QBLOCKS")  # K a quantized matmul takes
 
 
 @dataclass(frozen=True)
@@ -206,9 +208,8 @@ class CpuKernels:
         """
         _require_contiguous(x, out)
         rows, k = x.shape
-        block, max_k = limit("QBLOCK"), limit("QBLOCK") * limit("MAX_QBLOCKS")
-        if k % block or k > max_k:
-            raise ValueError(f"quant_matmul takes K % {block} == 0, K <= {max_k}")
+        if k % _QBLOCK or k > _MAX_K:
+            raise ValueError(f"quant_matmul takes K % {_QBLOCK} == 0, K <= {_MAX_K}")
         if weight.is_interleaved and not use_int8:
             raise ValueError("an interleaved QuantMatrix is read by the int8 path only")
         q, d, m = weight.pointers

@@ -6,6 +6,8 @@ import pytest
 from flintlm import LLM, SamplingParams
 from flintlm.engine.request import InvalidRequestError
 
+from tests.reference import REFERENCE_PATHS
+
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
 
 MIXED_PROMPTS = [
@@ -28,15 +30,12 @@ MIXED_PROMPTS = [
 ]
 
 
-SAME_PATH_AT_EVERY_STEP = {"quantized_max_tokens": 64, "quantized_activations": "exact"}
-
-
 @pytest.fixture(scope="module")
 def llm():
     # a small step budget forces chunked prefill of the long prompts; every step size takes the
     # same (exact) path, so batching changes no product (a measured table may mix paths)
     return LLM("default", dtype="float32", kv_cache_memory="128MiB", max_num_batched_tokens=48,
-               max_num_seqs=16, **SAME_PATH_AT_EVERY_STEP)
+               max_num_seqs=16, **REFERENCE_PATHS)
 
 
 def test_batch_invariance_with_chunked_prefill(llm):
@@ -50,7 +49,7 @@ def test_preemption_keeps_outputs_identical(llm):
     expected = [r.token_ids for r in llm.generate(prompts, GREEDY)]
     # room for ~2 sequences' worth of blocks: the batch of 8 must preempt and recompute
     tight = LLM("default", dtype="float32", kv_cache_memory="12MiB", max_num_batched_tokens=48,
-                enable_prefix_caching=False, **SAME_PATH_AT_EVERY_STEP)
+                enable_prefix_caching=False, **REFERENCE_PATHS)
     assert tight.engine.runner.kv_layout.num_tokens < 8 * 100
     results = [r.token_ids for r in tight.generate(prompts, GREEDY)]
     assert tight.engine.stats().num_preemptions > 0

@@ -10,12 +10,13 @@ import torch
 from flintlm import LLM, SamplingParams
 from flintlm.config import CacheConfig, FlintConfig, ModelConfig, SchedulerConfig
 
+from tests.reference import REFERENCE_PATHS
+
 torch.set_num_threads(1)  # noqa: the suite shares two cores
 
 
 def run(kernels: str, prompts: list[list[int]]):
-    model = ModelConfig(dtype="float32", kernels=kernels, quantized_max_tokens=64,
-                        quantized_activations="exact")
+    model = ModelConfig(dtype="float32", kernels=kernels, **REFERENCE_PATHS)
     config = FlintConfig(model=model,
                          cache=CacheConfig(kv_cache_memory=48 << 20),
                          scheduler=SchedulerConfig(max_num_batched_tokens=64))

@@ -11,6 +11,8 @@ import torch
 from flintlm import LLM, SamplingParams
 from flintlm.kernels import isa, native
 
+from tests.reference import REFERENCE_PATHS
+
 torch.set_num_threads(1)  # noqa: the suite shares two cores
 
 
@@ -27,7 +29,7 @@ def test_fast_decode_matches_the_module_path(tier):
     prompts = [[rng.randrange(1000, 40000) for _ in range(n)] for n in (1, 3, 17, 40)]
     params = SamplingParams(max_tokens=12, ignore_eos=True, temperature=0.0, logprobs=0)
     llm = LLM("default", dtype="float32", kv_cache_memory="32MiB", enable_prefix_caching=False,
-              quantized_max_tokens=64, quantized_activations="exact")
+              **REFERENCE_PATHS)
     runner = llm.engine.runner
     assert runner.fast_decode is not None and runner.kernels.tier == tier
     fast = [llm.generate([p], params)[0] for p in prompts] + llm.generate(prompts[:3], params)

@@ -9,7 +9,7 @@ from flintlm.loading import load_checkpoint
 from flintlm.models.attention import BatchLayout, SequenceSlice
 from flintlm.models.llama import LlamaForCausalLM
 
-from tests.reference import hf_model
+from tests.reference import REFERENCE_PATHS, hf_model
 
 PROMPTS = [
     "The capital of France is",
@@ -30,7 +30,7 @@ def llm():
     # exact products on every path: the int8 activations a measured table may pick are held to
     # a looser bound in tests/kernels/test_fast_decode.py
     return LLM("default", dtype="float32", kv_cache_memory="256MiB", max_num_batched_tokens=128,
-               quantized_max_tokens=64, quantized_activations="exact")
+               **REFERENCE_PATHS)
 
 
 def hf_logits(token_ids: list[int]) -> torch.Tensor:
