@@ -99,7 +99,8 @@ class _GenerationRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # NOTE: OpenAI's range, a signed 64-bit integer; torch's generators take no more.
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     temperature: float | None = None
     top_p: float | None = None
     presence_penalty: float = 0.0
