@@ -26,7 +26,8 @@ ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": 
 
 def normalize_items(input_: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The input as a list of typed items with ids; message content as a list of parts."""
-    items = [{"role": "user", "content": input_}] if isinstance(input_, str) else input_
+    items: list[dict[str, Any]] = (
+        [{"role": "user", "content": input_}] if isinstance(input_, str) else input_)
     normalized = []
     for item in items:
         item = dict(item)

@@ -9,7 +9,7 @@ same code, so they are the same response. Owns no HTTP and no engine.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from flintlm.api.responses_protocol import (
     FunctionCallItem,
@@ -138,7 +138,7 @@ class ResponseBuilder:
 
     def _close_open_items(self, is_cut: bool = False) -> list[Event]:
         events: list[Event] = []
-        status = "incomplete" if is_cut else "completed"
+        status: Literal["completed", "incomplete"] = "incomplete" if is_cut else "completed"
         if self._message is not None:
             message, self._message = self._message, None
             index, part = self._index(message), message.content[0]

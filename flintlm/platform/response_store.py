@@ -48,19 +48,19 @@ class ResponseStore:
         """Keep a response; drops expired rows (of every key) and this key's oldest beyond the
         cap in the same transaction, so the table never outgrows its bounds."""
         now = db_time(self.clock())
-        table = StoredResponseRow.__table__
+        row = StoredResponseRow
         with self.db.session() as session:
-            session.execute(sa.delete(table).where(table.c.expires_at <= now))
+            session.execute(sa.delete(row).where(row.expires_at <= now))
             session.add(StoredResponseRow(
                 id=response_id, key_id=key_id, response=response, context=context,
                 created_at=now, expires_at=now + timedelta(seconds=self.ttl_s)))
             session.flush()
-            beyond_cap = (sa.select(table.c.id).where(table.c.key_id == key_id)
-                          .order_by(table.c.created_at.desc(), table.c.id.desc())
+            beyond_cap = (sa.select(row.id).where(row.key_id == key_id)
+                          .order_by(row.created_at.desc(), row.id.desc())
                           .offset(self.max_per_key))
             old_ids = list(session.execute(beyond_cap).scalars())
             if old_ids:
-                session.execute(sa.delete(table).where(table.c.id.in_(old_ids)))
+                session.execute(sa.delete(row).where(row.id.in_(old_ids)))
 
     def get(self, key_id: str, response_id: str) -> StoredResponse | None:
         """The key's unexpired response, or None (unknown, expired, or another key's)."""
@@ -72,9 +72,9 @@ class ResponseStore:
 
     def delete(self, key_id: str, response_id: str) -> bool:
         """Forget the key's response; False when it has none by that id."""
-        table = StoredResponseRow.__table__
+        row = StoredResponseRow
         with self.db.session() as session:
-            result = session.execute(sa.delete(table).where(
-                table.c.id == response_id, table.c.key_id == key_id,
-                table.c.expires_at > db_time(self.clock())))
+            result = session.execute(sa.delete(row).where(
+                row.id == response_id, row.key_id == key_id,
+                row.expires_at > db_time(self.clock())))
             return bool(result.rowcount)  # type: ignore[attr-defined]
