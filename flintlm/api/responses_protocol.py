@@ -25,7 +25,6 @@ UNSUPPORTED_RESPONSES: dict[str, tuple[Any, ...]] = {
     "background": (None, False),
     "conversation": (None,),
     "prompt": (None,),
-    "reasoning": (None, {}, {"effort": None}, {"effort": None, "summary": None}),
     "max_tool_calls": (None,),
     "top_logprobs": (None, 0),
     "service_tier": (None, "auto", "default"),
@@ -36,6 +35,8 @@ UNSUPPORTED_RESPONSES: dict[str, tuple[Any, ...]] = {
     "moderation": (None,),
     "background_options": (None,),
 }
+# `include` values that ask for reasoning items: honoured as none (this model writes no reasoning).
+REASONING_INCLUDES = ("reasoning.encrypted_content",)
 # Chat's extensions, honoured here as on /v1/chat/completions (vLLM's names).
 CHAT_EXTENSIONS = (
     "stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p",
@@ -84,6 +85,16 @@ class TextConfig(BaseModel):
     verbosity: None = None  # a reasoning model's knob; no value but the default is honoured
 
 
+class Reasoning(BaseModel):
+    """A reasoning model's settings. This model does not reason: no effort but none is honoured,
+    and a summary of its (absent) reasoning is always empty, so any `summary` is."""
+
+    model_config = ConfigDict(extra="forbid")
+    effort: Literal["none"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None  # the older name
+
+
 class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     unsupported: ClassVar[dict[str, tuple[Any, ...]]] = UNSUPPORTED_RESPONSES
@@ -105,6 +116,7 @@ class ResponsesRequest(BaseModel):
     store: bool = True  # OpenAI's default
     stream: bool = False
     include: list[str] | None = None
+    reasoning: Reasoning | None = None
     truncation: Literal["disabled"] | None = None
     # NOTE: a routing hint; prefix caching needs none here (same prefix, same key: reused).
     prompt_cache_key: str | None = None
@@ -123,9 +135,9 @@ class ResponsesRequest(BaseModel):
         ignored = sorted(set(extra) - set(self.unsupported) - set(CHAT_EXTENSIONS))
         if ignored:
             logger.info("ignoring unknown request fields: %s", ", ".join(ignored))
-        if self.include:
-            raise invalid("include", f"include {self.include[0]!r} is not supported by this "
-                          "server")
+        for value in self.include or []:
+            if value not in REASONING_INCLUDES:
+                raise invalid("include", f"include {value!r} is not supported by this server")
         if isinstance(self.input, list) and not self.input and not self.previous_response_id:
             raise invalid("input", "input must not be empty")
         if self.metadata is not None and len(self.metadata) > 16:
