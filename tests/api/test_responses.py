@@ -6,6 +6,8 @@ stream events, function calls, structured output, stored responses per key, and 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import openai
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import HANG_TIMEOUT_S
 from tests.platform.served import IssuedKey, PlatformServer, platform_servers
 
 QUESTION = "What's the weather in Oslo?"
@@ -300,3 +303,45 @@ async def test_the_agents_sdk_runs_a_tool_loop_to_a_final_answer(
     kinds = [item.type for item in result.new_items]
     assert kinds == ["tool_call_item", "tool_call_output_item", "message_output_item"]
     assert isinstance(result.final_output, str) and result.final_output.strip()
+
+
+def test_a_request_shaped_as_codex_sends_it_streams_an_answer(served: PlatformServer,
+                                                              key: IssuedKey) -> None:
+    """The fields Codex CLI sends (captured from codex-cli 0.171 with README's config)."""
+    body = {
+        "model": "default", "stream": True, "store": False, "tool_choice": "auto",
+        "parallel_tool_calls": True, "reasoning": {"summary": "auto"},
+        "include": ["reasoning.encrypted_content"], "prompt_cache_key": "thread-1",
+        "client_metadata": {"turn_id": "t1"}, "max_output_tokens": 16,
+        "tools": [{"type": "function", "name": "exec_command", "strict": False,
+                   "description": "Runs a shell command.",
+                   "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}},
+                                  "required": ["cmd"], "additionalProperties": False}}],
+        "input": [{"type": "message", "role": "developer",
+                   "content": [{"type": "input_text", "text": "You are a coding agent."}]},
+                  {"type": "message", "role": "user",
+                   "content": [{"type": "input_text", "text": "Say hi."}]}],
+    }
+    with served.http(key) as http:
+        response = http.post("/v1/responses", json=body)
+    assert response.status_code == 200, response.text
+    frames = [f for f in response.text.split("\n\n") if f.strip()]
+    last = json.loads(frames[-1].split("data: ", 1)[1])
+    assert last["type"] in ("response.completed", "response.incomplete")
+    assert last["response"]["output"] and last["response"]["store"] is False
+
+
+def test_the_readme_agents_sdk_snippet_runs_as_printed(served: PlatformServer,
+                                                       key: IssuedKey) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Agents: the Responses API"):]
+    snippet = section[section.index("```python\n") + len("```python\n"):]
+    snippet = snippet[:snippet.index("```")]
+    assert 'base_url="http://127.0.0.1:8000/v1", api_key="none"' in snippet
+    # Only the address and the key differ: this server has its own port and requires keys.
+    snippet = snippet.replace("http://127.0.0.1:8000", served.url).replace(
+        'api_key="none"', f'api_key="{key.secret}"')
+    done = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
+                          timeout=HANG_TIMEOUT_S, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
