@@ -143,7 +143,9 @@ def chat_request(body: ResponsesRequest, context: list[dict[str, Any]],
     fields = body.to_chat_fields()
     fields["messages"] = chat_messages(body.instructions, context, items)
     fields["tools"] = chat_tools(body.tools)
-    fields["tool_choice"] = chat_tool_choice(body.tool_choice)
+    # NOTE: "auto" without tools is "no tools" (OpenAI accepts it; chat's rule refuses it).
+    is_empty_auto = body.tool_choice == "auto" and not body.tools
+    fields["tool_choice"] = None if is_empty_auto else chat_tool_choice(body.tool_choice)
     try:
         return ChatCompletionRequest.model_validate({k: v for k, v in fields.items()
                                                      if v is not None})

@@ -25,7 +25,8 @@ def _events(response: httpx.Response) -> list[dict]:
 def test_every_honoured_param_reaches_the_engine(fake_server: FakeServer) -> None:
     body = {"model": "fake", "input": "hi", "instructions": "be brief", "max_output_tokens": 7,
             "temperature": 0.5, "top_p": 0.9, "stop": ["\n\n"], "top_k": 3, "seed": 11,
-            "min_tokens": 1, "store": False, "metadata": {"a": "b"}, "user": "u1"}
+            "min_tokens": 1, "store": False, "metadata": {"a": "b"}, "user": "u1",
+            "tool_choice": "auto", "tools": []}
     with fake_server.client() as client:
         response = client.post("/v1/responses", json=body)
     assert response.status_code == 200, response.text
