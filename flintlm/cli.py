@@ -132,6 +132,9 @@ def serve(
     prices_file: Annotated[str | None, _opt("prices_file")] = None,
     ledger_flush_interval_s: Annotated[float | None, _opt("ledger_flush_interval_s")] = None,
     rate_window_s: Annotated[float | None, _opt("rate_window_s")] = None,
+    response_ttl_s: Annotated[float | None, _opt("response_ttl_s")] = None,
+    max_stored_responses_per_key: Annotated[
+        int | None, _opt("max_stored_responses_per_key")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, ...)."""
     config = build_config(locals())

@@ -153,9 +153,16 @@ class PlatformConfig:
     """Phrases refused in prompts and completions with a 400 content_policy_violation."""
     max_prompt_chars: int | None = None
     """Longest prompt text accepted, in characters, before tokenizing; no cap when unset."""
+    response_ttl_s: float = 30 * 86_400.0
+    """How long a response stored by /v1/responses (`store: true`) is kept, in seconds."""
+    max_stored_responses_per_key: int = 1000
+    """Most responses /v1/responses keeps per API key; storing one more drops the oldest."""
 
     def __post_init__(self) -> None:
-        for name in ("ledger_flush_interval_s", "rate_window_s"):
+        if self.max_stored_responses_per_key < 1:
+            raise ValueError(f"max_stored_responses_per_key={self.max_stored_responses_per_key} "
+                             "must be at least 1")
+        for name in ("ledger_flush_interval_s", "rate_window_s", "response_ttl_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive number "
                                  "of seconds")

@@ -1,4 +1,5 @@
-"""ORM tables of the platform store: `api_keys` and `usage_events`, and their storage conventions.
+"""ORM tables of the platform store: `api_keys`, `usage_events` and `stored_responses`, and their
+storage conventions.
 
 Owns column types only; the schema itself is created by the Alembic migrations in
 `migrations/versions`, which must stay in step with these classes (a test compares them).
@@ -101,3 +102,19 @@ class UsageEventRow(Base):
     error_code: Mapped[str | None] = mapped_column(sa.String(64))
     cost_nano_usd: Mapped[int] = mapped_column(sa.BigInteger())
     created_at: Mapped[datetime] = mapped_column(sa.DateTime())
+
+
+class StoredResponseRow(Base):
+    """A response kept by /v1/responses with `store: true`, readable by its key only, until
+    `expires_at`. `context` holds the input items the model saw (instructions aside): the
+    previous response's context and output, then this request's input."""
+
+    __tablename__ = "stored_responses"
+    __table_args__ = (sa.Index(None, "key_id", "created_at"), sa.Index(None, "expires_at"))
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(sa.String(40))
+    response: Mapped[dict] = mapped_column(sa.JSON())
+    context: Mapped[list] = mapped_column(sa.JSON())
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime())
+    expires_at: Mapped[datetime] = mapped_column(sa.DateTime())
