@@ -27,6 +27,14 @@ def fresh() -> LLM:
     return LLM("default", dtype="float32", kv_cache_memory="32MiB", **REFERENCE_PATHS)
 
 
+def test_fault_spec_parses_or_names_the_format() -> None:
+    assert FaultInjector.parse("runner_batch=2, loop_step=7") == FaultInjector(
+        runner_batch=2, loop_step=7)
+    for bad in ("", "runner_call", "runner_call=0", "runner_call=x", "disk=1"):
+        with pytest.raises(ValueError, match="runner_call=N"):
+            FaultInjector.parse(bad)
+
+
 def run_to_end(engine: Engine, request_id: str, prompt: list[int]) -> list[RequestOutput]:
     engine.add_request(request_id, prompt, GREEDY)
     outputs = []
