@@ -86,11 +86,12 @@ class LiveServer:
             raise
 
 
-def launch_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_KEY
-                  ) -> LiveServer:
+def launch_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_KEY,
+                  env: dict[str, str] | None = None) -> LiveServer:
     """Start `python -m flintlm serve` without waiting for it (see `wait_until_ready`).
 
-    Its platform store is SQLite in `log_dir` unless `extra_args` name one.
+    Its platform store is SQLite in `log_dir` unless `extra_args` name one. The caller's FLINTLM_*
+    variables are dropped; `env` adds variables of the test's own (FLINTLM_FAULT_INJECT).
     """
     port = free_port()
     args = [sys.executable, "-m", "flintlm", "serve", *SERVER_ARGS, "--port", str(port),
@@ -100,9 +101,10 @@ def launch_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_
     if "--data-dir" not in extra_args and "--database-url" not in extra_args:
         args += ["--data-dir", str(log_dir / f"data-{port}")]
     log_path = log_dir / f"server-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLINTLM_")}
+    process_env = {k: v for k, v in os.environ.items() if not k.startswith("FLINTLM_")}
+    process_env.update(env or {})
     with log_path.open("wb") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=process_env)
     return LiveServer(process, port, api_key, log_path)
 
 

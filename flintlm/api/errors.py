@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from flintlm.engine.request import EngineOverloadedError, InvalidRequestError
+from flintlm.engine.request import EngineDeadError, EngineOverloadedError, InvalidRequestError
 
 RETRY_AFTER_S = 1
 
@@ -110,6 +110,9 @@ def to_api_error(exc: BaseException) -> APIError:
             "the server is overloaded; retry shortly", code="engine_overloaded",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
+    if isinstance(exc, EngineDeadError):
+        return ServiceUnavailable("the engine stopped after an internal error; this server "
+                                  "cannot serve requests until it restarts", code="engine_dead")
     return APIError("internal server error; the request was not completed")
 
 
@@ -181,7 +184,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _on_known(_: Request, exc: Exception) -> Response:
         return _json(to_api_error(exc))
 
-    for known in (APIError, InvalidRequestError, EngineOverloadedError):
+    for known in (APIError, InvalidRequestError, EngineOverloadedError, EngineDeadError):
         app.add_exception_handler(known, _on_known)
 
     # NOTE: Starlette sends this from its outermost middleware and re-raises, so uvicorn logs the

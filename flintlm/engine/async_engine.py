@@ -2,6 +2,7 @@
 
 Commands (add, abort) cross into the loop thread through a queue; outputs cross back with
 `call_soon_threadsafe` into one asyncio.Queue per request. The event loop never runs a model step.
+If the loop itself dies, every stream and every later request fails fast with EngineDeadError.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from flintlm import env
 from flintlm.engine.engine import Engine, EngineStats
+from flintlm.engine.faults import FaultInjector
 from flintlm.engine.request import (
-    EngineOverloadedError, FinishReason, InvalidRequestError, RequestOutput, SamplingParams,
+    EngineDeadError, EngineOverloadedError, InvalidRequestError, RequestOutput, SamplingParams,
 )
 
 if TYPE_CHECKING:
@@ -46,10 +49,17 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._accepting = True
+        self._failure: BaseException | None = None
 
     @classmethod
     def from_config(cls, config: FlintConfig, progress: bool = False) -> AsyncEngine:
-        engine = Engine.from_config(config, progress=progress)
+        faults = None
+        fault_spec = env.lookup("fault_inject")
+        if fault_spec is not None:
+            faults = FaultInjector.parse(fault_spec)
+            logger.warning("fault injection is on (%s=%s): for tests only",
+                           env.var_name("fault_inject"), fault_spec)
+        engine = Engine.from_config(config, progress=progress, faults=faults)
         engine.runner.limit_threads_for_small_steps(config.model.serving_single_thread_max_tokens)
         name = config.model.served_model_name or served_name_for(config.model.model)
         return cls(engine, name, config.scheduler.max_waiting)
@@ -82,6 +92,16 @@ class AsyncEngine:
     def num_in_flight(self) -> int:
         return len(self._streams)
 
+    @property
+    def failure(self) -> BaseException | None:
+        """What stopped the engine loop, or None while it serves."""
+        return self._failure
+
+    @property
+    def is_alive(self) -> bool:
+        """False once the loop has died: readiness answers 503 and no request can run."""
+        return self._failure is None
+
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
@@ -94,6 +114,7 @@ class AsyncEngine:
         any output; leaving the iteration early (client gone, cancelled) aborts the request."""
         if params.n != 1:
             raise InvalidRequestError("the engine takes n=1; fan out n>1 above it", "n")
+        self._raise_if_dead()
         self.engine.validate(prompt_token_ids, params)
         if not self._accepting:
             raise EngineOverloadedError("the server is shutting down")
@@ -110,6 +131,7 @@ class AsyncEngine:
         self._send("add", (request_id, prompt_token_ids, params, priority, cache_salt, arrival,
                            compiled_grammar))
         try:
+            self._raise_if_dead()  # died before it saw this stream: nothing would answer it
             while True:
                 item = await stream.outputs.get()
                 if isinstance(item, BaseException):
@@ -127,6 +149,10 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._send("abort", request_id)
 
+    def _raise_if_dead(self) -> None:
+        if self._failure is not None:
+            raise EngineDeadError(f"the engine stopped after an internal error: {self._failure}")
+
     # -- the loop thread -------------------------------------------------------------------------
 
     def _send(self, command: str, payload: Any) -> None:
@@ -134,6 +160,15 @@ class AsyncEngine:
         self._wakeup.set()
 
     def _run_loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # noqa: BLE001 - the loop's end is reported, not re-raised
+            self._die(exc)
+
+    def _serve(self) -> None:
+        """Step while there is work. A runner failure is handled inside `step()`; anything that
+        escapes it means the engine's own bookkeeping broke, and serving on could hand out KV
+        that was never written, so the loop stops instead (readiness then answers 503)."""
         engine = self.engine
         while not self._stopping:
             self._apply_commands()
@@ -141,15 +176,18 @@ class AsyncEngine:
                 self._wakeup.wait(timeout=1.0)
                 self._wakeup.clear()
                 continue
-            try:
-                outputs = engine.step()
-            except Exception as exc:  # never let one bad step kill the server's only engine
-                logger.exception("engine step failed")
-                outputs = [out for rid in list(engine.requests)
-                           if (out := engine.abort(rid)) is not None]
-                for out in outputs:
-                    out.finish_reason, out.error = FinishReason.ERROR, f"engine error: {exc}"
-            self._deliver(outputs)
+            if engine.faults is not None:
+                engine.faults.before_loop_step()
+            self._deliver(engine.step())
+
+    def _die(self, exc: BaseException) -> None:
+        """Mark the engine dead, then fail every stream (a stream added after the mark sees it
+        in `generate`, so none waits forever)."""
+        self._failure = exc
+        logger.critical("the engine loop died; every request now fails with 503", exc_info=exc)
+        error = EngineDeadError(f"the engine stopped after an internal error: {exc}")
+        for request_id in list(self._streams):
+            self._deliver_error(request_id, error)
 
     def _apply_commands(self) -> None:
         while True:
@@ -172,14 +210,19 @@ class AsyncEngine:
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         for output in outputs:
-            stream = self._streams.get(output.request_id)
-            if stream is not None:
-                stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, output)
+            self._put(output.request_id, output)
 
     def _deliver_error(self, request_id: str, exc: BaseException) -> None:
+        self._put(request_id, exc)
+
+    def _put(self, request_id: str, item: RequestOutput | BaseException) -> None:
         stream = self._streams.get(request_id)
-        if stream is not None:
-            stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, exc)
+        if stream is None:
+            return
+        try:
+            stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, item)
+        except RuntimeError:  # its event loop is closed: nobody is waiting any more
+            pass
 
 
 def served_name_for(model: str) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from flintlm.engine.cpu_dispatch import fold_dispatch, measured_dispatch
 from flintlm.engine.detokenizer import IncrementalDetokenizer
+from flintlm.engine.faults import FaultInjector
 from flintlm.engine.kv_blocks import BlockManager
 from flintlm.engine.model_runner import ModelRunner, resolve_device, resolve_dtype
 from flintlm.engine.outputs import RunnerOutput
@@ -94,8 +95,10 @@ def _loading_allocations() -> Iterator[None]:
 
 class Engine:
     def __init__(self, config: FlintConfig, checkpoint: LoadedCheckpoint,
-                 dispatch: DispatchTable | None = None):
+                 dispatch: DispatchTable | None = None, faults: FaultInjector | None = None):
+        """`faults` makes chosen steps fail on purpose (tests only; see `faults.py`)."""
         self.config = config
+        self.faults = faults
         self.tokenizer = checkpoint.tokenizer
         arch = checkpoint.arch
         wanted_len = config.model.max_model_len or arch.max_position_embeddings
@@ -118,7 +121,8 @@ class Engine:
                     self.runner.device)
 
     @classmethod
-    def from_config(cls, config: FlintConfig, progress: bool = False) -> Engine:
+    def from_config(cls, config: FlintConfig, progress: bool = False,
+                    faults: FaultInjector | None = None) -> Engine:
         """Load the configured model and build the engine; `progress` shows a tqdm bar."""
         from flintlm.loading import load_checkpoint
 
@@ -129,14 +133,15 @@ class Engine:
         dtype = resolve_dtype(config.model.dtype, device)
         with _loading_allocations():
             if not progress:
-                engine = cls(config, load_checkpoint(config.model.model, dtype), dispatch)
+                engine = cls(config, load_checkpoint(config.model.model, dtype), dispatch,
+                             faults)
             else:
                 from tqdm import tqdm
 
                 with tqdm(total=2, desc="Loading model", unit="step") as bar:
                     checkpoint = load_checkpoint(config.model.model, dtype)
                     bar.update(1)
-                    engine = cls(config, checkpoint, dispatch)
+                    engine = cls(config, checkpoint, dispatch, faults)
                     bar.update(1)
                     del checkpoint
         _return_freed_memory()
@@ -211,6 +216,8 @@ class Engine:
     # -- the step --------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        """One step. A runner failure fails only this step's requests (and takes back the prefix
+        hashes it published); an exception that escapes means the engine's own state broke."""
         scheduler_output = self.scheduler.schedule()
         runner_output = self._run(scheduler_output)
         return self._update(scheduler_output, runner_output)
@@ -219,6 +226,8 @@ class Engine:
         if scheduler_output.is_empty:
             return RunnerOutput()
         try:
+            if self.faults is not None:
+                self.faults.before_run(scheduler_output)
             return self.runner.execute(scheduler_output)
         except Exception:  # a failing batch must not take the engine down with it
             logger.exception("model runner failed; failing the %d requests of this step",
@@ -228,22 +237,38 @@ class Engine:
     def _update(self, scheduler_output: SchedulerOutput,
                 runner_output: RunnerOutput | None) -> list[RequestOutput]:
         if runner_output is None:
-            return [self._finish(s.request, FinishReason.ERROR, [], "", error="internal error")
-                    for s in scheduler_output.scheduled]
+            self.scheduler.rollback()
+            return [self._fail(s.request) for s in scheduler_output.scheduled]
         self.scheduler.update(scheduler_output)
         outputs = []
         for scheduled in scheduler_output.scheduled:
-            request = scheduled.request
-            chunk_logprobs = runner_output.prompt_logprobs.get(request.request_id)
-            if chunk_logprobs is not None:
-                if request.prompt_logprobs is None:
-                    request.prompt_logprobs = [None]  # the first token has no context
-                request.prompt_logprobs += [self._named(lp) for lp in chunk_logprobs]
-            if scheduled.is_sampling:
-                token_id = runner_output.sampled_token_ids[request.request_id]
-                outputs.append(self._append_token(
-                    request, token_id, runner_output.logprobs.get(request.request_id)))
+            try:
+                output = self._update_request(scheduled.request, scheduled.is_sampling,
+                                              runner_output)
+            except Exception:  # one request's bad output (grammar, detokenizer) is its own
+                logger.exception("updating %s failed", scheduled.request.request_id)
+                output = self._fail(scheduled.request)
+            if output is not None:
+                outputs.append(output)
         return outputs
+
+    def _update_request(self, request: Request, is_sampling: bool,
+                        runner_output: RunnerOutput) -> RequestOutput | None:
+        chunk_logprobs = runner_output.prompt_logprobs.get(request.request_id)
+        if chunk_logprobs is not None:
+            if request.prompt_logprobs is None:
+                request.prompt_logprobs = [None]  # the first token has no context
+            request.prompt_logprobs += [self._named(lp) for lp in chunk_logprobs]
+        if not is_sampling:
+            return None
+        token_id = runner_output.sampled_token_ids[request.request_id]
+        return self._append_token(request, token_id, runner_output.logprobs.get(request.request_id))
+
+    def _fail(self, request: Request) -> RequestOutput:
+        """End `request` with an engine error (its blocks freed at once), unless it has ended."""
+        if request.is_finished:
+            return self._output(request, [], "", None)
+        return self._finish(request, FinishReason.ERROR, [], "", error="internal error")
 
     def _append_token(self, request: Request, token_id: int,
                       logprobs: TokenLogprobs | None) -> RequestOutput:

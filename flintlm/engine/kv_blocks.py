@@ -34,7 +34,9 @@ class BlockManager:
     Invariants (checked by `check_integrity`):
       * every block is either referenced (ref_count > 0) or in the free list, never both;
       * a block in `_cached` maps hash -> block and the block remembers that hash;
-      * free blocks keep their hash (and so stay reusable) until they are handed out again.
+      * free blocks keep their hash (and so stay reusable) until they are handed out again;
+      * a hash names computed KV: blocks hashed since the last `commit()` are being written by
+        the step in flight, and `rollback()` (that step failed) takes their hashes back.
     Freed blocks without a hash go to the front of the free list (reused first, keeping memory
     touched small); hashed ones go to the back, so the least recently used is evicted first.
     """
@@ -51,6 +53,7 @@ class BlockManager:
         self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         # Per request: the hash chain of its full blocks computed so far (a cache, not state).
         self._request_hashes: dict[str, list[bytes]] = {}
+        self._uncommitted: list[int] = []  # blocks hashed by the step in flight
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -95,7 +98,8 @@ class BlockManager:
 
         The caller checked `can_allocate`. Full blocks are registered in the prefix cache as soon
         as their tokens are scheduled: the runner writes each layer's KV before reading it, so a
-        request that hits them in the same step still reads computed values.
+        request that hits them in the same step still reads computed values (`n` copies of one
+        prompt share its prefill). Until `commit()` they are provisional: see `rollback()`.
         """
         num_new_blocks = self._num_new_blocks(request, num_new_tokens, len(cached_block_ids))
         for block_id in cached_block_ids:
@@ -120,6 +124,21 @@ class BlockManager:
                     self._free.move_to_end(block_id, last=False)
         request.block_ids = []
         self._request_hashes.pop(request.request_id, None)
+
+    def commit(self) -> None:
+        """The step in flight wrote its KV: the blocks it hashed now hold what their hash names."""
+        self._uncommitted.clear()
+
+    def rollback(self) -> None:
+        """The step in flight failed: take back the hashes it published, so no later request
+        reads KV that was never written. Only that step's requests can hold those blocks (a hit
+        on one is a hit within the same step); they fail with it and free them unhashed."""
+        for block_id in self._uncommitted:
+            block_hash = self._block_hash[block_id]
+            if block_hash is not None and self._cached.get(block_hash) == block_id:
+                del self._cached[block_hash]
+            self._block_hash[block_id] = None
+        self._uncommitted.clear()
 
     def reset_prefix_cache(self) -> None:
         for block_hash, block_id in list(self._cached.items()):
@@ -171,3 +190,4 @@ class BlockManager:
             if self._block_hash[block_id] is None and block_hash not in self._cached:
                 self._block_hash[block_id] = block_hash
                 self._cached[block_hash] = block_id
+                self._uncommitted.append(block_id)

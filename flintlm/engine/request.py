@@ -30,6 +30,10 @@ class EngineOverloadedError(RuntimeError):
     """The waiting queue is full; the server answers 503 with Retry-After."""
 
 
+class EngineDeadError(RuntimeError):
+    """The engine loop stopped after an internal error; nothing more will run (503)."""
+
+
 class FinishReason(str, enum.Enum):
     STOP = "stop"  # EOS, a stop token id or a stop string
     LENGTH = "length"  # max_tokens or the context length

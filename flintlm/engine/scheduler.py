@@ -74,9 +74,15 @@ class Scheduler:
 
     def update(self, output: SchedulerOutput) -> None:
         """Record that the runner computed what `output` scheduled."""
+        self.blocks.commit()
         for scheduled in output.scheduled:
             scheduled.request.num_computed_tokens += scheduled.num_scheduled_tokens
             self.num_computed_tokens_total += scheduled.num_scheduled_tokens
+
+    def rollback(self) -> None:
+        """The runner failed on the step just scheduled: no block it was filling may stay in the
+        prefix cache. The caller fails the requests that step scheduled."""
+        self.blocks.rollback()
 
     # -- policies --------------------------------------------------------------------------------
 

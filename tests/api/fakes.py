@@ -80,6 +80,7 @@ class FakeEngine:
     submitted: list[Submitted] = field(default_factory=list)
     aborted: set[str] = field(default_factory=set)
     running: set[str] = field(default_factory=set)
+    is_alive: bool = True
 
     def start(self) -> None: ...
 

@@ -84,3 +84,25 @@ def test_prefix_hit_allocates_blocks_for_every_new_token():
     blocks.allocate(second, second.num_tokens - 12, hit)
     assert len(second.block_ids) == blocks.num_blocks_for(second.num_tokens)
     blocks.check_integrity()
+
+
+def test_rollback_unpublishes_only_the_failed_steps_blocks():
+    blocks = BlockManager(num_blocks=16, block_size=4)
+    earlier = make_request(prompt=list(range(9)))
+    blocks.allocate(earlier, 9)
+    blocks.commit()  # the step that filled its two full blocks succeeded
+    # the next step: a request sharing those two blocks fills two more, and a same-step
+    # neighbour hits one of the new ones; then the runner fails
+    failed = make_request(prompt=list(range(17)))
+    hit = blocks.find_cached_prefix(failed)
+    assert hit == earlier.block_ids[:2]
+    blocks.allocate(failed, 17 - 8, hit)
+    neighbour = make_request(prompt=list(range(12)) + [50])
+    assert len(blocks.find_cached_prefix(neighbour)) == 3  # same-step sharing
+    blocks.rollback()
+    blocks.free(failed)
+    blocks.check_integrity()
+    # the blocks the failed step was writing are no longer a prefix; the committed ones are
+    assert blocks.find_cached_prefix(make_request(prompt=list(range(17)))) == hit
+    assert blocks.find_cached_prefix(neighbour) == hit
+    assert blocks.num_used_blocks == len(earlier.block_ids)

@@ -124,14 +124,15 @@ def platform_args(store_url: str, *extra: str) -> tuple[str, ...]:
 
 
 @contextmanager
-def platform_servers(log_dir: Path, store_url: str, *extra: str, count: int = 1
-                     ) -> Iterator[list[PlatformServer]]:
-    """`count` servers on one store, started in parallel, stopped (SIGTERM) at the end."""
+def platform_servers(log_dir: Path, store_url: str, *extra: str, count: int = 1,
+                     env: dict[str, str] | None = None) -> Iterator[list[PlatformServer]]:
+    """`count` servers on one store, started in parallel, stopped (SIGTERM) at the end; `env`
+    as `launch_server` takes it."""
     if count > 1:  # NOTE: servers migrating one fresh SQLite file at once may collide
         db = Database(store_url)
         db.migrate()
         db.close()
-    lives = [launch_server(log_dir, *platform_args(store_url, *extra), api_key=None)
+    lives = [launch_server(log_dir, *platform_args(store_url, *extra), api_key=None, env=env)
              for _ in range(count)]
     servers = []
     try:

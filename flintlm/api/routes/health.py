@@ -14,6 +14,8 @@ router = APIRouter()
 async def health(serving: Serving) -> dict[str, str]:
     if serving.is_draining:
         raise ServiceUnavailable("the server is shutting down", code="server_draining")
+    if not serving.engine.is_alive:
+        raise ServiceUnavailable("the engine stopped after an internal error", code="engine_dead")
     return {"status": "ok"}
 
 
