@@ -32,11 +32,10 @@ logger = logging.getLogger("flintlm.api")
 TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 # Anthropic fields not honoured here -> the values that mean "not used" (accepted as no-ops).
 UNSUPPORTED_MESSAGES: dict[str, tuple[Any, ...]] = {
-    "thinking": (None, {"type": "disabled"}),
     "service_tier": (None, "auto", "standard_only"),
     "container": (None,),
     "mcp_servers": (None, []),
-    "context_management": (None,),
+    "speed": (None, "standard"),
 }
 # Block types a request may carry; the others ("image", "document", "thinking", ...) get a 400.
 INPUT_BLOCK_TYPES = ("text", "tool_use", "tool_result")
@@ -74,7 +73,8 @@ class ContentBlock(BaseModel):
 
 class InputMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["user", "assistant"]
+    # NOTE: "system" mid-conversation is a beta Claude Code uses (mid-conversation-system).
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
     def blocks(self) -> list[ContentBlock]:
@@ -103,6 +103,37 @@ class Metadata(BaseModel):
     user_id: str | None = None
 
 
+class ThinkingConfig(BaseModel):
+    """Extended thinking: this model has none. "adaptive" lets the model decide whether to
+    think, so it is honoured by not thinking; "enabled" asks for thinking and is a 400."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = None
+
+
+class OutputFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(BaseModel):
+    """`effort` tunes how much a model thinks; with no thinking there is nothing to tune, so every
+    level answers alike. `format` is honoured: the output is constrained to the JSON schema."""
+
+    model_config = ConfigDict(extra="forbid")
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    format: OutputFormat | None = None
+
+
+class ContextManagement(BaseModel):
+    """Server-side context edits. Only clearing thinking blocks is accepted: there are none."""
+
+    model_config = ConfigDict(extra="allow")
+    edits: list[dict[str, Any]] = []
+
+
 class MessagesRequest(BaseModel):
     """`POST /v1/messages`; `count_tokens` takes the same fields less the sampling ones."""
 
@@ -121,6 +152,9 @@ class MessagesRequest(BaseModel):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     metadata: Metadata | None = None
+    thinking: ThinkingConfig | None = None
+    output_config: OutputConfig | None = None
+    context_management: ContextManagement | None = None
     _constraint: constraints.Constraint | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
@@ -146,11 +180,32 @@ class MessagesRequest(BaseModel):
             _check_blocks(i, message)
         if any(not s for s in self.stop_sequences or []):
             raise invalid("stop_sequences", "stop sequences must not be empty")
+        if self.thinking is not None and self.thinking.type == "enabled":
+            raise invalid("thinking", "extended thinking is not supported by this model; send "
+                          "thinking {'type': 'disabled'} or {'type': 'adaptive'}")
+        edits = self.context_management.edits if self.context_management else []
+        unsupported = [e.get("type") for e in edits
+                       if not str(e.get("type", "")).startswith("clear_thinking")]
+        if unsupported:
+            raise invalid("context_management.edits",
+                          f"context edit {unsupported[0]!r} is not supported by this server")
         try:
-            self._constraint = self._tool_constraint()
+            tool_constraint = self._tool_constraint()
+            format_constraint = self._format_constraint()
         except InvalidRequestError as exc:
             raise invalid(exc.param or "tools", exc.message) from exc
+        if tool_constraint is not None and format_constraint is not None:
+            raise invalid("output_config.format", "output_config.format cannot be combined "
+                          "with tools unless tool_choice is 'none'")
+        self._constraint = tool_constraint or format_constraint
         return self
+
+    def _format_constraint(self) -> constraints.Constraint | None:
+        output_format = self.output_config.format if self.output_config else None
+        if output_format is None:
+            return None
+        return constraints.checked(constraints.Constraint(
+            "output_config.format.schema", {"json_schema": output_format.schema_}))
 
     @property
     def tool_choice_name(self) -> str:
@@ -198,8 +253,7 @@ class MessagesRequest(BaseModel):
         """The conversation as chat messages: `system` first, tool_result blocks as tool
         messages, tool_use blocks as the assistant's tool calls."""
         messages: list[ChatMessage] = []
-        system = self.system if isinstance(self.system, str) else "".join(
-            block.text for block in self.system or [])
+        system = _text_of(self.system)
         if system:
             messages.append(ChatMessage(role="system", content=system))
         for message in self.messages:
@@ -233,6 +287,8 @@ def _check_blocks(index: int, message: InputMessage) -> None:
                           f"content block type {block.type!r} is not supported: {reason}")
         if block.type == "text" and block.text is None:
             raise invalid(f"{where}.text", "text blocks need text")
+        if message.role == "system" and block.type != "text":
+            raise invalid(f"{where}.type", "system messages carry text blocks only")
         if block.type == "tool_use":
             if message.role != "assistant":
                 raise invalid(f"{where}.type", "only assistant messages carry tool_use blocks")
@@ -245,9 +301,17 @@ def _check_blocks(index: int, message: InputMessage) -> None:
                 raise invalid(f"{where}.tool_use_id", "tool_result blocks need tool_use_id")
 
 
+def _text_of(system: str | list[TextBlock] | None) -> str:
+    if isinstance(system, list):
+        return "".join(block.text for block in system)
+    return system or ""
+
+
 def _chat_messages(message: InputMessage) -> list[ChatMessage]:
     blocks = message.blocks()
     text = "".join(block.text or "" for block in blocks if block.type == "text")
+    if message.role == "system":
+        return [ChatMessage(role="system", content=text)]
     if message.role == "assistant":
         calls = [ToolCall(id=block.id or "", function=FunctionCall(
             name=block.name or "", arguments=json.dumps(block.input)))
@@ -302,7 +366,8 @@ class MessageResponse(BaseModel):
     role: Literal["assistant"] = "assistant"
     model: str
     content: list[ResponseBlock]
-    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"] | None = None
+    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use",
+                         "model_context_window_exceeded"] | None = None
     stop_sequence: str | None = None
     usage: MessagesUsage
 

@@ -51,13 +51,21 @@ async def create_message(
     check_model(body.model, engine)
     prompt_ids = render_chat(engine.tokenizer, body.chat_messages(), tools=body.active_tools)
     params = body.sampling_params()
+    # NOTE: clients ask for max_tokens whatever the model (Claude Code: 32,000). As Anthropic's
+    # API does, a request whose max_tokens passes the context window runs up to the window and
+    # ends with stop_reason "model_context_window_exceeded"; a prompt that fills it is a 400.
+    room = engine.max_model_len - len(prompt_ids)
+    is_window_bound = 0 < room < body.max_tokens
+    if is_window_bound:
+        params.max_tokens = room
     request_id = f"msg_{uuid.uuid4().hex}"
     ticket = await admission.admit(key, request_id, [prompt_ids], params, body.end_user)
     generation = await Generation.start(
         engine, serving.metrics, ticket, request.receive, [prompt_ids], params,
         cache_salt=ticket.cache_salt,
     )
-    encoder = MessageEncoder(request_id, engine.model_name, bool(body.active_tools))
+    encoder = MessageEncoder(request_id, engine.model_name, bool(body.active_tools),
+                             is_window_bound=is_window_bound)
     if body.stream:
         return SSEResponse(generation, message_events(generation, encoder))
     try:
@@ -96,9 +104,11 @@ class MessageEncoder:
     (a call cut off by max_tokens is dropped and the message still ends in `tool_use`).
     """
 
-    def __init__(self, message_id: str, model: str, parses_tool_calls: bool):
+    def __init__(self, message_id: str, model: str, parses_tool_calls: bool, *,
+                 is_window_bound: bool = False):
         self.message_id = message_id
         self.model = model
+        self.is_window_bound = is_window_bound  # max_tokens was cut to the context window
         self.parser = ToolCallParser() if parses_tool_calls else None
         self.blocks: list[ResponseBlock] = []
         self.is_text_open = False  # whether the last block is a text block still growing
@@ -161,6 +171,8 @@ class MessageEncoder:
                                has_calls)
         if reason == FinishReason.STOP.value and isinstance(output.stop_reason, str):
             self.stop_reason, self.stop_sequence = "stop_sequence", output.stop_reason
+        elif reason == FinishReason.LENGTH.value and self.is_window_bound:
+            self.stop_reason = "model_context_window_exceeded"
         else:
             self.stop_reason = STOP_REASONS.get(reason or "", reason)
 
