@@ -274,6 +274,67 @@ def test_one_ledger_row_per_request_matching_usage(served: PlatformServer) -> No
             message.usage.output_tokens)
 
 
+def test_a_request_shaped_as_claude_code_sends_it(served: PlatformServer, key: IssuedKey) -> None:
+    """The fields Claude Code (2.1, `--bare`) sends with every request, on its `?beta=true` URL."""
+    body = {
+        "model": "default", "max_tokens": 32000, "stream": True, "temperature": 0,
+        "system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1;"},
+                   {"type": "text", "text": "You are a helpful assistant.",
+                    "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "What is 2 + 2?",
+                                          "cache_control": {"type": "ephemeral"}}]},
+            {"role": "system", "content": "Answer with one number."}],
+        "tools": [{**WEATHER, "cache_control": {"type": "ephemeral"}}],
+        "metadata": {"user_id": json.dumps({"device_id": "d", "session_id": "s"})},
+        "thinking": {"type": "adaptive"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "high"},
+    }
+    with httpx.Client(base_url=served.url, timeout=HANG_TIMEOUT_S) as http:
+        counted = http.post("/v1/messages/count_tokens?beta=true", headers={
+            "x-api-key": key.secret}, json={k: v for k, v in body.items()
+                                            if k not in ("max_tokens", "stream")})
+        assert counted.status_code == 200, counted.text
+    names = _event_names(served, key, body)
+    assert EVENT_ORDER.fullmatch(" ".join(names)), names
+
+
+def test_max_tokens_past_the_context_window_runs_to_the_window(served: PlatformServer,
+                                                               key: IssuedKey) -> None:
+    """Clients ask for more than a small model's window (Claude Code: 32,000 tokens)."""
+    def prompt(num_words: int) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": "Repeat: " + " ".join(["stone"] * num_words)}]
+
+    num_room = 4
+    low, high = 1, 4096  # the longest prompt that leaves num_room tokens of the 2,048 or more
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _count(served, key, messages=prompt(middle)) + num_room <= 2048:
+            low = middle
+        else:
+            high = middle - 1
+    num_prompt = _count(served, key, messages=prompt(low))
+    message = _create(served, key, messages=prompt(low), max_tokens=32000)
+    assert message.stop_reason == "model_context_window_exceeded", message
+    assert _total_input(message.usage) == num_prompt
+    assert num_prompt + message.usage.output_tokens == 2048
+    with pytest.raises(anthropic.BadRequestError):  # a prompt that fills the window
+        _create(served, key, messages=prompt(4096))
+
+
+def test_output_config_format_is_a_json_schema_constraint(served: PlatformServer,
+                                                          key: IssuedKey) -> None:
+    schema = {"type": "object", "required": ["name", "age"], "additionalProperties": False,
+              "properties": {"name": {"type": "string", "maxLength": 16},
+                             "age": {"type": "integer", "minimum": 0, "maximum": 120}}}
+    message = _create(served, key, max_tokens=60, extra_body={
+        "temperature": 0, "output_config": {"format": {"type": "json_schema", "schema": schema}}},
+        messages=[{"role": "user", "content": "A person as JSON."}])
+    assert message.stop_reason == "end_turn"
+    jsonschema.validate(json.loads(message.content[0].text), schema)
+
+
 # --- the fake engine: failures -------------------------------------------------------------
 
 
