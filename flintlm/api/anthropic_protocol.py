@@ -360,14 +360,17 @@ def messages_usage(usage: Usage) -> MessagesUsage:
                          cache_read_input_tokens=usage.cached_tokens)
 
 
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use",
+                     "model_context_window_exceeded"]
+
+
 class MessageResponse(BaseModel):
     id: str
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
     model: str
     content: list[ResponseBlock]
-    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use",
-                         "model_context_window_exceeded"] | None = None
+    stop_reason: StopReason | None = None
     stop_sequence: str | None = None
     usage: MessagesUsage
 

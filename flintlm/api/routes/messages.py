@@ -22,6 +22,7 @@ from flintlm.api.anthropic_protocol import (
     ResponseBlock,
     ResponseTextBlock,
     ResponseToolUseBlock,
+    StopReason,
     messages_usage,
 )
 from flintlm.api.deps import AdmissionDep, AuthedKey, EngineDep, Serving, check_model
@@ -36,7 +37,9 @@ logger = logging.getLogger("flintlm.api")
 
 router = APIRouter(route_class=AnthropicRoute)
 
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+# The API's finish reasons (tool_calls.finish_reason) as Anthropic's stop reasons.
+STOP_REASONS: dict[str, StopReason] = {"stop": "end_turn", "length": "max_tokens",
+                                       "tool_calls": "tool_use"}
 
 
 @router.post("/v1/messages", response_model=None)
@@ -68,14 +71,7 @@ async def create_message(
                              is_window_bound=is_window_bound)
     if body.stream:
         return SSEResponse(generation, message_events(generation, encoder))
-    try:
-        async for _, output in generation.outputs():
-            raise_if_failed(output, generation.is_disconnected)
-            encoder.feed(output)
-    finally:
-        await generation.close()
-    return Response(encoder.message(generation.usage).model_dump_json(),
-                    media_type="application/json")
+    return await message_response(generation, encoder)
 
 
 @router.post("/v1/messages/count_tokens")
@@ -112,7 +108,7 @@ class MessageEncoder:
         self.parser = ToolCallParser() if parses_tool_calls else None
         self.blocks: list[ResponseBlock] = []
         self.is_text_open = False  # whether the last block is a text block still growing
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.stop_sequence: str | None = None
 
     def feed(self, output: RequestOutput) -> list[dict[str, Any]]:
@@ -174,7 +170,7 @@ class MessageEncoder:
         elif reason == FinishReason.LENGTH.value and self.is_window_bound:
             self.stop_reason = "model_context_window_exceeded"
         else:
-            self.stop_reason = STOP_REASONS.get(reason or "", reason)
+            self.stop_reason = STOP_REASONS.get(reason or "")
 
     def opening(self, usage: Usage) -> dict[str, Any]:
         start = self.message(usage).model_dump()
@@ -196,6 +192,18 @@ class MessageEncoder:
 def sse_event(payload: dict[str, Any] | BaseModel) -> str:
     data = payload if isinstance(payload, dict) else payload.model_dump()
     return f"event: {data['type']}\ndata: {json.dumps(data)}\n\n"
+
+
+async def message_response(generation: Generation, encoder: MessageEncoder) -> Response:
+    """The whole message as one JSON body, built by the same encoder as the stream."""
+    try:
+        async for _, output in generation.outputs():
+            raise_if_failed(output, generation.is_disconnected)
+            encoder.feed(output)
+    finally:
+        await generation.close()
+    return Response(encoder.message(generation.usage).model_dump_json(),
+                    media_type="application/json")
 
 
 async def message_events(generation: Generation, encoder: MessageEncoder) -> AsyncIterator[str]:
