@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from tests.conftest import HANG_TIMEOUT_S
 from tests.platform.served import IssuedKey, PlatformServer, platform_servers
 
-from .conftest import FakeServer
+from .conftest import FAKE_KEY, FakeServer
 from .fakes import FAIL_AT_ONCE, FAIL_LATER
 
 GREEDY = {"extra_body": {"temperature": 0}}
@@ -362,3 +362,18 @@ def test_a_failure_after_the_first_byte_is_an_in_band_error_event(
         "type": "api_error", "message": failed.json()["error"]["message"]}}
     settled = [request_id for request_id, _, _ in fake_server.admission.settled]
     assert len(settled) == len(set(settled))
+
+
+def test_a_draining_server_is_overloaded_in_anthropics_terms(fake_server: FakeServer) -> None:
+    client = anthropic.Anthropic(base_url=fake_server.base_url, api_key=FAKE_KEY,
+                                 max_retries=0, timeout=HANG_TIMEOUT_S)
+    fake_server.serving.is_draining = True
+    try:
+        with pytest.raises(anthropic.OverloadedError) as error:
+            client.messages.create(model=fake_server.engine.model_name, max_tokens=4,
+                                   messages=QUESTION)
+    finally:
+        fake_server.serving.is_draining = False
+    assert error.value.status_code == 529
+    assert error.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    assert error.value.response.headers.get("retry-after")
