@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -256,8 +257,15 @@ def test_model_scoping_and_rate_limits_answer_in_anthropics_shape(
     assert sorted(row["status"] for row in rows) == ["finished", "rejected"]
 
 
+def _generated_tokens(served: PlatformServer) -> float:
+    text = httpx.get(f"{served.url}/metrics", timeout=HANG_TIMEOUT_S).text
+    match = re.search(r'^flintlm_generation_tokens_total\{model="default"\} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def test_one_ledger_row_per_request_matching_usage(served: PlatformServer) -> None:
     billed = served.create_key("billed")
+    generated_before = _generated_tokens(served)
     messages = [_create(served, billed, max_tokens=5),
                 _create(served, billed, tools=[ADD], tool_choice={"type": "any"}, max_tokens=60,
                         messages=[{"role": "user", "content": "Add 2 and 3."}])]
@@ -272,6 +280,13 @@ def test_one_ledger_row_per_request_matching_usage(served: PlatformServer) -> No
         assert (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) == (
             _total_input(message.usage), message.usage.cache_read_input_tokens,
             message.usage.output_tokens)
+    # The metrics saw them too (observed as each request closes, around its ledger row).
+    num_output = sum(message.usage.output_tokens for message in messages)
+    deadline = time.monotonic() + HANG_TIMEOUT_S
+    while _generated_tokens(served) - generated_before < num_output:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert _generated_tokens(served) - generated_before == num_output
 
 
 def test_a_request_shaped_as_claude_code_sends_it(served: PlatformServer, key: IssuedKey) -> None:
