@@ -259,7 +259,8 @@ def test_model_scoping_and_rate_limits_answer_in_anthropics_shape(
 
 def _generated_tokens(served: PlatformServer) -> float:
     text = httpx.get(f"{served.url}/metrics", timeout=HANG_TIMEOUT_S).text
-    match = re.search(r'^flintlm_generation_tokens_total\{model="default"\} (\S+)$', text, re.M)
+    match = re.search(r'^flintlm_generation_tokens_total\{model="default"\} (\S+)$', text,
+                      re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
