@@ -178,6 +178,11 @@ class MessagesRequest(BaseModel):
             logger.info("ignoring unknown request fields: %s", ", ".join(ignored))
         for i, message in enumerate(self.messages):
             _check_blocks(i, message)
+        last = len(self.messages) - 1
+        if self.messages[last].role == "assistant":
+            # TODO(#15): continue a prefilled assistant turn instead of refusing it.
+            raise invalid(f"messages[{last}].role", "a final assistant message (prefill) is not "
+                          "supported by this server; end with a user message")
         if any(not s for s in self.stop_sequences or []):
             raise invalid("stop_sequences", "stop sequences must not be empty")
         if self.thinking is not None and self.thinking.type == "enabled":

@@ -231,6 +231,9 @@ def test_bad_requests_are_400s_naming_what(served: PlatformServer, key: IssuedKe
               "thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
             ({"model": "default", "max_tokens": 4, "messages": QUESTION, "tools": [WEATHER],
               "tool_choice": {"type": "tool", "name": "nope"}}, "tool_choice"),
+            ({"model": "default", "max_tokens": 4, "messages": [
+                *QUESTION, {"role": "assistant", "content": "The capital is"}]},
+             "messages[1].role"),
         ]:
             response = http.post("/v1/messages", json=body)
             assert response.status_code == 400, response.text
