@@ -62,12 +62,12 @@ class ContentBlock(BaseModel):
     name: str | None = None  # tool_use
     input: dict[str, Any] | None = None  # tool_use
     tool_use_id: str | None = None  # tool_result
-    content: str | list[TextBlock] | None = None  # tool_result
+    content: str | list[ContentBlock] | None = None  # tool_result: text blocks
     is_error: bool | None = None  # tool_result
 
     def result_text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(block.text for block in self.content)
+            return "".join(block.text or "" for block in self.content)
         return self.content or ""
 
 
@@ -304,6 +304,10 @@ def _check_blocks(index: int, message: InputMessage) -> None:
                 raise invalid(f"{where}.type", "only user messages carry tool_result blocks")
             if not block.tool_use_id:
                 raise invalid(f"{where}.tool_use_id", "tool_result blocks need tool_use_id")
+            for k, part in enumerate(block.content if isinstance(block.content, list) else []):
+                if part.type != "text" or part.text is None:
+                    raise invalid(f"{where}.content[{k}].type", f"tool_result content block "
+                                  f"type {part.type!r} is not supported: send text")
 
 
 def _text_of(system: str | list[TextBlock] | None) -> str:

@@ -234,6 +234,10 @@ def test_bad_requests_are_400s_naming_what(served: PlatformServer, key: IssuedKe
             ({"model": "default", "max_tokens": 4, "messages": [
                 *QUESTION, {"role": "assistant", "content": "The capital is"}]},
              "messages[1].role"),
+            ({"model": "default", "max_tokens": 4, "messages": [
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                              "content": [image]}]}]},
+             "messages[0].content[0].content[0].type"),
         ]:
             response = http.post("/v1/messages", json=body)
             assert response.status_code == 400, response.text
