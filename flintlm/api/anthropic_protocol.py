@@ -180,9 +180,13 @@ class MessagesRequest(BaseModel):
             _check_blocks(i, message)
         last = len(self.messages) - 1
         if self.messages[last].role == "assistant":
-            # TODO(#15): continue a prefilled assistant turn instead of refusing it.
-            raise invalid(f"messages[{last}].role", "a final assistant message (prefill) is not "
-                          "supported by this server; end with a user message")
+            blocks = self.messages[last].blocks()
+            if any(block.type != "text" for block in blocks):
+                raise invalid(f"messages[{last}].content", "a final assistant message (prefill) "
+                              "carries text only")
+            if self.prefill != self.prefill.rstrip():
+                raise invalid(f"messages[{last}].content", "final assistant content cannot end "
+                              "with trailing whitespace")
         if any(not s for s in self.stop_sequences or []):
             raise invalid("stop_sequences", "stop sequences must not be empty")
         if self.thinking is not None and self.thinking.type == "enabled":
@@ -254,14 +258,24 @@ class MessagesRequest(BaseModel):
     def end_user(self) -> str | None:
         return self.metadata.user_id if self.metadata is not None else None
 
+    @property
+    def prefill(self) -> str:
+        """The text of a final assistant message: the answer continues it."""
+        last = self.messages[-1]
+        if last.role != "assistant":
+            return ""
+        return "".join(block.text or "" for block in last.blocks())
+
     def chat_messages(self) -> list[ChatMessage]:
-        """The conversation as chat messages: `system` first, tool_result blocks as tool
-        messages, tool_use blocks as the assistant's tool calls."""
+        """The conversation as chat messages, less a final assistant message (`prefill`):
+        `system` first, tool_result blocks as tool messages, tool_use blocks as the assistant's
+        tool calls."""
         messages: list[ChatMessage] = []
         system = _text_of(self.system)
         if system:
             messages.append(ChatMessage(role="system", content=system))
-        for message in self.messages:
+        history = self.messages[:-1] if self.messages[-1].role == "assistant" else self.messages
+        for message in history:
             messages += _chat_messages(message)
         return messages
 

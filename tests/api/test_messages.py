@@ -190,6 +190,15 @@ def test_named_tool_and_a_tool_result_round_trip(served: PlatformServer, key: Is
                                                    tool_choice={"type": "none"})
 
 
+def test_a_final_assistant_message_is_continued(served: PlatformServer, key: IssuedKey) -> None:
+    prefill = [*QUESTION, {"role": "assistant", "content": "The capital of France is"}]
+    message = _create(served, key, messages=prefill)
+    text = message.content[0].text
+    assert "Paris" in text and not text.startswith("The capital")  # only the continuation
+    assert _total_input(message.usage) == _count(served, key, messages=prefill)
+    assert _count(served, key, messages=prefill) > _count(served, key)
+
+
 def test_count_tokens_equals_input_tokens(served: PlatformServer, key: IssuedKey) -> None:
     fresh = [{"role": "user", "content": f"Spell {uuid.uuid4().hex[:8]} backwards."}]
     system = f"You are terse. Session {uuid.uuid4().hex}."  # nothing of it is cached yet
@@ -232,8 +241,8 @@ def test_bad_requests_are_400s_naming_what(served: PlatformServer, key: IssuedKe
             ({"model": "default", "max_tokens": 4, "messages": QUESTION, "tools": [WEATHER],
               "tool_choice": {"type": "tool", "name": "nope"}}, "tool_choice"),
             ({"model": "default", "max_tokens": 4, "messages": [
-                *QUESTION, {"role": "assistant", "content": "The capital is"}]},
-             "messages[1].role"),
+                *QUESTION, {"role": "assistant", "content": "The capital is "}]},
+             "messages[1].content"),
             ({"model": "default", "max_tokens": 4, "messages": [
                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
                                               "content": [image]}]}]},

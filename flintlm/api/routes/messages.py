@@ -5,10 +5,9 @@ chat (chat template, admission, engine, ledger), answered as one message or Anth
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
@@ -33,7 +32,8 @@ from flintlm.api.streaming import SSEResponse
 from flintlm.api.tool_calls import ToolCallParser, finish_reason
 from flintlm.engine.request import FinishReason, RequestOutput, Usage
 
-logger = logging.getLogger("flintlm.api")
+if TYPE_CHECKING:
+    from flintlm.loading.tokenizer import Tokenizer
 
 router = APIRouter(route_class=AnthropicRoute)
 
@@ -52,7 +52,7 @@ async def create_message(
     admission: AdmissionDep,
 ) -> Response:
     check_model(body.model, engine)
-    prompt_ids = render_chat(engine.tokenizer, body.chat_messages(), tools=body.active_tools)
+    prompt_ids = render_prompt(engine.tokenizer, body)
     params = body.sampling_params()
     # NOTE: clients ask for max_tokens whatever the model (Claude Code: 32,000). As Anthropic's
     # API does, a request whose max_tokens passes the context window runs up to the window and
@@ -81,8 +81,7 @@ async def count_tokens(body: CountTokensRequest, engine: EngineDep, key: AuthedK
     check_model(body.model, engine)
     if not key.is_model_allowed(engine.model_name):
         raise PermissionDenied(f"The key {key.id} may not use the model {engine.model_name!r}.")
-    prompt_ids = render_chat(engine.tokenizer, body.chat_messages(), tools=body.active_tools)
-    return CountTokensResponse(input_tokens=len(prompt_ids))
+    return CountTokensResponse(input_tokens=len(render_prompt(engine.tokenizer, body)))
 
 
 @router.api_route("/v1/messages/{path:path}", methods=["GET", "POST", "DELETE"],
@@ -90,6 +89,15 @@ async def count_tokens(body: CountTokensRequest, engine: EngineDep, key: AuthedK
 async def unknown_messages_route(path: str) -> Response:
     """Message batches and the like: not served, said in Anthropic's shape."""
     raise NotFound(f"/v1/messages/{path} is not served by this server")
+
+
+def render_prompt(tokenizer: Tokenizer, body: MessagesRequest) -> list[int]:
+    """The prompt's token ids: the conversation through the chat template, then the text of a
+    final assistant message (prefill), which the answer continues."""
+    prompt_ids = render_chat(tokenizer, body.chat_messages(), tools=body.active_tools)
+    if body.prefill:
+        prompt_ids += tokenizer.encode(body.prefill, add_special_tokens=False)
+    return prompt_ids
 
 
 class MessageEncoder:
