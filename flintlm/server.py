@@ -25,8 +25,17 @@ from fastapi import FastAPI
 from flintlm.api.deps import Admission, ServingState
 from flintlm.api.errors import install_error_handlers
 from flintlm.api.middleware import RateLimitHeaders
-from flintlm.api.routes import admin, chat, completions, health, models, tokenize, usage
-from flintlm.api.routes import responses as responses_route
+from flintlm.api.routes import (
+    admin,
+    chat,
+    completions,
+    health,
+    messages,
+    models,
+    responses,
+    tokenize,
+    usage,
+)
 from flintlm.observability.logging import configure as configure_logging
 from flintlm.observability.metrics import Metrics
 
@@ -60,7 +69,8 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission) ->
     app.state.serving = serving
     install_error_handlers(app)
     app.add_middleware(RateLimitHeaders)
-    for module in (chat, completions, models, tokenize, usage, admin, health, responses_route):
+    for module in (chat, completions, responses, messages, models, tokenize, usage, admin,
+                   health):
         app.include_router(module.router)
     return app
 

@@ -59,14 +59,18 @@ def checked(constraint: Constraint) -> Constraint:
     return constraint
 
 
-def for_tools(tools: list[ToolDefinition], choice: str | None, is_parallel: bool
-              ) -> Constraint | None:
-    """The constraint that makes every tool call parse and match its schema (see tool_calls)."""
+def for_tools(tools: list[ToolDefinition], choice: str | None, is_parallel: bool, *,
+              schema_param: str = "tools[{}].function.parameters") -> Constraint | None:
+    """The constraint that makes every tool call parse and match its schema (see tool_calls).
+
+    Args:
+        schema_param: where the client put tool i's schema, with `{}` for i (for 400s).
+    """
     from flintlm.engine.structured import check_json_schema
 
     for i, tool in enumerate(tools):
         if tool.function.parameters is not None:
-            check_json_schema(tool.function.parameters, f"tools[{i}].function.parameters")
+            check_json_schema(tool.function.parameters, schema_param.format(i))
     tag = tool_calls.structural_tag(
         [(t.function.name, t.function.parameters) for t in tools], choice, is_parallel)
     if tag is None:

@@ -309,9 +309,12 @@ def bearer_secret(authorization: str | None) -> str | None:
 
 
 async def authenticate(
-    serving: Serving, authorization: Annotated[str | None, Header()] = None
+    serving: Serving,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
 ) -> KeyRecord:
-    return await serving.admission.authenticate(bearer_secret(authorization))
+    """The key of `Authorization: Bearer <key>` or, as Anthropic's clients send it, `x-api-key`."""
+    return await serving.admission.authenticate(bearer_secret(authorization) or x_api_key)
 
 
 AuthedKey = Annotated[KeyRecord, Depends(authenticate)]

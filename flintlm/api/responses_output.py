@@ -22,6 +22,7 @@ from flintlm.api.responses_protocol import (
     ResponseUsage,
 )
 from flintlm.api.tool_calls import ToolCallParser
+from flintlm.api.tool_calls import finish_reason as api_finish_reason
 from flintlm.engine.request import Usage
 
 Event = dict[str, Any]
@@ -81,7 +82,9 @@ class ResponseBuilder:
     def close(self, finish_reason: str | None, usage: Usage) -> list[Event]:
         """The end of the text: close every open item and settle the response's status."""
         events = self._content(self.parser.finish().content) if self.parser else []
-        is_cut = finish_reason == "length"
+        # complete calls end the response cleanly even where max_output_tokens cut a further one
+        has_calls = self.parser is not None and bool(self.parser.calls)
+        is_cut = api_finish_reason(finish_reason, has_calls) == "length"
         events += self._close_open_items(is_cut)
         self.response.status = "incomplete" if is_cut else "completed"
         if is_cut:
@@ -152,11 +155,10 @@ class ResponseBuilder:
                 self.event("response.output_item.done", output_index=index,
                            item=message.model_dump(mode="json")),
             ]
-        if self._open_call is not None and self.parser is not None:  # calls come from the parser
-            is_complete = self.parser.calls[self._open_call].is_complete
+        if self._open_call is not None:  # the parser reports complete calls only
             item, self._open_call = self._calls[self._open_call], None
             index = self._index(item)
-            item.status = "completed" if is_complete else "incomplete"
+            item.status = "completed"
             events += [
                 self.event("response.function_call_arguments.done", item_id=item.id,
                            output_index=index, name=item.name, arguments=item.arguments),

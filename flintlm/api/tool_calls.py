@@ -1,5 +1,5 @@
 """Tool calls in generated text: the format the model is asked to write, the xgrammar structural
-tag that constrains it, and the incremental parser that turns it back into OpenAI tool calls.
+tag that constrains it, and the incremental parser that turns it back into tool calls.
 
 The wire format (Hermes-style, one block per call) is
 
@@ -47,26 +47,41 @@ def structural_tag(tools: list[tuple[str, dict[str, Any] | None]], choice: str |
                    is_parallel: bool) -> dict[str, Any] | None:
     """The xgrammar structural tag that makes every call parse and match its tool's schema.
 
+    After each complete call the model may only end (EOS, the template's end marker) or, when
+    `is_parallel`, start the next call on a new line: nothing else, so a finished call never runs
+    on into text until max_tokens.
+
     Args:
         tools: (name, parameters schema or None) per tool.
         choice: "auto", "required", a tool name (a named tool_choice), or "none"/None.
         is_parallel: whether more than one call may be made (`parallel_tool_calls`).
     Returns:
-        None for "none"; for "auto" free text in which every `<tool_call>` block is constrained;
-        for "required" one or more blocks and nothing else; for a name exactly one block.
+        None for "none"; for "auto" free text without `<tool_call>`, optionally followed by the
+        calls; for "required" one or more calls and nothing else; for a name exactly one call.
     """
     if choice in (None, "none"):
         return None
     tags = {name: _call_tag(name, parameters) for name, parameters in tools}
+    calls = {"type": "tags_with_separator", "tags": list(tags.values()), "separator": "\n",
+             "at_least_one": True, "stop_after_first": not is_parallel}
     if choice == "auto":
-        spec: dict[str, Any] = {"type": "triggered_tags", "triggers": [CALL_BEGIN],
-                                "tags": list(tags.values()), "stop_after_first": not is_parallel}
+        # NOTE: not xgrammar's "triggered_tags": it lets free text follow a call.
+        spec: dict[str, Any] = {"type": "sequence", "elements": [
+            {"type": "any_text", "excludes": [CALL_BEGIN]},
+            {"type": "optional", "content": calls}]}
     elif choice == "required":
-        spec = {"type": "tags_with_separator", "tags": list(tags.values()), "separator": "\n",
-                "at_least_one": True, "stop_after_first": not is_parallel}
+        spec = calls
     else:
         spec = tags[choice]
     return {"type": "structural_tag", "format": spec}
+
+
+def finish_reason(reason: str | None, has_complete_calls: bool) -> str | None:
+    """The API's finish reason for a choice: "tool_calls" whenever complete calls are returned,
+    also when max_tokens cut a further call short (that one is dropped, see ToolCallParser)."""
+    if has_complete_calls and reason in ("stop", "length"):
+        return "tool_calls"
+    return reason
 
 
 def _call_tag(name: str, parameters: dict[str, Any] | None) -> dict[str, Any]:
@@ -86,12 +101,12 @@ class ToolCall:
     id: str
     name: str
     arguments: str = ""  # JSON text, as generated
-    is_complete: bool = False
 
 
 @dataclass
 class CallDelta:
-    """What one piece of text added to call `index`: its id and name first, then arguments."""
+    """Call `index` as a stream announces it. The parser sends each call once, whole, when its
+    arguments object closes; the fields stay optional for encoders that split it further."""
 
     index: int
     id: str | None = None
@@ -112,10 +127,15 @@ class ToolCallParser:
     calls. Text that might still become `<tool_call>` is held back until it is decided, and
     trailing whitespace until something else follows it (so the newlines around calls do not
     end the content). A block whose header does not parse stays content, as written.
+
+    `calls` holds complete calls only. A call is reported (in `feed`'s `ParsedText.calls`) once
+    its arguments object closes; one that max_tokens cuts short is dropped, never sent half
+    written, so a streamed response and a non-streamed one return the same complete calls.
     """
 
     def __init__(self) -> None:
         self.calls: list[ToolCall] = []
+        self._current = ToolCall("", "")  # the call whose arguments are being read
         self._text = ""
         self._pos = 0  # everything before it is decided
         self._state = "text"  # text -> header -> arguments -> tail -> text
@@ -134,7 +154,7 @@ class ToolCallParser:
 
     def finish(self) -> ParsedText:
         """The end of the text: a held-back prefix, or a block whose header never came, is
-        content; an unfinished arguments object stays as far as it got."""
+        content; a call whose arguments never closed is dropped."""
         out = ParsedText()
         if self._state == "text" or self._state == "header":
             start = self._pos if self._state == "text" else self._block_start
@@ -159,9 +179,7 @@ class ToolCallParser:
             match = _HEADER.match(text, pos)
             is_object = match is not None and match.end() < len(text) and text[match.end()] == "{"
             if match is not None and is_object:
-                name = json.loads(f'"{match.group(1)}"')
-                self.calls.append(ToolCall(new_call_id(), name))
-                out.calls.append(CallDelta(len(self.calls) - 1, self.calls[-1].id, name))
+                self._current = ToolCall(new_call_id(), json.loads(f'"{match.group(1)}"'))
                 self._pos, self._state = match.end(), "arguments"
                 self._depth, self._in_string, self._escaped = 0, False, False
                 return True
@@ -174,12 +192,13 @@ class ToolCallParser:
         if self._state == "arguments":
             end = self._scan_arguments(pos)
             piece = text[pos:end]
-            if piece:
-                self.calls[-1].arguments += piece
-                out.calls.append(CallDelta(len(self.calls) - 1, arguments=piece))
+            call = self._current
+            call.arguments += piece
             self._pos = end
             if self._depth == 0 and piece:
-                self.calls[-1].is_complete = True
+                self.calls.append(call)
+                out.calls.append(CallDelta(len(self.calls) - 1, call.id, call.name,
+                                           call.arguments))
                 self._state = "tail"
                 return True
             return False

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from flintlm.api.tool_calls import format_call
+from flintlm.api.tool_calls import format_call, structural_tag
 
 from .conftest import FakeServer
 from .test_protocol_fake_engine import _error, _sse
@@ -173,7 +173,8 @@ def test_tools_go_into_the_system_prompt_unless_tool_choice_is_none(
     assert json.dumps(TOOLS[0]) in prompt and '"name": "noop"' in prompt
     assert "<tool_call>" in prompt
     params = fake_server.engine.submitted[-1].params
-    assert params.structural_tag["format"]["type"] == "triggered_tags"  # auto: the default
+    tools = [(t["function"]["name"], t["function"].get("parameters")) for t in TOOLS]
+    assert params.structural_tag == structural_tag(tools, "auto", is_parallel=True)  # the default
     prompt = _prompt(fake_server, {"messages": USER, "tools": TOOLS, "tool_choice": "none"})
     assert "get_weather" not in prompt
 
@@ -242,7 +243,7 @@ def test_calls_come_back_as_tool_calls_streamed_or_not(fake_server: FakeServer,
         (c["function"]["name"], c["function"]["arguments"]) for c in calls]
     num_argument_deltas = sum(1 for c in chunks for d in c["choices"][0]["delta"].get(
         "tool_calls", []) if "id" not in d)
-    assert num_argument_deltas > 2  # arguments arrive in pieces, as they are generated
+    assert num_argument_deltas == 0  # each call arrives whole, once its arguments are complete
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 

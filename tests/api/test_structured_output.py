@@ -306,3 +306,26 @@ def test_invalid_specs_are_400s_naming_the_param(server: LiveServer, kwargs: dic
     with pytest.raises(openai.BadRequestError) as error:
         _chat(server, "Hi", **kwargs)
     assert error.value.param == param
+
+
+# Issue #15's case: with an unbounded `city`, a complete call used to come back with
+# finish_reason "length" after the grammar let the model run on to max_tokens.
+UNBOUNDED_WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "parameters": _obj(city={"type": "string"})}}
+
+
+@pytest.mark.parametrize("parallel_tool_calls", [None, False])
+def test_tool_calls_end_cleanly(server: LiveServer, parallel_tool_calls: bool | None) -> None:
+    kwargs: dict[str, Any] = {"tools": [UNBOUNDED_WEATHER], "tool_choice": "required",
+                              "max_tokens": 60}
+    if parallel_tool_calls is not None:
+        kwargs["parallel_tool_calls"] = parallel_tool_calls
+    choice = _chat(server, "What's the weather in Oslo?", **kwargs).choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    calls = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+    for _, arguments in calls:
+        jsonschema.validate(json.loads(arguments), UNBOUNDED_WEATHER["function"]["parameters"])
+    assert parallel_tool_calls is None or len(calls) == 1
+    _, streamed_calls, finish_reason = _reassembled(
+        _chat(server, "What's the weather in Oslo?", stream=True, **kwargs))
+    assert (streamed_calls, finish_reason) == (calls, "tool_calls")

@@ -8,7 +8,13 @@ import json
 import pytest
 import xgrammar as xgr
 
-from flintlm.api.tool_calls import ToolCallParser, format_call, parse_all, structural_tag
+from flintlm.api.tool_calls import (
+    ToolCallParser,
+    finish_reason,
+    format_call,
+    parse_all,
+    structural_tag,
+)
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
@@ -43,8 +49,10 @@ CASES = [
     ("a block that is no call stays content", "<tool_call>\nnot json\n</tool_call> after",
      "<tool_call>\nnot json\n</tool_call> after", []),
     ("a held-back prefix that never becomes a call", "x < y <tool_ca", "x < y <tool_ca", []),
-    ("a call cut off by max_tokens keeps what it got",
-     '<tool_call>\n{"name": "f", "arguments": {"x": [1, 2', "", [("f", '{"x": [1, 2')]),
+    ("a call cut off by max_tokens is dropped",
+     '<tool_call>\n{"name": "f", "arguments": {"x": [1, 2', "", []),
+    ("a call whose arguments closed counts before its end tag",
+     '<tool_call>\n{"name": "f", "arguments": {"x": 1}', "", [("f", '{"x": 1}')]),
 ]
 
 
@@ -59,11 +67,36 @@ def test_content_and_calls_do_not_depend_on_how_the_text_is_cut(
         assert _fed_piecewise(text, size) == (content, calls)
 
 
-def test_only_closed_arguments_count_as_complete() -> None:
-    _, calls = parse_all(format_call("f", '{"a": 1}') + '<tool_call>\n{"name": "g", '
-                         '"arguments": {"b": ')
-    assert [c.is_complete for c in calls] == [True, False]
-    assert json.loads(calls[0].arguments) == {"a": 1}
+def test_only_complete_calls_are_returned_and_streamed_whole() -> None:
+    text = format_call("f", '{"a": 1}') + '\n<tool_call>\n{"name": "g", "arguments": {"b": '
+    _, calls = parse_all(text)
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("f", {"a": 1})]
+    parser = ToolCallParser()
+    deltas = [d for i in range(len(text)) for d in parser.feed(text[i]).calls]
+    assert [(d.name, d.arguments) for d in deltas] == [("f", '{"a": 1}')]
+
+
+@pytest.mark.parametrize(("reason", "has_calls", "expected"), [
+    ("stop", True, "tool_calls"), ("length", True, "tool_calls"),
+    ("stop", False, "stop"), ("length", False, "length")])
+def test_complete_calls_always_finish_with_tool_calls(reason: str, has_calls: bool,
+                                                      expected: str) -> None:
+    assert finish_reason(reason, has_calls) == expected
+
+
+@pytest.mark.parametrize("choice", ["auto", "required", "get_weather"])
+@pytest.mark.parametrize("is_parallel", [True, False])
+def test_after_a_call_only_the_end_or_another_call_may_follow(choice: str,
+                                                              is_parallel: bool) -> None:
+    tag = structural_tag([("get_weather", WEATHER)], choice, is_parallel)
+    grammar = xgr.Grammar.from_structural_tag(json.dumps(tag))
+    call = format_call("get_weather", '{"city": "Oslo"}')
+    for after in (" More text.", "\n", "\nThe weather is", "<tool_call>"):
+        assert not xgr.testing._is_grammar_accept_string(grammar, call + after), after
+    assert xgr.testing._is_grammar_accept_string(grammar, call + "\n" + call) == (
+        is_parallel and choice != "get_weather")
+    assert xgr.testing._is_grammar_accept_string(grammar, "Let me check. " + call) == (
+        choice == "auto")
 
 
 @pytest.mark.parametrize("choice", ["required", "get_weather", "auto"])

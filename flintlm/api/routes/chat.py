@@ -29,7 +29,7 @@ from flintlm.api.protocol import (
     usage_info,
 )
 from flintlm.api.streaming import respond
-from flintlm.api.tool_calls import CallDelta, ToolCallParser, parse_all
+from flintlm.api.tool_calls import CallDelta, ToolCallParser, finish_reason, parse_all
 from flintlm.engine.request import Logprob, RequestOutput, TokenLogprobs, Usage
 
 if TYPE_CHECKING:
@@ -138,9 +138,7 @@ class ChatEncoder:
 
     @staticmethod
     def _finish_reason(reason: str | None, has_calls: bool) -> str | None:
-        # NOTE: OpenAI's "tool_calls" replaces "stop" only; a call cut off by max_tokens stays
-        # "length", so the client knows its arguments may be incomplete.
-        return "tool_calls" if has_calls and reason == "stop" else reason
+        return finish_reason(reason, has_calls)
 
     def _logprobs(self, entries: list[TokenLogprobs]) -> ChatLogprobs | None:
         if self.num_top_logprobs is None:
