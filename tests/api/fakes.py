@@ -80,6 +80,7 @@ class FakeEngine:
     submitted: list[Submitted] = field(default_factory=list)
     aborted: set[str] = field(default_factory=set)
     running: set[str] = field(default_factory=set)
+    max_in_flight: int = 1024
 
     def start(self) -> None: ...
 
@@ -90,6 +91,9 @@ class FakeEngine:
 
     def abort(self, request_id: str) -> None:
         self.aborted.add(request_id)
+
+    def has_room(self, num_requests: int) -> bool:
+        return len(self.running) + num_requests <= self.max_in_flight
 
     async def generate(self, request_id: str, prompt_token_ids: list[int],
                        params: SamplingParams, *, priority: int = 0,
