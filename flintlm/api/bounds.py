@@ -3,8 +3,11 @@ parameters are validated.
 
 `checked_params` runs before authentication: shapes, ranges and caps that need neither the key
 nor the tokens (a bad request costs nothing: no key lookup, no rate-limit token). `fit_max_tokens`
-runs at admission, once the prompts are tokenized and the key is known: the context length, the
-key's max_tokens ceiling, and the server default for a request that sets no max_tokens.
+runs at admission, once the prompts are tokenized and the key is known (so a refusal there gets
+its ledger row): the context length, the key's max_tokens ceiling, the completion tokens of the
+whole request (max_tokens x n x prompts), and the server default for a request without
+max_tokens. NOTE: the context length is checked before that cap, so a max_tokens beyond the
+context is reported as `context_length_exceeded`, as OpenAI reports it.
 """
 
 from __future__ import annotations
@@ -40,14 +43,6 @@ async def checked_params(body: GenerationRequest, limits: LimitsConfig,
     if params.n > limits.max_n:
         raise InvalidParam(f"n={params.n} is more than this server's limit of {limits.max_n} "
                            "choices per request", param="n")
-    if params.max_tokens is not None:
-        total = params.max_tokens * params.n * body.num_prompts
-        if total > limits.max_request_completion_tokens:
-            raise InvalidParam(
-                f"max_tokens x n x prompts = {params.max_tokens} x {params.n} x "
-                f"{body.num_prompts} = {total} completion tokens is more than this server's "
-                f"limit of {limits.max_request_completion_tokens} per request",
-                param="max_tokens")
     return params
 
 
@@ -103,6 +98,13 @@ def fit_max_tokens(params: SamplingParams, prompt_lengths: list[int], bounds: To
                            f"{ceiling}", param="max_tokens", code="max_tokens_over_key_limit")
     if longest + params.max_tokens > bounds.max_model_len:
         raise _too_long(bounds.max_model_len, longest, params.max_tokens, "max_tokens")
+    total = params.max_tokens * params.n * len(prompt_lengths)
+    if total > bounds.max_request_completion_tokens:
+        raise InvalidParam(
+            f"max_tokens x n x prompts = {params.max_tokens} x {params.n} x "
+            f"{len(prompt_lengths)} = {total} completion tokens is more than this server's "
+            f"limit of {bounds.max_request_completion_tokens} per request", param="max_tokens",
+            code="request_completion_tokens_exceeded")
     return params
 
 

@@ -98,10 +98,6 @@ def test_a_body_just_under_the_limit_is_read(fake_server: FakeServer) -> None:
     ("/v1/completions", {"prompt": ["x"] * (LIMITS.max_prompts + 1)}, "prompt"),
     ("/v1/completions", {"prompt": [[1, 2]] * (LIMITS.max_prompts + 1)}, "prompt"),
     ("/v1/completions", {"prompt": "x", "n": LIMITS.max_n + 1}, "n"),
-    ("/v1/completions", {"prompt": "x", "n": LIMITS.max_n, "max_tokens": 4096}, "max_tokens"),
-    ("/v1/completions", {"prompt": ["x", "y"], "n": 4,
-                         "max_tokens": LIMITS.max_request_completion_tokens // 8 + 1},
-     "max_tokens"),
     ("/v1/completions", {"prompt": "x", "stop": ["s"] * 1000}, "stop"),
     ("/v1/completions", {"prompt": "x", "stop": "s" * 100_000}, "stop"),
     ("/v1/chat/completions", {"messages": USER, "stop": ["s"] * (LIMITS.max_stop_strings + 1)},
@@ -124,6 +120,22 @@ def test_caps_are_a_400_naming_the_param_before_anything_is_spent(
         _error(client.post(path, json=body), 400, param)
     assert len(engine.submitted) == num_submitted  # no model work
     assert len(admission.settled) == num_settled  # not admitted: no row, no rate-limit token
+
+
+def test_too_many_completion_tokens_in_one_request_is_a_400_with_a_rejected_row(
+    fake_server: FakeServer
+) -> None:
+    """max_tokens x n x prompts over the cap, each prompt fitting the (fake's 256) context: the
+    check needs the prompts, so it runs at admission, which records the refusal."""
+    engine, admission = fake_server.engine, fake_server.admission
+    num_submitted, before = len(engine.submitted), len(admission.settled)
+    body = {"prompt": ["x"] * LIMITS.max_prompts, "n": LIMITS.max_n, "max_tokens": 200}
+    assert 200 * LIMITS.max_n * LIMITS.max_prompts > LIMITS.max_request_completion_tokens
+    with fake_server.client() as client:
+        error = _error(client.post("/v1/completions", json=body), 400, "max_tokens")
+    assert error["code"] == "request_completion_tokens_exceeded"
+    assert len(engine.submitted) == num_submitted
+    assert [s.value for _, _, s in admission.settled[before:]] == ["rejected"]
 
 
 def test_caps_at_their_limit_are_served(fake_server: FakeServer) -> None:
