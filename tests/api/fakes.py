@@ -31,8 +31,17 @@ class FakeTokenizer:
     vocab_size = 260
     eos_token_ids = frozenset({EOS})
     bos_token_id = None
+    num_calls_on_event_loop = 0  # encode and render calls that ran on the event loop's thread
+
+    def _note_thread(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a worker thread: where rendering and tokenizing belong
+        self.num_calls_on_event_loop += 1
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        self._note_thread()
         return list(text.encode())
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
@@ -46,6 +55,7 @@ class FakeTokenizer:
 
     def apply_chat_template(self, messages: list[dict], *, tools: list | None = None,
                             add_generation_prompt: bool = True, **_: object) -> str:
+        self._note_thread()
         text = "".join(f"<{m['role']}>{m['content']}\n" for m in messages)
         return text + ("<assistant>" if add_generation_prompt else "")
 
