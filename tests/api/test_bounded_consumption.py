@@ -49,15 +49,15 @@ async def _burst(url: str, secret: str, num: int, body: dict[str, Any],
             response = await client.post("/v1/chat/completions", json=body)
             return response, time.monotonic() - start
 
-        async def sample() -> None:
+        async def sample(samples: list[int]) -> None:
             while True:
                 text = (await client.get("/metrics")).text
-                waiting.append(int(float(next(
+                samples.append(int(float(next(
                     line.split()[-1] for line in text.splitlines()
-                    if line.startswith("flintlm_num_requests_waiting")))))  # type: ignore[union-attr]
+                    if line.startswith("flintlm_num_requests_waiting")))))
                 await asyncio.sleep(0.01)
 
-        sampler = asyncio.create_task(sample()) if waiting is not None else None
+        sampler = asyncio.create_task(sample(waiting)) if waiting is not None else None
         try:
             return list(await asyncio.gather(*(one() for _ in range(num))))
         finally:
