@@ -23,6 +23,7 @@ from flintlm import env
 from flintlm.config import (
     CacheConfig,
     FlintConfig,
+    LimitsConfig,
     ModelConfig,
     PlatformConfig,
     SchedulerConfig,
@@ -50,12 +51,12 @@ keys_app = typer.Typer(help="Issue, list and revoke API keys in the platform sto
 app.add_typer(keys_app, name="keys")
 
 _SECTIONS = {"model": ModelConfig, "cache": CacheConfig, "scheduler": SchedulerConfig,
-             "server": ServerConfig, "platform": PlatformConfig}
+             "server": ServerConfig, "limits": LimitsConfig, "platform": PlatformConfig}
 # NOTE: the guardrail settings are not wired into the server yet, so they are no flags either.
 _NOT_FLAGS = {"blocked_phrases", "max_prompt_chars"}
 _FIELD_SECTION = {f.name: (section, f) for section, cls in _SECTIONS.items()
                   for f in dataclasses.fields(cls) if f.name not in _NOT_FLAGS}
-_SIZE_FIELDS = {"kv_cache_memory", "max_kv_cache_memory"}
+_SIZE_FIELDS = {"kv_cache_memory", "max_kv_cache_memory", "max_body_bytes"}
 
 
 def _help(name: str) -> str:
@@ -125,6 +126,17 @@ def serve(
     api_key: Annotated[str | None, _opt("api_key")] = None,
     drain_timeout_s: Annotated[float | None, _opt("drain_timeout_s")] = None,
     log_level: Annotated[str | None, _opt("log_level")] = None,
+    max_body_bytes: Annotated[str | None, _opt("max_body_bytes")] = None,
+    max_prompts: Annotated[int | None, _opt("max_prompts")] = None,
+    max_n: Annotated[int | None, _opt("max_n")] = None,
+    max_request_completion_tokens: Annotated[
+        int | None, _opt("max_request_completion_tokens")] = None,
+    default_max_tokens: Annotated[int | None, _opt("default_max_tokens")] = None,
+    max_stop_strings: Annotated[int | None, _opt("max_stop_strings")] = None,
+    max_stop_string_chars: Annotated[int | None, _opt("max_stop_string_chars")] = None,
+    max_messages: Annotated[int | None, _opt("max_messages")] = None,
+    max_tools: Annotated[int | None, _opt("max_tools")] = None,
+    max_concurrent_per_key: Annotated[int | None, _opt("max_concurrent_per_key")] = None,
     data_dir: Annotated[str | None, _opt("data_dir")] = None,
     database_url: Annotated[str | None, _opt("database_url")] = None,
     redis_url: Annotated[str | None, _opt("redis_url")] = None,
@@ -349,6 +361,10 @@ def keys_create(
     quota_period: Annotated[str, typer.Option(
         help="Period of the token quota and budget: day or month (UTC).")] = "month",
     budget_usd: Annotated[str | None, typer.Option(help="USD per quota period.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(
+        help="Ceiling on one request's max_tokens (and on the default it gets).")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(
+        help="Requests in flight at once, per server (429 beyond).")] = None,
     models: Annotated[str | None, typer.Option(
         help="Comma-separated models (or globs) the key may use; all when unset.")] = None,
     expires: Annotated[str | None, typer.Option(
@@ -366,7 +382,8 @@ def keys_create(
     try:
         budget = None if budget_usd is None else Decimal(budget_usd)
         limits = KeyLimits(rpm=rpm, tpm=tpm, token_quota=token_quota, budget_usd=budget,
-                           quota_period=quota_period)  # type: ignore[arg-type]
+                           quota_period=quota_period,  # type: ignore[arg-type]
+                           max_tokens=max_tokens, max_concurrent=max_concurrent)
     except (ValueError, InvalidOperation) as exc:
         raise typer.BadParameter(str(exc) or f"cannot read budget {budget_usd!r}") from None
     allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None

@@ -109,13 +109,16 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 512
     """Token budget of one step; longer prompts are prefilled in chunks of at most this size."""
     max_waiting: int = 1024
-    """Most requests queued before new ones are refused with 503."""
+    """Most requests queued for the running batch (a request with `n` choices counts n); more
+    are refused at once with 503 and Retry-After."""
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs={self.max_num_seqs} must be at least 1")
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens={self.max_num_batched_tokens} must be >= 1")
+        if self.max_waiting < 0:
+            raise ValueError(f"max_waiting={self.max_waiting} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,39 @@ class ServerConfig:
     """On SIGTERM, how long in-flight requests may run before the server exits."""
     log_level: str = "info"
     """Log level of the server."""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds on one HTTP request, all checked before any model work or stream start."""
+
+    max_body_bytes: int = 8 << 20
+    """Largest request body in bytes (Content-Length or counted while reading); larger is 413."""
+    max_prompts: int = 64
+    """Most prompts in one /v1/completions request."""
+    max_n: int = 16
+    """Most choices (`n`) one request may ask for."""
+    max_request_completion_tokens: int = 32768
+    """Most completion tokens one request may ask for: max_tokens x n, summed over its prompts."""
+    default_max_tokens: int = 4096
+    """max_tokens of a request that sets none (capped by the context left and the key's ceiling)."""
+    max_stop_strings: int = 16
+    """Most stop strings in one request."""
+    max_stop_string_chars: int = 256
+    """Longest stop string, in characters."""
+    max_messages: int = 1024
+    """Most messages in one chat request."""
+    max_tools: int = 128
+    """Most tools in one chat request."""
+    max_concurrent_per_key: int | None = None
+    """Most requests one key may have in flight on this server (429 beyond); a key's own
+    max_concurrent wins; no cap when unset."""
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if value is not None and value < 1:
+                raise ValueError(f"{item.name}={value} must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -174,6 +210,7 @@ class FlintConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
 
     def replace(self, **sections: Any) -> FlintConfig:

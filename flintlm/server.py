@@ -22,7 +22,9 @@ from urllib.parse import urlsplit
 import uvicorn
 from fastapi import FastAPI
 
-from flintlm.api.deps import Admission, ServingState
+from flintlm.api.admission import Admission
+from flintlm.api.body_limit import BodyTooLarge
+from flintlm.api.deps import ServingState
 from flintlm.api.errors import install_error_handlers
 from flintlm.api.middleware import RateLimitHeaders
 from flintlm.api.routes import (
@@ -69,6 +71,7 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission) ->
     app.state.serving = serving
     install_error_handlers(app)
     app.add_middleware(RateLimitHeaders)
+    app.add_middleware(BodyTooLarge, max_body_bytes=config.limits.max_body_bytes)
     for module in (chat, completions, responses, messages, models, tokenize, usage, admin,
                    health):
         app.include_router(module.router)
@@ -103,7 +106,8 @@ def serve(config: FlintConfig) -> None:
         platform.close()
         raise
     admission = Admission(platform, model_name=engine.model_name,
-                          max_model_len=engine.max_model_len, static_key=config.server.api_key)
+                          max_model_len=engine.max_model_len, static_key=config.server.api_key,
+                          limits=config.limits)
     app = build_app(config, engine, admission)
     uvicorn_config = uvicorn.Config(
         app, host=config.server.host, port=config.server.port,

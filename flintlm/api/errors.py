@@ -57,6 +57,14 @@ class PermissionDenied(APIError):
     default_code = "model_not_allowed"
 
 
+class NotAdmin(APIError):
+    """A valid key that is not the admin key, on the admin API: known, just not allowed."""
+
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "admin_key_required"
+
+
 class ModelNotFound(APIError):
     status_code = 404
     error_type = "invalid_request_error"
@@ -173,7 +181,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _on_http(_: Request, exc: StarletteHTTPException) -> Response:
         error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = "not_found" if exc.status_code == 404 else None
-        error = APIError(str(exc.detail), code=code)
+        # NOTE: the exception's headers go out too: a 405 names the allowed methods in `Allow`.
+        error = APIError(str(exc.detail), code=code, headers=dict(exc.headers or {}))
         error.status_code, error.error_type = exc.status_code, error_type
         return _json(error)
 

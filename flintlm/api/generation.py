@@ -25,7 +25,7 @@ from flintlm.platform.ledger import UsageStatus
 from flintlm.platform.service import Timings
 
 if TYPE_CHECKING:
-    from flintlm.api.deps import Ticket
+    from flintlm.api.admission import Ticket
     from flintlm.engine.async_engine import AsyncEngine
     from flintlm.observability.metrics import Metrics
 
@@ -92,17 +92,17 @@ class Generation:
         priority: int = 0,
         cache_salt: str | None = None,
     ) -> Generation:
-        """Validate, submit every branch and wait for each one's first output.
+        """Submit every branch and wait for each one's first output.
 
         Args:
             receive: the ASGI receive channel, watched for the client's disconnect.
-            params: the request's parameters; `n` branches per prompt, seeds `seed + i`.
+            params: the request's parameters, validated and admitted (`ticket.params`); `n`
+                branches per prompt, seeds `seed + i`.
         Raises:
             InvalidRequestError, EngineOverloadedError, APIError before anything is sent.
         """
         generation = cls(engine, metrics, ticket, receive)
         try:  # from here on the ticket is settled by close(), whatever fails
-            params.validate(engine.tokenizer.vocab_size)
             generation._submit(prompts, params, priority, cache_salt)
             await generation._await_first_outputs()
             for branch in generation.branches:  # a failure in the first step is still a status

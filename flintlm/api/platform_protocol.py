@@ -69,12 +69,15 @@ class CreateKeyRequest(BaseModel):
     token_quota: int | None = Field(default=None, ge=1)
     quota_period: Literal["day", "month"] = "month"
     budget_usd: Decimal | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=1)
     models: list[str] | None = None
     expires_at: str | None = None  # ISO 8601 date or date-time (UTC unless an offset is given)
 
     def limits(self) -> KeyLimits:
         return KeyLimits(rpm=self.rpm, tpm=self.tpm, token_quota=self.token_quota,
-                         budget_usd=self.budget_usd, quota_period=QuotaPeriod(self.quota_period))
+                         budget_usd=self.budget_usd, quota_period=QuotaPeriod(self.quota_period),
+                         max_tokens=self.max_tokens, max_concurrent=self.max_concurrent)
 
     def expiry(self) -> datetime | None:
         return parse_time(self.expires_at, "expires_at")
@@ -95,6 +98,8 @@ class KeyInfo(BaseModel):
     token_quota: int | None
     quota_period: str
     budget_usd: str | None
+    max_tokens: int | None = None
+    max_concurrent: int | None = None
     models: list[str] | None
 
     @classmethod
@@ -111,6 +116,7 @@ class KeyInfo(BaseModel):
             revoked_at=iso(key.revoked_at), rpm=limits.rpm, tpm=limits.tpm,
             token_quota=limits.token_quota, quota_period=limits.quota_period.value,
             budget_usd=None if limits.budget_usd is None else f"{limits.budget_usd.normalize():f}",
+            max_tokens=limits.max_tokens, max_concurrent=limits.max_concurrent,
             models=None if key.allowed_models is None else list(key.allowed_models),
         )
 

@@ -4,7 +4,9 @@ Request models validate shapes and cross-field rules at parse time and turn into
 `SamplingParams` with `sampling_params()`. Every field is one of three kinds: honoured (declared
 below), known to OpenAI but not honoured (listed in `UNSUPPORTED_*`, a 400 naming it unless it
 carries its no-op value), or unknown to both (accepted, ignored and logged). Range checks live in
-`SamplingParams.validate` so the API and the offline `LLM` share them.
+`SamplingParams.validate` so the API and the offline `LLM` share them; `api/bounds.py` runs them,
+with the server's caps, once per request. Structured-output specs are compiled to check them in
+`sampling_params()`, not at parse time, so that the edge can run it off the event loop.
 """
 
 from __future__ import annotations
@@ -141,19 +143,42 @@ class _GenerationRequest(BaseModel):
                 raise invalid("logit_bias", f"logit_bias keys must be token ids, got {token_id!r}")
         if self.stream_options is not None and not self.stream:
             raise invalid("stream_options", "stream_options is only allowed when stream is true")
+        if self.cache_salt is not None and not self.cache_salt:
+            raise invalid("cache_salt", "cache_salt must not be empty; leave it out instead")
+        return self
+
+    @property
+    def has_constraint(self) -> bool:
+        """Whether the request asks for structured output (its check compiles a grammar)."""
+        return bool(self.response_format is not None or self.structured_outputs is not None
+                    or any(getattr(self, name) is not None for name in constraints.GUIDED_FIELDS)
+                    or self._has_tools())
+
+    def _has_tools(self) -> bool:
+        return False
+
+    @property
+    def num_prompts(self) -> int:
+        return 1
+
+    def _checked_constraint(self) -> constraints.Constraint | None:
+        """The one structured-output constraint, checked (xgrammar compiles it: call this off
+        the event loop when `has_constraint`); InvalidRequestError names the param."""
+        if self._constraint is not None or not self.has_constraint:
+            return self._constraint
+        guided = {name: getattr(self, name) for name in constraints.GUIDED_FIELDS
+                  if getattr(self, name) is not None}
         try:
-            guided = {name: getattr(self, name) for name in constraints.GUIDED_FIELDS
-                      if getattr(self, name) is not None}
             constraint = constraints.from_request(self.response_format, guided,
                                                   self.structured_outputs)
-            tool_constraint = self._tool_constraint()
         except InvalidRequestError as exc:
-            raise invalid(exc.param or "response_format", exc.message) from exc
+            raise InvalidRequestError(exc.message, exc.param or "response_format") from exc
+        tool_constraint = self._tool_constraint()
         if constraint is not None and tool_constraint is not None:
-            raise invalid(constraint.param, f"{constraint.param} cannot be combined with tools "
-                          "unless tool_choice is 'none'")
+            raise InvalidRequestError(f"{constraint.param} cannot be combined with tools unless "
+                                      "tool_choice is 'none'", constraint.param)
         self._constraint = constraint or tool_constraint
-        return self
+        return self._constraint
 
     def _tool_constraint(self) -> constraints.Constraint | None:
         """Chat: the constraint its tools put on the output (completions have none)."""
@@ -175,6 +200,7 @@ class _GenerationRequest(BaseModel):
 
     def _common_params(self, max_tokens: int | None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        constraint = self._checked_constraint()
         return SamplingParams(
             n=self.n,
             max_tokens=max_tokens,
@@ -193,7 +219,7 @@ class _GenerationRequest(BaseModel):
             include_stop_str_in_output=self.include_stop_str_in_output,
             ignore_eos=self.ignore_eos,
             skip_special_tokens=self.skip_special_tokens,
-            **(self._constraint.fields if self._constraint is not None else {}),
+            **(constraint.fields if constraint is not None else {}),
         )
 
 
@@ -275,7 +301,32 @@ class ChatCompletionRequest(_GenerationRequest):
             _check_message(i, message)
         if self.top_logprobs is not None and not self.logprobs:
             raise invalid("top_logprobs", "top_logprobs requires logprobs to be true")
+        try:
+            self._check_tool_choice()
+        except InvalidRequestError as exc:
+            raise invalid(exc.param or "tools", exc.message) from exc
         return self
+
+    def _has_tools(self) -> bool:
+        return bool(self.tools)
+
+    def _check_tool_choice(self) -> None:
+        """The rules on tools and tool_choice that need no grammar."""
+        names = [tool.function.name for tool in self.tools or []]
+        if not names:
+            if self.tool_choice not in (None, "none"):
+                raise InvalidRequestError("tool_choice needs tools", param="tool_choice")
+            if self.parallel_tool_calls is not None:
+                raise InvalidRequestError("parallel_tool_calls needs tools",
+                                          param="parallel_tool_calls")
+            return
+        duplicate = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if duplicate is not None:
+            raise InvalidRequestError(f"tools name {duplicate!r} more than once", param="tools")
+        choice = self.tool_choice_name
+        if choice not in ("none", "auto", "required") and choice not in names:
+            raise InvalidRequestError(f"tool_choice names {choice!r}, which is not in tools",
+                                      param="tool_choice")
 
     @property
     def tool_choice_name(self) -> str:
@@ -291,26 +342,13 @@ class ChatCompletionRequest(_GenerationRequest):
         return list(self.tools or []) if self.tool_choice_name != "none" else []
 
     def _tool_constraint(self) -> constraints.Constraint | None:
-        names = [tool.function.name for tool in self.tools or []]
-        if not names:
-            if self.tool_choice not in (None, "none"):
-                raise InvalidRequestError("tool_choice needs tools", param="tool_choice")
-            if self.parallel_tool_calls is not None:
-                raise InvalidRequestError("parallel_tool_calls needs tools",
-                                          param="parallel_tool_calls")
+        if not self.tools:
             return None
-        duplicate = next((n for i, n in enumerate(names) if n in names[:i]), None)
-        if duplicate is not None:
-            raise InvalidRequestError(f"tools name {duplicate!r} more than once", param="tools")
-        choice = self.tool_choice_name
-        if choice not in ("none", "auto", "required") and choice not in names:
-            raise InvalidRequestError(f"tool_choice names {choice!r}, which is not in tools",
-                                      param="tool_choice")
         is_parallel = self.parallel_tool_calls is not False
-        return constraints.for_tools(self.active_tools, choice, is_parallel)
+        return constraints.for_tools(self.active_tools, self.tool_choice_name, is_parallel)
 
     def sampling_params(self) -> SamplingParams:
-        """Chat: no max_tokens means up to the context length."""
+        """Chat: no max_tokens means the server's default (`bounds.fit_max_tokens`)."""
         limit = self.max_completion_tokens if self.max_completion_tokens is not None else (
             self.max_tokens)
         params = self._common_params(limit)
@@ -426,6 +464,13 @@ class CompletionRequest(_GenerationRequest):
         if self.best_of is not None and self.best_of != self.n:
             raise invalid("best_of", "best_of other than n is not supported")
         return self
+
+    @property
+    def num_prompts(self) -> int:
+        """Prompts in the batch: one text or token list, or a list of them."""
+        is_batch = isinstance(self.prompt, list) and self.prompt and not isinstance(
+            self.prompt[0], int)
+        return len(self.prompt) if is_batch else 1
 
     def sampling_params(self) -> SamplingParams:
         params = self._common_params(self.max_tokens)

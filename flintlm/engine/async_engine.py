@@ -102,6 +102,16 @@ class AsyncEngine:
         """False once the loop has died: readiness answers 503 and no request can run."""
         return self._failure is None
 
+    def has_room(self, num_requests: int) -> bool:
+        """Whether `num_requests` more can wait without passing `max_waiting`.
+
+        NOTE: counted here, on the event loop, from the streams handed out: the scheduler's own
+        queue lags behind (an add travels through the command queue), so checking it let a burst
+        in whole. In flight but not running is waiting (or about to be).
+        """
+        num_waiting = len(self._streams) - self.engine.scheduler.num_running
+        return max(0, num_waiting) + num_requests <= self.max_waiting
+
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
@@ -115,22 +125,23 @@ class AsyncEngine:
         if params.n != 1:
             raise InvalidRequestError("the engine takes n=1; fan out n>1 above it", "n")
         self._raise_if_dead()
-        self.engine.validate(prompt_token_ids, params)
         if not self._accepting:
             raise EngineOverloadedError("the server is shutting down")
-        if self.engine.scheduler.num_waiting >= self.max_waiting:
-            raise EngineOverloadedError("too many requests are waiting; retry shortly")
         if request_id in self._streams:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight", "id")
-        compiled_grammar = None
-        if params.has_structured_output:  # compile off the step loop (cached per grammar)
-            compiled_grammar = await asyncio.to_thread(self.engine.grammars.compile, params)
+        if not self.has_room(1):
+            raise EngineOverloadedError("too many requests are waiting; retry shortly")
+        # NOTE: the slot is taken before the first await, so concurrent callers cannot all pass
+        # the check above. Input errors come back from `Engine.add_request` on the loop thread.
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
-        arrival = time.monotonic()
-        self._send("add", (request_id, prompt_token_ids, params, priority, cache_salt, arrival,
-                           compiled_grammar))
         try:
+            compiled_grammar = None
+            if params.has_structured_output:  # compile off the step loop (cached per grammar)
+                compiled_grammar = await asyncio.to_thread(self.engine.grammars.compile, params)
+            arrival = time.monotonic()
+            self._send("add", (request_id, prompt_token_ids, params, priority, cache_salt,
+                               arrival, compiled_grammar))
             self._raise_if_dead()  # died before it saw this stream: nothing would answer it
             while True:
                 item = await stream.outputs.get()

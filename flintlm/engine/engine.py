@@ -165,7 +165,8 @@ class Engine:
                 f"This model's maximum context length is {self.max_model_len} tokens. However, "
                 f"you requested {num_prompt + max_tokens} tokens ({num_prompt} in the prompt, "
                 f"{max_tokens} for the completion). Please reduce the prompt or max_tokens.",
-                param="messages", code="context_length_exceeded")
+                param="prompt" if num_prompt >= self.max_model_len else "max_tokens",
+                code="context_length_exceeded")
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                     *, priority: int = 0, cache_salt: str | None = None,

@@ -60,9 +60,11 @@ class KeyLimits:
     token_quota: int | None = None
     budget_usd: Decimal | None = None
     quota_period: QuotaPeriod = QuotaPeriod.MONTH
+    max_tokens: int | None = None  # ceiling on one request's max_tokens (and its default)
+    max_concurrent: int | None = None  # requests in flight at once, per server
 
     def __post_init__(self) -> None:
-        for name in ("rpm", "tpm", "token_quota"):
+        for name in ("rpm", "tpm", "token_quota", "max_tokens", "max_concurrent"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} must be a positive count, or None for no limit")
@@ -234,6 +236,8 @@ def _write_limits(row: ApiKeyRow, limits: KeyLimits) -> None:
     row.token_quota = limits.token_quota
     row.quota_period = limits.quota_period.value
     row.budget_nano_usd = usd_to_nanos(limits.budget_usd) if limits.budget_usd else None
+    row.max_tokens = limits.max_tokens
+    row.max_concurrent = limits.max_concurrent
 
 
 def _to_record(row: ApiKeyRow) -> KeyRecord:
@@ -252,6 +256,8 @@ def _to_record(row: ApiKeyRow) -> KeyRecord:
             token_quota=row.token_quota,
             budget_usd=nanos_to_usd(budget) if budget is not None else None,
             quota_period=QuotaPeriod(row.quota_period),
+            max_tokens=row.max_tokens,
+            max_concurrent=row.max_concurrent,
         ),
         allowed_models=tuple(row.allowed_models) if row.allowed_models is not None else None,
     )

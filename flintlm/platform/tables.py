@@ -74,6 +74,8 @@ class ApiKeyRow(Base):
     quota_period: Mapped[str] = mapped_column(sa.String(8))
     budget_nano_usd: Mapped[int | None] = mapped_column(sa.BigInteger())
     allowed_models: Mapped[list[str] | None] = mapped_column(sa.JSON())
+    max_tokens: Mapped[int | None] = mapped_column(sa.Integer())
+    max_concurrent: Mapped[int | None] = mapped_column(sa.Integer())
 
 
 class UsageEventRow(Base):

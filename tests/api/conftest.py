@@ -12,7 +12,8 @@ import httpx
 import pytest
 import uvicorn
 
-from flintlm.api.deps import Admission, ServingState, Ticket
+from flintlm.api.admission import Admission, Ticket
+from flintlm.api.deps import ServingState
 from flintlm.config import FlintConfig, PlatformConfig, ServerConfig
 from flintlm.engine.request import Usage
 from flintlm.platform.ledger import UsageStatus

@@ -31,8 +31,17 @@ class FakeTokenizer:
     vocab_size = 260
     eos_token_ids = frozenset({EOS})
     bos_token_id = None
+    num_calls_on_event_loop = 0  # encode and render calls that ran on the event loop's thread
+
+    def _note_thread(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a worker thread: where rendering and tokenizing belong
+        self.num_calls_on_event_loop += 1
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        self._note_thread()
         return list(text.encode())
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
@@ -46,6 +55,7 @@ class FakeTokenizer:
 
     def apply_chat_template(self, messages: list[dict], *, tools: list | None = None,
                             add_generation_prompt: bool = True, **_: object) -> str:
+        self._note_thread()
         text = "".join(f"<{m['role']}>{m['content']}\n" for m in messages)
         return text + ("<assistant>" if add_generation_prompt else "")
 
@@ -81,6 +91,7 @@ class FakeEngine:
     aborted: set[str] = field(default_factory=set)
     running: set[str] = field(default_factory=set)
     is_alive: bool = True
+    max_in_flight: int = 1024
 
     def start(self) -> None: ...
 
@@ -91,6 +102,9 @@ class FakeEngine:
 
     def abort(self, request_id: str) -> None:
         self.aborted.add(request_id)
+
+    def has_room(self, num_requests: int) -> bool:
+        return len(self.running) + num_requests <= self.max_in_flight
 
     async def generate(self, request_id: str, prompt_token_ids: list[int],
                        params: SamplingParams, *, priority: int = 0,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flintlm.api.deps import Admission
+from flintlm.api.admission import Admission
 from flintlm.api.errors import AuthenticationFailed
 from flintlm.config import PlatformConfig
 from flintlm.platform.keys import ANONYMOUS_KEY_ID, STATIC_KEY_ID

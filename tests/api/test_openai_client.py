@@ -139,7 +139,12 @@ def test_errors_through_the_sdk(server: LiveServer) -> None:
     assert not_found.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as too_long:
         client.completions.create(model="default", prompt="hi", max_tokens=100_000)
-    assert too_long.value.code == "context_length_exceeded"
+    assert (too_long.value.code, too_long.value.param) == ("context_length_exceeded",
+                                                           "max_tokens")
+    with pytest.raises(openai.BadRequestError) as long_prompt:
+        client.completions.create(model="default", prompt="hi " * 3000, max_tokens=1)
+    assert (long_prompt.value.code, long_prompt.value.param) == ("context_length_exceeded",
+                                                                 "prompt")
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="default", messages=MESSAGES, temperature=5)
     assert bad.value.param == "temperature"

@@ -86,10 +86,15 @@ def test_every_honoured_completion_param_reaches_the_engine(fake_server: FakeSer
     assert p.include_stop_str_in_output and not p.skip_special_tokens
 
 
-def test_chat_without_max_tokens_runs_to_the_context_length(fake_server: FakeServer) -> None:
+def test_chat_without_max_tokens_gets_the_default_capped_by_the_context(
+    fake_server: FakeServer
+) -> None:
+    """The server default (4096) is more than the fake's 256-token context: the rest of it."""
     with fake_server.client() as client:
         client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
-    assert fake_server.engine.submitted[-1].params.max_tokens is None
+    submitted = fake_server.engine.submitted[-1]
+    assert submitted.params.max_tokens == (fake_server.engine.max_model_len
+                                           - len(submitted.prompt_token_ids))
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -137,7 +142,10 @@ def test_no_op_values_of_unsupported_fields_are_accepted(fake_server: FakeServer
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
      "messages[0].content"),
     ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1000},
-     "messages"),  # context_length_exceeded
+     "max_tokens"),  # context_length_exceeded, by max_tokens
+    ({"messages": [{"role": "user", "content": "x" * 300}]},
+     "messages"),  # context_length_exceeded, by the prompt
+    ({"messages": [{"role": "user", "content": "x"}], "cache_salt": ""}, "cache_salt"),
 ])
 def test_invalid_chat_params_name_the_param(fake_server: FakeServer, body: dict,
                                             param: str) -> None:
@@ -320,13 +328,20 @@ def test_draining_refuses_new_requests_with_retry_after(fake_server: FakeServer)
     assert response.headers["Retry-After"] and health.status_code == 503
 
 
-def test_invalid_params_after_admission_are_a_400_and_a_rejected_settle(
+def test_invalid_params_are_a_400_before_authentication_and_admission(
     fake_server: FakeServer
 ) -> None:
+    """Validation comes first: a bad parameter is a 400 even with a wrong key, and it is never
+    admitted (no rate-limit token, no ledger row)."""
     admission = fake_server.admission
     before = len(admission.settled)
+    bad_key = {"Authorization": "Bearer wrong-key"}
     with fake_server.client() as client:
-        for body in ({"prompt": "x", "max_tokens": -1}, {"prompt": "x", "n": 0, "stream": True}):
+        for body in ({"prompt": "x", "max_tokens": -1}, {"prompt": "x", "n": 0, "stream": True},
+                     {"prompt": "x", "temperature": 3}):
             assert _error(client.post("/v1/completions", json=body), 400)["param"]
-    assert [(u.total_tokens, status.value) for _, u, status in admission.settled[before:]] == [
-        (0, "rejected"), (0, "rejected")]
+            assert _error(client.post("/v1/completions", json=body, headers=bad_key),
+                          400)["param"]
+        assert _error(client.post("/v1/completions", json={"prompt": "x"}, headers=bad_key),
+                      401)["code"] == "invalid_api_key"
+    assert admission.settled[before:] == []

@@ -28,10 +28,12 @@ TOOLS = [
 
 @pytest.fixture(autouse=True)
 def long_context(fake_server: FakeServer) -> Iterator[None]:
-    """Room for the tool definitions in the prompt (the fake engine counts bytes)."""
-    fake_server.engine.max_model_len = 8192
+    """Room for the tool definitions in the prompt (the fake engine counts bytes); admission
+    checks the context length, so it gets the longer one too."""
+    fake_server.engine.max_model_len = fake_server.admission.max_model_len = 8192
     yield
-    fake_server.engine.max_model_len = type(fake_server.engine).max_model_len
+    fake_server.engine.max_model_len = fake_server.admission.max_model_len = (
+        type(fake_server.engine).max_model_len)
 
 
 def _submitted(fake_server: FakeServer, path: str, body: dict) -> object:

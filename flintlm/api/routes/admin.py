@@ -7,12 +7,16 @@ to `POST /admin/keys`; the store keeps their hashes.
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Depends
 
-from fastapi import APIRouter, Depends, Header
-
-from flintlm.api.deps import Serving, bearer_secret
-from flintlm.api.errors import AuthenticationFailed, InvalidParam, NotFound, PermissionDenied
+from flintlm.api.deps import Credentials, Serving
+from flintlm.api.errors import (
+    AuthenticationFailed,
+    InvalidParam,
+    NotAdmin,
+    NotFound,
+    PermissionDenied,
+)
 from flintlm.api.platform_protocol import (
     CreatedKey,
     CreateKeyRequest,
@@ -23,19 +27,30 @@ from flintlm.api.platform_protocol import (
     usage_report,
     usage_window,
 )
+from flintlm.platform.keys import ANONYMOUS_KEY_ID
 
 router = APIRouter(prefix="/admin")
 
 
-def require_admin(serving: Serving, authorization: Annotated[str | None, Header()] = None
-                  ) -> None:
+async def require_admin(serving: Serving, secret: Credentials) -> None:
+    """The admin key passes; any other valid key is 403 (known, not allowed); the rest 401."""
     platform = serving.platform
     if not platform.has_admin_key:
         raise PermissionDenied("The admin API is off: start the server with --admin-key or "
                                "FLINTLM_ADMIN_KEY.", code="admin_disabled")
-    secret = bearer_secret(authorization)
-    if secret is None or not platform.is_admin(secret):
-        raise AuthenticationFailed("Incorrect admin key provided.", code="invalid_admin_key")
+    if secret is not None and platform.is_admin(secret):
+        return
+    if secret is not None and await _is_valid_key(serving, secret):
+        raise NotAdmin("This key may not use the admin API; send the admin key.")
+    raise AuthenticationFailed("Incorrect admin key provided.", code="invalid_admin_key")
+
+
+async def _is_valid_key(serving: Serving, secret: str) -> bool:
+    try:
+        key = await serving.admission.authenticate(secret)
+    except AuthenticationFailed:
+        return False
+    return key.id != ANONYMOUS_KEY_ID  # dev mode lets anyone in: that is no key
 
 
 Admin = Depends(require_admin)

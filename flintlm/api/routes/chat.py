@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
 
-from flintlm.api.deps import AdmissionDep, AuthedKey, EngineDep, Serving, check_model
+from flintlm.api.bounds import checked_params
+from flintlm.api.deps import AdmissionDep, Credentials, EngineDep, Serving, check_model
 from flintlm.api.generation import ChoiceResult, Generation
 from flintlm.api.prompts import render_chat
 from flintlm.api.protocol import (
@@ -46,17 +48,21 @@ async def create_chat_completion(
     request: Request,
     serving: Serving,
     engine: EngineDep,
-    key: AuthedKey,
+    secret: Credentials,
     admission: AdmissionDep,
 ) -> Response:
+    # The edge, in order: parse (above) -> validate -> authenticate -> render off the event
+    # loop -> admit -> engine. Nothing is spent on a request that fails an earlier step.
+    params = await checked_params(body, serving.config.limits, engine.tokenizer.vocab_size)
+    key = await serving.admission.authenticate(secret)
     check_model(body.model, engine)
-    prompt_ids = render_chat(engine.tokenizer, body.messages, tools=body.active_tools)
-    params = body.sampling_params()
+    prompt_ids = await asyncio.to_thread(render_chat, engine.tokenizer, body.messages,
+                                         tools=body.active_tools)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     ticket = await admission.admit(key, request_id, [prompt_ids], params, body.end_user,
-                                   cache_salt=body.cache_salt)
+                                   cache_salt=body.cache_salt, prompt_param="messages")
     generation = await Generation.start(
-        engine, serving.metrics, ticket, request.receive, [prompt_ids], params,
+        engine, serving.metrics, ticket, request.receive, [prompt_ids], ticket.admitted_params,
         priority=body.priority, cache_salt=ticket.cache_salt,
     )
     encoder = ChatEncoder(request_id, engine.model_name, engine.tokenizer, body)

@@ -4,13 +4,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
 
-from flintlm.api.deps import AdmissionDep, AuthedKey, EngineDep, Serving, check_model
+from flintlm.api.bounds import checked_params
+from flintlm.api.deps import AdmissionDep, Credentials, EngineDep, Serving, check_model
 from flintlm.api.generation import ChoiceResult, Generation
 from flintlm.api.prompts import completion_prompts, prompt_text
 from flintlm.api.protocol import (
@@ -36,17 +38,19 @@ async def create_completion(
     request: Request,
     serving: Serving,
     engine: EngineDep,
-    key: AuthedKey,
+    secret: Credentials,
     admission: AdmissionDep,
 ) -> Response:
+    # The edge in order, as in chat.py: validate -> authenticate -> tokenize -> admit -> engine.
+    params = await checked_params(body, serving.config.limits, engine.tokenizer.vocab_size)
+    key = await serving.admission.authenticate(secret)
     check_model(body.model, engine)
-    prompts = completion_prompts(engine.tokenizer, body.prompt)
-    params = body.sampling_params()
+    prompts = await asyncio.to_thread(completion_prompts, engine.tokenizer, body.prompt)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     ticket = await admission.admit(key, request_id, prompts, params, body.end_user,
-                                   cache_salt=body.cache_salt)
+                                   cache_salt=body.cache_salt, prompt_param="prompt")
     generation = await Generation.start(
-        engine, serving.metrics, ticket, request.receive, prompts, params,
+        engine, serving.metrics, ticket, request.receive, prompts, ticket.admitted_params,
         priority=body.priority, cache_salt=ticket.cache_salt,
     )
     encoder = CompletionEncoder(request_id, engine.model_name, engine.tokenizer, body, prompts)

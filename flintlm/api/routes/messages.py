@@ -4,6 +4,7 @@ chat (chat template, admission, engine, ledger), answered as one message or Anth
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -24,7 +25,15 @@ from flintlm.api.anthropic_protocol import (
     StopReason,
     messages_usage,
 )
-from flintlm.api.deps import AdmissionDep, AuthedKey, EngineDep, Serving, check_model
+from flintlm.api.bounds import check_count, checked_sampling
+from flintlm.api.deps import (
+    AdmissionDep,
+    AuthedKey,
+    Credentials,
+    EngineDep,
+    Serving,
+    check_model,
+)
 from flintlm.api.errors import ClientDisconnected, NotFound, PermissionDenied
 from flintlm.api.generation import Generation, raise_if_failed
 from flintlm.api.prompts import render_chat
@@ -48,12 +57,18 @@ async def create_message(
     request: Request,
     serving: Serving,
     engine: EngineDep,
-    key: AuthedKey,
+    secret: Credentials,
     admission: AdmissionDep,
 ) -> Response:
+    # The edge as on chat: validate -> authenticate -> render off the event loop -> admit.
+    limits = serving.config.limits
+    check_count("messages", len(body.messages), limits.max_messages)
+    check_count("tools", len(body.tools or []), limits.max_tools)
+    params = checked_sampling(await asyncio.to_thread(body.sampling_params), limits,
+                              engine.tokenizer.vocab_size)
+    key = await serving.admission.authenticate(secret)
     check_model(body.model, engine)
-    prompt_ids = render_prompt(engine.tokenizer, body)
-    params = body.sampling_params()
+    prompt_ids = await asyncio.to_thread(render_prompt, engine.tokenizer, body)
     # NOTE: clients ask for max_tokens whatever the model (Claude Code: 32,000). As Anthropic's
     # API does, a request whose max_tokens passes the context window runs up to the window and
     # ends with stop_reason "model_context_window_exceeded"; a prompt that fills it is a 400.
@@ -62,9 +77,10 @@ async def create_message(
     if is_window_bound:
         params.max_tokens = room
     request_id = f"msg_{uuid.uuid4().hex}"
-    ticket = await admission.admit(key, request_id, [prompt_ids], params, body.end_user)
+    ticket = await admission.admit(key, request_id, [prompt_ids], params, body.end_user,
+                                   prompt_param="messages")
     generation = await Generation.start(
-        engine, serving.metrics, ticket, request.receive, [prompt_ids], params,
+        engine, serving.metrics, ticket, request.receive, [prompt_ids], ticket.admitted_params,
         cache_salt=ticket.cache_salt,
     )
     encoder = MessageEncoder(request_id, engine.model_name, bool(body.active_tools),

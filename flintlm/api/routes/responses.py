@@ -9,6 +9,7 @@ client hears it is done, so a `previous_response_id` right after it finds it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -17,7 +18,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from flintlm.api.deps import AdmissionDep, AuthedKey, EngineDep, Serving, check_model
+from flintlm.api.bounds import checked_params
+from flintlm.api.deps import (
+    AdmissionDep,
+    AuthedKey,
+    Credentials,
+    EngineDep,
+    Serving,
+    check_model,
+)
 from flintlm.api.errors import ClientDisconnected, InvalidParam, NotFound, to_api_error
 from flintlm.api.generation import Generation, raise_if_failed
 from flintlm.api.prompts import render_chat
@@ -45,19 +54,25 @@ ResponseStoreDep = Annotated[ResponseStore, Depends(get_response_store)]
 
 @router.post("/v1/responses", response_model=None)
 async def create_response(body: ResponsesRequest, request: Request, serving: Serving,
-                          engine: EngineDep, key: AuthedKey, admission: AdmissionDep,
+                          engine: EngineDep, secret: Credentials, admission: AdmissionDep,
                           store: ResponseStoreDep) -> Response:
+    # The edge as on chat: validate -> authenticate -> render off the event loop -> admit.
+    # NOTE: the parameters do not depend on a previous response's items, which need the key.
+    items = normalize_items(body.input)
+    chat = chat_request(body, [], items)
+    params = await checked_params(chat, serving.config.limits, engine.tokenizer.vocab_size)
+    key = await serving.admission.authenticate(secret)
     check_model(body.model, engine)
     context = await _previous_context(serving, store, key, body.previous_response_id)
-    items = normalize_items(body.input)
-    chat = chat_request(body, context, items)
-    prompt_ids = render_chat(engine.tokenizer, chat.messages, tools=chat.active_tools)
+    if context:
+        chat = chat_request(body, context, items)
+    prompt_ids = await asyncio.to_thread(render_chat, engine.tokenizer, chat.messages,
+                                         tools=chat.active_tools)
     response_id = f"resp_{uuid.uuid4().hex}"
-    params = chat.sampling_params()
     ticket = await admission.admit(key, response_id, [prompt_ids], params, body.end_user,
-                                   cache_salt=chat.cache_salt)
+                                   cache_salt=chat.cache_salt, prompt_param="input")
     generation = await Generation.start(
-        engine, serving.metrics, ticket, request.receive, [prompt_ids], params,
+        engine, serving.metrics, ticket, request.receive, [prompt_ids], ticket.admitted_params,
         priority=chat.priority, cache_salt=ticket.cache_salt)
     builder = ResponseBuilder(_skeleton(response_id, engine.model_name, body),
                               parses_tool_calls=bool(chat.active_tools))

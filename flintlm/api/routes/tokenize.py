@@ -4,6 +4,8 @@ clients can count tokens exactly as the server bills them.
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 
 from flintlm.api.deps import AuthedKey, EngineDep, check_model
@@ -22,11 +24,14 @@ router = APIRouter()
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, engine: EngineDep, _: AuthedKey) -> TokenizeResponse:
     check_model(body.model, engine)
+    # NOTE: off the event loop, as every route renders and tokenizes: a long text must not
+    # stall the streams of other requests.
     if body.messages is not None:
-        token_ids = render_chat(engine.tokenizer, body.messages, tools=body.tools,
-                                add_generation_prompt=body.add_generation_prompt)
+        token_ids = await asyncio.to_thread(
+            render_chat, engine.tokenizer, body.messages, tools=body.tools,
+            add_generation_prompt=body.add_generation_prompt)
     else:
-        token_ids = engine.tokenizer.encode(body.prompt or "",
+        token_ids = await asyncio.to_thread(engine.tokenizer.encode, body.prompt or "",
                                             add_special_tokens=body.add_special_tokens)
     return TokenizeResponse(tokens=token_ids, count=len(token_ids),
                             max_model_len=engine.max_model_len)
