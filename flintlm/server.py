@@ -26,6 +26,7 @@ from flintlm.api.deps import Admission, ServingState
 from flintlm.api.errors import install_error_handlers
 from flintlm.api.middleware import RateLimitHeaders
 from flintlm.api.routes import admin, chat, completions, health, models, tokenize, usage
+from flintlm.api.routes import moderations
 from flintlm.api.routes import responses as responses_route
 from flintlm.observability.logging import configure as configure_logging
 from flintlm.observability.metrics import Metrics
@@ -34,13 +35,20 @@ if TYPE_CHECKING:
     from flintlm.config import FlintConfig
     from flintlm.engine.async_engine import AsyncEngine
     from flintlm.platform.service import Platform
+    from flintlm.safety.moderation import Moderator
 
 logger = logging.getLogger("flintlm.server")
 
 
-def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission) -> FastAPI:
+def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission,
+              moderator: Moderator | None = None) -> FastAPI:
     """The HTTP app; its lifespan starts the engine loop, and at the end drains the engine,
-    settles what is left and closes the platform (`admission.close()` flushes the ledger)."""
+    settles what is left and closes the platform (`admission.close()` flushes the ledger).
+    `moderator` serves /v1/moderations; None builds the one `config.moderation` names."""
+    if moderator is None:
+        from flintlm.safety.moderation import build_moderator
+
+        moderator = build_moderator(config)
     serving = ServingState(config, engine, Metrics(engine.stats, engine.model_name), admission,
                            created=int(time.time()))
 
@@ -55,12 +63,15 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission) ->
                 await engine.shutdown(drain_timeout_s=serving.drain_time_left_s())
             finally:
                 await admission.close()
+                moderator.close()
 
     app = FastAPI(title="flintlm", summary="OpenAI-compatible LLM API", lifespan=lifespan)
     app.state.serving = serving
+    app.state.moderator = moderator
     install_error_handlers(app)
     app.add_middleware(RateLimitHeaders)
-    for module in (chat, completions, models, tokenize, usage, admin, health, responses_route):
+    for module in (chat, completions, models, tokenize, usage, admin, health, responses_route,
+                   moderations):
         app.include_router(module.router)
     return app
 
