@@ -25,8 +25,16 @@ from fastapi import FastAPI
 from flintlm.api.deps import Admission, ServingState
 from flintlm.api.errors import install_error_handlers
 from flintlm.api.middleware import RateLimitHeaders
-from flintlm.api.routes import admin, chat, completions, health, models, tokenize, usage
-from flintlm.api.routes import moderations
+from flintlm.api.routes import (
+    admin,
+    chat,
+    completions,
+    health,
+    models,
+    moderations,
+    tokenize,
+    usage,
+)
 from flintlm.api.routes import responses as responses_route
 from flintlm.observability.logging import configure as configure_logging
 from flintlm.observability.metrics import Metrics
@@ -94,18 +102,20 @@ def serve(config: FlintConfig) -> None:
     signal drains the server."""
     from flintlm.engine.async_engine import AsyncEngine
     from flintlm.platform.service import Platform
+    from flintlm.safety.moderation import build_moderator
 
     configure_logging(config.server.log_level)
     platform = Platform.from_config(config.platform)  # a bad store fails before the model loads
     try:
         engine = AsyncEngine.from_config(config, progress=True)
+        moderator = build_moderator(config)  # a bad --guard-model fails here, before the port
         _log_key_mode(config, platform)
     except BaseException:
         platform.close()
         raise
     admission = Admission(platform, model_name=engine.model_name,
                           max_model_len=engine.max_model_len, static_key=config.server.api_key)
-    app = build_app(config, engine, admission)
+    app = build_app(config, engine, admission, moderator)
     uvicorn_config = uvicorn.Config(
         app, host=config.server.host, port=config.server.port,
         log_level=config.server.log_level, timeout_graceful_shutdown=config.server.drain_timeout_s,

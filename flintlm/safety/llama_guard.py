@@ -11,7 +11,6 @@ result `flagged`; `policy_codes` keeps every code for callers (guardrails) that 
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 

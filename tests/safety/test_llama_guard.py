@@ -8,7 +8,9 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from typer.testing import CliRunner
 
+from flintlm import cli
 from flintlm.config import CacheConfig, FlintConfig, ModelConfig, ModerationConfig
 from flintlm.loading.loader import resolve_model_path
 from flintlm.safety.llama_guard import (
@@ -118,3 +120,5 @@ def test_guard_needs_a_model() -> None:
         ModerationConfig("guard")
     with pytest.raises(ValueError, match="classifier, guard"):
         ModerationConfig("nope")
+    result = CliRunner().invoke(cli.app, ["serve", "--moderation-backend", "guard"])
+    assert result.exit_code == 2 and "--guard-model" in result.output
