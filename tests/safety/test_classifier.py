@@ -1,10 +1,9 @@
 """The bundled classifier backend, through the `Moderator` interface: shape, the labelled
-set's figures (the ones docs/safety.md states) and that it runs off the event loop."""
+set's figures (the ones docs/safety.md states)."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 import pytest
@@ -57,25 +56,3 @@ def test_labelled_set_figures_as_documented(moderator: ProfanityModerator) -> No
     assert (flagged.num_true_positives, flagged.num_false_positives,
             flagged.num_false_negatives) == (18, 1, 18)
     assert round(harassment.precision, 2) == 0.58 and round(harassment.recall, 2) == 0.85
-
-
-def test_classify_runs_off_the_event_loop(moderator: ProfanityModerator) -> None:
-    seen: list[str] = []
-    original = moderator.classify_blocking
-
-    async def main() -> None:
-        loop_thread = threading.current_thread().name
-
-        def recording(texts: list[str]):  # type: ignore[no-untyped-def]
-            seen.append(threading.current_thread().name)
-            return original(texts)
-
-        moderator.classify_blocking = recording  # type: ignore[method-assign]
-        try:
-            await moderator.classify(["hello"])
-        finally:
-            del moderator.classify_blocking
-        assert seen and seen[0] != loop_thread
-
-    asyncio.run(main())
-    assert seen[0].startswith("flintlm-moderation")
