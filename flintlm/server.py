@@ -25,16 +25,8 @@ from fastapi import FastAPI
 from flintlm.api.deps import Admission, ServingState
 from flintlm.api.errors import install_error_handlers
 from flintlm.api.middleware import RateLimitHeaders
-from flintlm.api.routes import (
-    admin,
-    chat,
-    completions,
-    health,
-    models,
-    moderations,
-    tokenize,
-    usage,
-)
+from flintlm.api.routes import admin, chat, completions, health, models, tokenize, usage
+from flintlm.api.routes import moderations as moderations_route
 from flintlm.api.routes import responses as responses_route
 from flintlm.observability.logging import configure as configure_logging
 from flintlm.observability.metrics import Metrics
@@ -79,7 +71,7 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission,
     install_error_handlers(app)
     app.add_middleware(RateLimitHeaders)
     for module in (chat, completions, models, tokenize, usage, admin, health, responses_route,
-                   moderations):
+                   moderations_route):
         app.include_router(module.router)
     return app
 
