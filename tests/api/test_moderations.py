@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import openai
@@ -24,9 +26,10 @@ from flintlm.config import (
     ServerConfig,
 )
 from flintlm.loading.loader import resolve_model_path
+from flintlm.platform.ledger import UsageStatus
 from flintlm.platform.service import Platform
 from flintlm.safety.llama_guard import GuardModerator
-from flintlm.safety.moderation import CATEGORIES
+from flintlm.safety.moderation import CATEGORIES, ModerationResult, Moderator
 from flintlm.server import build_app
 from tests.conftest import HANG_TIMEOUT_S, READY_TIMEOUT_S
 from tests.platform.served import IssuedKey, PlatformServer, platform_servers
@@ -172,23 +175,23 @@ def test_guard_backend_serves_llama_guard_verdicts(guard_served: PlatformServer)
     assert row["completion_tokens"] == 0 and row["status"] == "finished"
 
 
-@pytest.fixture(scope="module")
-def forced_guard_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An in-process app (fake generation engine, real platform) whose moderator is the guard
-    on flintlm's engine with its answer forced to "unsafe\nS1,S10" by the output grammar."""
-    guard_path = resolve_model_path("default")
+@dataclass
+class InProcess:
+    url: str
+    admission: RecordingAdmission
+
+
+@contextmanager
+def in_process(tmp: Path, moderator: Moderator, config: FlintConfig) -> Iterator[InProcess]:
+    """An in-process app (fake generation engine, real platform) around `moderator`."""
     port = free_port()
-    platform_config = PlatformConfig(data_dir=str(tmp_path_factory.mktemp("forced")))
-    config = FlintConfig(model=ModelConfig(dtype="float32", device="cpu"),
-                         cache=CacheConfig(kv_cache_memory=64 << 20),
-                         server=ServerConfig(port=port, api_key=FAKE_KEY),
-                         platform=platform_config,
-                         moderation=ModerationConfig("guard", guard_path))
+    platform_config = PlatformConfig(data_dir=str(tmp))
+    config = config.replace(server=ServerConfig(port=port, api_key=FAKE_KEY),
+                            platform=platform_config)
     engine = FakeEngine()
     admission = RecordingAdmission(Platform.from_config(platform_config),
                                    model_name=engine.model_name,
                                    max_model_len=engine.max_model_len, static_key=FAKE_KEY)
-    moderator = GuardModerator.from_config(config, output_regex="unsafe\nS1,S10")
     app = build_app(config, engine, admission, moderator)  # type: ignore[arg-type]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -197,15 +200,51 @@ def forced_guard_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.started, "the in-process server did not start"
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(HANG_TIMEOUT_S)
+    try:
+        yield InProcess(f"http://127.0.0.1:{port}/v1", admission)
+    finally:
+        server.should_exit = True
+        thread.join(HANG_TIMEOUT_S)
 
 
-def test_forced_guard_answer_maps_to_openai_categories(forced_guard_url: str) -> None:
-    client = openai.OpenAI(base_url=forced_guard_url, api_key=FAKE_KEY, max_retries=0,
-                           timeout=HANG_TIMEOUT_S)
-    response = client.moderations.create(input=[BENIGN, "anything"])
+def in_process_client(app: InProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=app.url, api_key=FAKE_KEY, max_retries=0,
+                         timeout=HANG_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def forced_guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
+    """The guard on flintlm's engine, its answer forced to "unsafe\\nS1,S10" by the grammar."""
+    config = FlintConfig(model=ModelConfig(dtype="float32", device="cpu"),
+                         cache=CacheConfig(kv_cache_memory=64 << 20),
+                         moderation=ModerationConfig("guard", resolve_model_path("default")))
+    moderator = GuardModerator.from_config(config, output_regex="unsafe\nS1,S10")
+    with in_process(tmp_path_factory.mktemp("forced"), moderator, config) as app:
+        yield app
+
+
+class BrokenModerator(Moderator):
+    model_name = "broken"
+    judged_categories = frozenset({"harassment"})
+
+    def classify_blocking(self, texts: list[str]) -> list[ModerationResult]:
+        raise RuntimeError("the classifier's model file is corrupt")
+
+
+def test_a_failing_backend_is_a_500_with_one_failed_row(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    with in_process(tmp_path_factory.mktemp("broken"), BrokenModerator(), FlintConfig()) as app:
+        with pytest.raises(openai.InternalServerError) as caught:
+            in_process_client(app).moderations.create(input=[BENIGN, ABUSIVE])
+        assert "corrupt" not in str(caught.value)  # no internals leak to the client
+        ((request_id, usage, status),) = app.admission.settled
+    assert request_id.startswith("modr-") and status is UsageStatus.FAILED
+    assert usage.prompt_tokens == len(BENIGN.encode()) + len(ABUSIVE.encode())  # byte tokens
+    assert usage.completion_tokens == 0
+
+
+def test_forced_guard_answer_maps_to_openai_categories(forced_guard: InProcess) -> None:
+    response = in_process_client(forced_guard).moderations.create(input=[BENIGN, "anything"])
     assert response.model == "SmolLM2-135M-Instruct.Q4_1"
     for result in response.results:  # S1 Violent Crimes, S10 Hate
         categories = result.categories.model_dump(by_alias=True)
@@ -213,3 +252,6 @@ def test_forced_guard_answer_maps_to_openai_categories(forced_guard_url: str) ->
         assert {name for name, on in categories.items() if on} == {
             "violence", "illicit/violent", "hate"}
         assert result.category_scores.hate == 1.0 and result.category_scores.sexual == 0.0
+    ((request_id, usage, status),) = forced_guard.admission.settled
+    assert request_id == response.id and status is UsageStatus.FINISHED
+    assert usage.completion_tokens == 0

@@ -58,11 +58,14 @@ async def create_moderation(body: ModerationRequest, engine: EngineDep, key: Aut
     try:
         results = await moderator.classify(texts)
         status = UsageStatus.FINISHED
+    except asyncio.CancelledError:  # the client went away; the inputs were still read
+        status = UsageStatus.ABORTED
+        raise
     finally:
         timings = Timings(total_time_s=time.monotonic() - ticket.created_s)
         await ticket.settle(usage, status=status, timings=timings,
-                            error_code=None if status is UsageStatus.FINISHED
-                            else "moderation_failed")
+                            error_code="moderation_failed" if status is UsageStatus.FAILED
+                            else None)
     return ModerationResponse(id=request_id, model=moderator.model_name,
                               results=[_result_body(result) for result in results])
 
