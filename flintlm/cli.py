@@ -25,6 +25,7 @@ from flintlm.config import (
     FlintConfig,
     LimitsConfig,
     ModelConfig,
+    ModerationConfig,
     PlatformConfig,
     SchedulerConfig,
     ServerConfig,
@@ -51,7 +52,8 @@ keys_app = typer.Typer(help="Issue, list and revoke API keys in the platform sto
 app.add_typer(keys_app, name="keys")
 
 _SECTIONS = {"model": ModelConfig, "cache": CacheConfig, "scheduler": SchedulerConfig,
-             "server": ServerConfig, "limits": LimitsConfig, "platform": PlatformConfig}
+             "server": ServerConfig, "limits": LimitsConfig, "platform": PlatformConfig,
+             "moderation": ModerationConfig}
 # NOTE: the guardrail settings are not wired into the server yet, so they are no flags either.
 _NOT_FLAGS = {"blocked_phrases", "max_prompt_chars"}
 _FIELD_SECTION = {f.name: (section, f) for section, cls in _SECTIONS.items()
@@ -147,6 +149,8 @@ def serve(
     response_ttl_s: Annotated[float | None, _opt("response_ttl_s")] = None,
     max_stored_responses_per_key: Annotated[
         int | None, _opt("max_stored_responses_per_key")] = None,
+    moderation_backend: Annotated[str | None, _opt("moderation_backend")] = None,
+    guard_model: Annotated[str | None, _opt("guard_model")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, ...)."""
     config = build_config(locals())

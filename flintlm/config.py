@@ -205,6 +205,24 @@ class PlatformConfig:
 
 
 @dataclass(frozen=True)
+class ModerationConfig:
+    moderation_backend: str = "classifier"
+    """Backend of /v1/moderations: classifier (the bundled offline profanity model; judges
+    harassment only) or guard (a Llama Guard-format model given by --guard-model)."""
+    guard_model: str | None = None
+    """Guard model for the guard backend: a .gguf file or an HF folder, answering in Llama
+    Guard's format ("safe" / "unsafe" + S-codes); runs on flintlm's engine beside the model."""
+
+    def __post_init__(self) -> None:
+        if self.moderation_backend not in ("classifier", "guard"):
+            raise ValueError(f"moderation_backend={self.moderation_backend!r} is not one of "
+                             "classifier, guard")
+        if self.moderation_backend == "guard" and not self.guard_model:
+            raise ValueError("moderation_backend='guard' needs a guard model: pass "
+                             "--guard-model PATH (a .gguf file or an HF folder)")
+
+
+@dataclass(frozen=True)
 class FlintConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -212,6 +230,7 @@ class FlintConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
+    moderation: ModerationConfig = field(default_factory=ModerationConfig)
 
     def replace(self, **sections: Any) -> FlintConfig:
         """Return a copy with whole sections replaced, e.g. `cfg.replace(cache=new_cache)`."""

@@ -34,6 +34,7 @@ from flintlm.api.routes import (
     health,
     messages,
     models,
+    moderations,
     responses,
     tokenize,
     usage,
@@ -45,13 +46,20 @@ if TYPE_CHECKING:
     from flintlm.config import FlintConfig
     from flintlm.engine.async_engine import AsyncEngine
     from flintlm.platform.service import Platform
+    from flintlm.safety.moderation import Moderator
 
 logger = logging.getLogger("flintlm.server")
 
 
-def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission) -> FastAPI:
+def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission,
+              moderator: Moderator | None = None) -> FastAPI:
     """The HTTP app; its lifespan starts the engine loop, and at the end drains the engine,
-    settles what is left and closes the platform (`admission.close()` flushes the ledger)."""
+    settles what is left and closes the platform (`admission.close()` flushes the ledger).
+    `moderator` serves /v1/moderations; None builds the one `config.moderation` names."""
+    if moderator is None:
+        from flintlm.safety.moderation import build_moderator
+
+        moderator = build_moderator(config)
     serving = ServingState(config, engine, Metrics(engine.stats, engine.model_name), admission,
                            created=int(time.time()))
 
@@ -66,14 +74,16 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission) ->
                 await engine.shutdown(drain_timeout_s=serving.drain_time_left_s())
             finally:
                 await admission.close()
+                moderator.close()
 
     app = FastAPI(title="flintlm", summary="OpenAI-compatible LLM API", lifespan=lifespan)
     app.state.serving = serving
+    app.state.moderator = moderator
     install_error_handlers(app)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyTooLarge, max_body_bytes=config.limits.max_body_bytes)
-    for module in (chat, completions, responses, messages, models, tokenize, usage, admin,
-                   health):
+    for module in (chat, completions, responses, messages, moderations, models, tokenize, usage,
+                   admin, health):
         app.include_router(module.router)
     return app
 
@@ -96,11 +106,13 @@ def serve(config: FlintConfig) -> None:
     signal drains the server."""
     from flintlm.engine.async_engine import AsyncEngine
     from flintlm.platform.service import Platform
+    from flintlm.safety.moderation import build_moderator
 
     configure_logging(config.server.log_level)
     platform = Platform.from_config(config.platform)  # a bad store fails before the model loads
     try:
         engine = AsyncEngine.from_config(config, progress=True)
+        moderator = build_moderator(config)  # a bad --guard-model fails here, before the port
         _log_key_mode(config, platform)
     except BaseException:
         platform.close()
@@ -108,7 +120,7 @@ def serve(config: FlintConfig) -> None:
     admission = Admission(platform, model_name=engine.model_name,
                           max_model_len=engine.max_model_len, static_key=config.server.api_key,
                           limits=config.limits)
-    app = build_app(config, engine, admission)
+    app = build_app(config, engine, admission, moderator)
     uvicorn_config = uvicorn.Config(
         app, host=config.server.host, port=config.server.port,
         log_level=config.server.log_level, timeout_graceful_shutdown=config.server.drain_timeout_s,

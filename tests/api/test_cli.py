@@ -14,6 +14,7 @@ from flintlm import cli
 from flintlm.config import (
     CacheConfig,
     ModelConfig,
+    ModerationConfig,
     PlatformConfig,
     SchedulerConfig,
     ServerConfig,
@@ -25,7 +26,8 @@ def test_every_engine_and_server_field_is_a_serve_flag() -> None:
     command = typer.main.get_command(cli.app).commands["serve"]  # type: ignore[attr-defined]
     flags = {p.name for p in command.params}
     not_wired = {"blocked_phrases", "max_prompt_chars"}  # guardrails: no server wiring yet
-    for section in (ModelConfig, CacheConfig, SchedulerConfig, ServerConfig, PlatformConfig):
+    for section in (ModelConfig, CacheConfig, SchedulerConfig, ServerConfig, PlatformConfig,
+                    ModerationConfig):
         for field in dataclasses.fields(section):
             if field.name not in not_wired:
                 assert field.name in flags, f"serve has no --{field.name.replace('_', '-')}"
