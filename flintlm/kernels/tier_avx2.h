@@ -248,7 +248,7 @@ il_half_q8(const qweights *g, const qactivations *a, int64_t k, int64_t r0, cons
  * 64-byte chunk read once as two vectors (rows 0-7, 8-15), so the group's bytes stream from
  * memory once and every line is used whole as it arrives (the halves above read each line
  * twice: the second pass ran from cache while memory idled). Registers: 2 x ROWS float
- * accumulators + 2 x ROWS block sums + the chunk's 4 (Q4) or 4 (Q8) weight vectors. */
+ * accumulators + 2 x ROWS block sums + the chunk's 4 (Q4 nibbles) or 2 (Q8) weight vectors. */
 #define IL_FULL_ROWS 2
 #define IL_PREFETCH_BYTES 1024 /* ahead on the group's weight stream (the next group follows) */
 
@@ -276,8 +276,9 @@ il_full_q4(const qweights *g, const qactivations *a, int64_t k, int64_t r0, cons
                 hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_nibbles);
             }
             for (int r = 0; r < rows; r++) {
-                const __m256i x_lo = _mm256_set1_epi32(*(const aliased_i32 *)(xb + r * k + 4 * c));
-                const __m256i x_hi = _mm256_set1_epi32(*(const aliased_i32 *)(xb + r * k + 16 + 4 * c));
+                const int8_t *xr = xb + r * k;
+                const __m256i x_lo = _mm256_set1_epi32(*(const aliased_i32 *)(xr + 4 * c));
+                const __m256i x_hi = _mm256_set1_epi32(*(const aliased_i32 *)(xr + 16 + 4 * c));
                 for (int h = 0; h < 2; h++) {
 #ifdef __AVXVNNI__
                     isum[h][r] = _mm256_dpbusd_avx_epi32(isum[h][r], lo[h], x_lo);
@@ -332,7 +333,8 @@ il_full_q8(const qweights *g, const qactivations *a, int64_t k, int64_t r0, cons
                 }
             }
         }
-        for (int h = 0; h < 2; h++) il_scale_block(g, a, r0, rows, h, b, isum[h], !Q8_SIGNED, acc[h]);
+        for (int h = 0; h < 2; h++)
+            il_scale_block(g, a, r0, rows, h, b, isum[h], !Q8_SIGNED, acc[h]);
     }
     for (int h = 0; h < 2; h++)
         for (int r = 0; r < rows; r++) _mm256_storeu_ps(dots + r * IL_ROWS + 8 * h, acc[h][r]);
