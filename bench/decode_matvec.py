@@ -4,6 +4,7 @@ single-stream decode step is made of.
 
     PYTHONPATH=. python bench/decode_matvec.py --tiers avx2,avx512 --threads 1 --steps 20
     PYTHONPATH=. python bench/decode_matvec.py --tiers avx2 --extra-flags=-mno-avxvnni  # Zen 3/4
+    PYTHONPATH=. python bench/decode_matvec.py --resident  # in-L2 speed: the kernel alone
 
 Random weights in the interleaved layout the decode step reads (models/quant.py), all 16
 layers and the head (~0.9 GB, more than a typical L3, so every step streams from memory as a
@@ -65,6 +66,24 @@ def best_step(kernels: CpuKernels, layers: list[dict[str, QuantMatrix]], head: Q
     return {**best, "step": sum(best.values())}
 
 
+def resident(kernels: CpuKernels, rows: int) -> str:
+    """GB/s on matrices small enough to stay in L2 (best of 30 x 50 calls): the kernel's own
+    speed, free of the memory system (and of a shared machine's memory traffic)."""
+    cells = []
+    for n, k, is_4bit in ((512, HIDDEN, True), (256, INTERMEDIATE, True), (512, HIDDEN, False)):
+        matrix = random_matrix(n, k, is_4bit)
+        x = torch.randn(rows, k, dtype=kernels.dtype)
+        out = torch.empty(rows, n, dtype=kernels.dtype)
+        best = float("inf")
+        for _ in range(31):
+            start = time.perf_counter()
+            for _ in range(50):
+                kernels.quant_matmul(x, matrix, out, 0, True)
+            best = min(best, (time.perf_counter() - start) / 50)
+        cells.append(f"{'Q4_0' if is_4bit else 'Q8_0'} {n}x{k} {matrix.nbytes / best / 1e9:.1f}")
+    return ", ".join(cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tiers", default=",".join(native.available_tiers()[:2]))
@@ -73,10 +92,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--extra-flags", default="",
                         help="compiler flags added to each tier's, comma-separated")
+    parser.add_argument("--resident", action="store_true",
+                        help="time L2-resident matrices instead of a whole step")
     args = parser.parse_args()
     torch.manual_seed(0)
     layers = [{name: random_matrix(n, k, True) for name, (n, k) in LAYER.items()}
-              for _ in range(NUM_LAYERS)]
+              for _ in range(0 if args.resident else NUM_LAYERS)]
     head = random_matrix(VOCAB, HIDDEN, False)
     size = {name: (sum(layer[name].nbytes for layer in layers),
                    sum(gguf_bytes(layer[name]) for layer in layers)) for name in LAYER}
@@ -94,6 +115,10 @@ def main() -> None:
         for threads in map(int, args.threads.split(",")):
             torch.set_num_threads(threads)  # also the kernels' OpenMP (the same libgomp)
             for rows in map(int, args.rows.split(",")):
+                if args.resident:
+                    print(f"{tier}, {threads} threads, {rows} rows, resident GB/s: "
+                          + resident(kernels, rows), flush=True)
+                    continue
                 best = best_step(kernels, layers, head, rows, args.steps)
                 cells = [f"{best[k] * 1e3:.2f} ({size[k][0] / best[k] / 1e9:.1f})" for k in size]
                 print(f"| {tier} | {threads} | {rows} | " + " | ".join(cells) + " |", flush=True)
