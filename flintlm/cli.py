@@ -125,6 +125,7 @@ def serve(
     api_key: Annotated[str | None, _opt("api_key")] = None,
     drain_timeout_s: Annotated[float | None, _opt("drain_timeout_s")] = None,
     log_level: Annotated[str | None, _opt("log_level")] = None,
+    log_format: Annotated[str | None, _opt("log_format")] = None,
     data_dir: Annotated[str | None, _opt("data_dir")] = None,
     database_url: Annotated[str | None, _opt("database_url")] = None,
     redis_url: Annotated[str | None, _opt("redis_url")] = None,

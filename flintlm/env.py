@@ -2,7 +2,8 @@
 
 Every `flintlm serve` flag can also come from `FLINTLM_<FLAG_NAME>` (e.g. FLINTLM_MAX_MODEL_LEN);
 the CLI asks this module and never reads `os.environ` itself. Values are returned as strings;
-the caller converts them with the same rules as the flag.
+the caller converts them with the same rules as the flag. One is no flag: the test hook
+FLINTLM_TEST_HOLD_LOADING_UNTIL=<file> keeps `serve` in its loading phase until the file exists.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -31,6 +30,7 @@ from flintlm.api.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from flintlm.observability.logging import ContextExecutor, current_request_id
 from flintlm.platform.keys import (
     ANONYMOUS_KEY_ID,
     SECRET_PREFIX,
@@ -61,6 +61,7 @@ class Ticket:
 
     `cache_salt` is the prefix-cache salt the engine must get: the key's tenant, narrowed by the
     client's `cache_salt`. `created_s` (monotonic) is where the ledger's timings start.
+    `http_request_id` is the HTTP request's `x-request-id`, kept for the ledger row.
     """
 
     admission: Admission
@@ -71,6 +72,7 @@ class Ticket:
     created_s: float = field(default_factory=time.monotonic)
     reservation: Reservation | None = None
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
+    http_request_id: str | None = field(default_factory=current_request_id)
     is_settled: bool = field(default=False, init=False)
 
     async def settle(self, usage: Usage, *, status: UsageStatus = UsageStatus.FINISHED,
@@ -94,7 +96,8 @@ class Admission:
         self.max_model_len = max_model_len
         self._static_key = static_key
         self._is_key_required = static_key is not None or platform.has_admin_key
-        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="flintlm-platform")
+        # Its threads log and settle in the calling request's context (its request id).
+        self._executor = ContextExecutor(max_workers, thread_name_prefix="flintlm-platform")
         self._open: dict[str, Ticket] = {}  # admitted, not settled yet (touched on the loop only)
         self._settling: set[asyncio.Future[None]] = set()
 
@@ -195,7 +198,8 @@ class Admission:
         try:
             self.platform.settle(ticket.request_id, ticket.key.id, self.model_name, usage,
                                  status=status, reservation=ticket.reservation,
-                                 error_code=error_code, timings=timings)
+                                 error_code=error_code, timings=timings,
+                                 http_request_id=ticket.http_request_id)
         except Exception:  # the request is over either way; the log says what was lost
             logger.exception("could not settle %s (key %s): %s prompt + %s completion tokens",
                              ticket.request_id, ticket.key.id, usage.prompt_tokens,

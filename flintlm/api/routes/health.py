@@ -1,4 +1,6 @@
-"""GET /health (200 while serving, 503 while draining) and GET /metrics (Prometheus text)."""
+"""GET /health (readiness: 200 while serving, 503 while draining), GET /health/live (liveness:
+200 while the process runs; the front door answers it while loading and draining too) and
+GET /metrics (Prometheus text)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from fastapi import APIRouter, Response
 
 from flintlm.api.deps import Serving
 from flintlm.api.errors import ServiceUnavailable
+from flintlm.api.lifecycle import LIVENESS_PATH
 
 router = APIRouter()
 
@@ -15,6 +18,11 @@ async def health(serving: Serving) -> dict[str, str]:
     if serving.is_draining:
         raise ServiceUnavailable("the server is shutting down", code="server_draining")
     return {"status": "ok"}
+
+
+@router.get(LIVENESS_PATH)
+async def liveness() -> dict[str, str]:
+    return {"status": "alive"}
 
 
 @router.get("/metrics")
