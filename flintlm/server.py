@@ -97,7 +97,6 @@ class _Launcher:
         self._stop_loading = threading.Event()
         self.is_loader_running = False
         self._engine: AsyncEngine | None = None
-        self._serving: ServingState | None = None
         self._app_lifespan: AbstractAsyncContextManager[None] | None = None
 
     def start_loading(self) -> None:
@@ -114,7 +113,7 @@ class _Launcher:
                               max_model_len=engine.max_model_len,
                               static_key=self.config.server.api_key)
         app = build_app(self.config, engine, admission)
-        self._engine, self._serving = engine, app.state.serving
+        self._engine = engine
         self._app_lifespan = app.router.lifespan_context(app)
         await self._app_lifespan.__aenter__()
         self.front.open(app)
@@ -130,17 +129,19 @@ class _Launcher:
                 if self._stop_loading.wait(0.05):
                     raise _LoadingStopped
             started_s = time.monotonic()
-            engine = AsyncEngine.from_config(self.config, progress=True)
+            # A progress bar is for people reading text logs, not for JSON log collectors.
+            is_text = self.config.server.log_format == "text"
+            engine = AsyncEngine.from_config(self.config, progress=is_text)
             logger.info("model loaded in %.1fs", time.monotonic() - started_s)
             return engine
         finally:
             self.is_loader_running = False
 
     def begin_drain(self) -> None:
-        timeout_s = self.config.server.drain_timeout_s
-        self.front.begin_drain(timeout_s)
-        if self._serving is not None:
-            self._serving.begin_drain(timeout_s)
+        # NOTE: the front door alone refuses new requests; those already in (a body still
+        # arriving, a route still tokenizing) are served. The app's own draining state is set
+        # by its lifespan's end, once nothing is in flight.
+        self.front.begin_drain(self.config.server.drain_timeout_s)
 
     async def abort_in_flight(self) -> None:
         if self._engine is not None:
@@ -151,6 +152,7 @@ class _Launcher:
         settle and flush the ledger through the API app's lifespan, or close the platform."""
         self._stop_loading.set()
         if self._loading is not None and not self._loading.done():
+            logger.info("stopped while the model was loading")
             self._loading.cancel()
         if self._app_lifespan is not None:
             await self._app_lifespan.__aexit__(None, None, None)
@@ -266,7 +268,6 @@ def serve(config: FlintConfig) -> None:
     if launcher.is_loader_running:
         # NOTE: stopped while loading: the load cannot be interrupted and the platform is closed;
         # end now rather than finish a load nobody will use (or race the interpreter's exit).
-        logger.info("stopped while the model was loading")
         logging.shutdown()
         os._exit(0)
 

@@ -86,11 +86,12 @@ class LiveServer:
             raise
 
 
-def launch_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_KEY
-                  ) -> LiveServer:
+def launch_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_KEY,
+                  env_vars: dict[str, str] | None = None) -> LiveServer:
     """Start `python -m flintlm serve` without waiting for it (see `wait_until_ready`).
 
-    Its platform store is SQLite in `log_dir` unless `extra_args` name one.
+    Its platform store is SQLite in `log_dir` unless `extra_args` name one; its environment has
+    no FLINTLM_* variable but those in `env_vars`.
     """
     port = free_port()
     args = [sys.executable, "-m", "flintlm", "serve", *SERVER_ARGS, "--port", str(port),
@@ -101,9 +102,15 @@ def launch_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_
         args += ["--data-dir", str(log_dir / f"data-{port}")]
     log_path = log_dir / f"server-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLINTLM_")}
+    env |= env_vars or {}
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
     return LiveServer(process, port, api_key, log_path)
+
+
+def database_path(server: LiveServer) -> Path:
+    """The SQLite store of a server started without --data-dir or --database-url."""
+    return server.log_path.parent / f"data-{server.port}" / "flintlm.db"
 
 
 def wait_until_ready(server: LiveServer) -> LiveServer:
