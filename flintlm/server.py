@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -50,7 +50,7 @@ logger = logging.getLogger("flintlm.server")
 
 # After the drain, how long uvicorn waits for connections still open (probes, a second signal's
 # unfinished requests) before it cancels them.
-_CLOSE_GRACE_S = 5.0
+_CLOSE_GRACE_S = 5
 # Test hook: while this file does not exist, loading waits (the loading phase, held open).
 HOLD_LOADING_VAR = "test_hold_loading_until"
 _T = TypeVar("_T")
@@ -97,15 +97,16 @@ class _Launcher:
         self._stop_loading = threading.Event()
         self.is_loader_running = False
         self._engine: AsyncEngine | None = None
-        self._app_lifespan: AbstractAsyncContextManager[None] | None = None
+        self._app_lifespan: AbstractAsyncContextManager[Any] | None = None
 
     def start_loading(self) -> None:
+        self.is_loader_running = True  # until the loader thread ends, whatever ends it
         self._loading = asyncio.create_task(self._load_and_open())
 
     async def _load_and_open(self) -> None:
         try:
             engine = await _on_daemon_thread(self._load)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure ends the server, naming it
             logger.error("the model failed to load: %s", exc)
             self.load_error = exc
             return
@@ -114,15 +115,15 @@ class _Launcher:
                               static_key=self.config.server.api_key)
         app = build_app(self.config, engine, admission)
         self._engine = engine
-        self._app_lifespan = app.router.lifespan_context(app)
-        await self._app_lifespan.__aenter__()
+        app_lifespan = app.router.lifespan_context(app)
+        await app_lifespan.__aenter__()
+        self._app_lifespan = app_lifespan
         self.front.open(app)
         logger.info("ready: serving %s", engine.model_name)
 
     def _load(self) -> AsyncEngine:  # on the loader thread
         from flintlm.engine.async_engine import AsyncEngine
 
-        self.is_loader_running = True
         try:
             hold_path = env.lookup(HOLD_LOADING_VAR)
             while hold_path and not os.path.exists(hold_path):

@@ -81,14 +81,15 @@ class _RequestIdFilter(logging.Filter):
 class SafeTextFormatter(logging.Formatter):
     """One line per record; a traceback follows on indented lines."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        record.message = escape_controls(record.message)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # A trailing line break (uvicorn ends some messages with one) would only show as "\n".
+        record.message = escape_controls(record.message.rstrip("\r\n"))
         return super().formatMessage(record)
 
-    def formatException(self, ei: Any) -> str:  # noqa: N802
+    def formatException(self, ei: Any) -> str:
         return _indented(super().formatException(ei))
 
-    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+    def formatStack(self, stack_info: str) -> str:
         return _indented(super().formatStack(stack_info))
 
 

@@ -112,3 +112,21 @@ def test_draining_keeps_the_port_answering_503_until_in_flight_requests_finish(
         rows = db.execute("SELECT request_id, http_request_id, status, completion_tokens "
                           "FROM usage_events").fetchall()
     assert rows == [(completion["id"], "in-flight-upload", "finished", 8)]
+
+
+def test_a_drain_that_times_out_ends_the_requests_left_and_exits_0(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--drain-timeout-s", "1")
+    body = json.dumps({"prompt": "Count:", "max_tokens": 8}).encode()
+    try:
+        upload = _start_slow_upload(server, body, "never-finished")  # the body never ends
+        with server.http() as client:
+            assert client.get("/health").status_code == 200
+        server.process.send_signal(signal.SIGTERM)
+        exit_code = server.process.wait(HANG_TIMEOUT_S)
+        upload.close()
+    finally:
+        server.stop(signal.SIGKILL)
+    assert exit_code == 0, server.log()
+    assert "drain timeout: aborting 1 requests in flight" in server.log()
+    with sqlite3.connect(database_path(server)) as db:  # it never reached admission: no row
+        assert db.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
