@@ -4,8 +4,10 @@ SIGTERM/SIGINT, drain, exit 0.
 
 Lifecycle (`api/lifecycle.py` answers for the phases without an API app):
 1. The platform store opens and the model path is checked: a bad one fails before the port binds.
-2. uvicorn binds; the front door answers 503 `model_loading` while the model loads on a thread.
-3. Loaded: `build_app` is made, its lifespan starts the engine loop, the front door opens.
+2. The port binds; while the main thread loads the model, a server on a thread answers on it
+   (503 `model_loading`).
+3. Loaded: `build_app` is made; uvicorn serves the front door, now open, on the same socket and
+   the app's lifespan starts the engine loop.
 4. SIGTERM: draining. The port stays open: /health and new requests get 503 `server_draining`
    with Retry-After while in-flight requests finish (at most `drain_timeout_s`, then the engine
    aborts them, each billed for what ran).
@@ -16,16 +18,16 @@ A signal while loading skips to 5 at once; a second signal during a drain ends i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
+import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -53,7 +55,6 @@ logger = logging.getLogger("flintlm.server")
 _CLOSE_GRACE_S = 5
 # Test hook: while this file does not exist, loading waits (the loading phase, held open).
 HOLD_LOADING_VAR = "test_hold_loading_until"
-_T = TypeVar("_T")
 
 
 def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission) -> FastAPI:
@@ -85,141 +86,50 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission) ->
 
 
 class _Launcher:
-    """Loads the model on a thread while the front door answers 503, then puts the API app
-    behind it; at shutdown ends the API app's lifespan (or, never loaded, closes the platform)."""
+    """Runs the API app's lifespan for the server that serves it: the engine loop starts on the
+    server's event loop; at the end it drains, settles and flushes the ledger."""
 
-    def __init__(self, config: FlintConfig, platform: Platform) -> None:
-        self.config = config
-        self.platform = platform
-        self.front = FrontDoor(self.shutdown)
-        self.load_error: BaseException | None = None
-        self._loading: asyncio.Task[None] | None = None
-        self._stop_loading = threading.Event()
-        self.is_loader_running = False
-        self._engine: AsyncEngine | None = None
+    def __init__(self, app: FastAPI, engine: AsyncEngine) -> None:
+        self.app = app
+        self.engine = engine
         self._app_lifespan: AbstractAsyncContextManager[Any] | None = None
 
-    def start_loading(self) -> None:
-        self.is_loader_running = True  # until the loader thread ends, whatever ends it
-        self._loading = asyncio.create_task(self._load_and_open())
-
-    async def _load_and_open(self) -> None:
-        try:
-            engine = await _on_daemon_thread(self._load)
-        except Exception as exc:  # noqa: BLE001 - any failure ends the server, naming it
-            logger.error("the model failed to load: %s", exc)
-            self.load_error = exc
-            return
-        admission = Admission(self.platform, model_name=engine.model_name,
-                              max_model_len=engine.max_model_len,
-                              static_key=self.config.server.api_key)
-        app = build_app(self.config, engine, admission)
-        self._engine = engine
-        app_lifespan = app.router.lifespan_context(app)
+    async def startup(self) -> None:
+        app_lifespan = self.app.router.lifespan_context(self.app)
         await app_lifespan.__aenter__()
         self._app_lifespan = app_lifespan
-        self.front.open(app)
-        logger.info("ready: serving %s", engine.model_name)
-
-    def _load(self) -> AsyncEngine:  # on the loader thread
-        from flintlm.engine.async_engine import AsyncEngine
-
-        try:
-            hold_path = env.lookup(HOLD_LOADING_VAR)
-            while hold_path and not os.path.exists(hold_path):
-                if self._stop_loading.wait(0.05):
-                    raise _LoadingStopped
-            started_s = time.monotonic()
-            # A progress bar is for people reading text logs, not for JSON log collectors.
-            is_text = self.config.server.log_format == "text"
-            engine = AsyncEngine.from_config(self.config, progress=is_text)
-            logger.info("model loaded in %.1fs", time.monotonic() - started_s)
-            return engine
-        finally:
-            self.is_loader_running = False
-
-    def begin_drain(self) -> None:
-        # NOTE: the front door alone refuses new requests; those already in (a body still
-        # arriving, a route still tokenizing) are served. The app's own draining state is set
-        # by its lifespan's end, once nothing is in flight.
-        self.front.begin_drain(self.config.server.drain_timeout_s)
-
-    async def abort_in_flight(self) -> None:
-        if self._engine is not None:
-            await self._engine.shutdown(drain_timeout_s=0)
+        logger.info("ready: serving %s", self.engine.model_name)
 
     async def shutdown(self) -> None:
-        """Stop loading (a load in progress is left to die with the process); drain the engine,
-        settle and flush the ledger through the API app's lifespan, or close the platform."""
-        self._stop_loading.set()
-        if self._loading is not None and not self._loading.done():
-            logger.info("stopped while the model was loading")
-            self._loading.cancel()
         if self._app_lifespan is not None:
             await self._app_lifespan.__aexit__(None, None, None)
-        else:
-            await asyncio.to_thread(self.platform.close)
-
-
-class _LoadingStopped(Exception):
-    """The server stopped before the model was loaded."""
-
-
-async def _on_daemon_thread(function: Callable[[], _T]) -> _T:
-    """`function()` on a daemon thread: unlike the loop's executor, a process that stops while
-    it runs need not wait for it (a model can take minutes to load)."""
-    loop = asyncio.get_running_loop()
-    result: asyncio.Future[_T] = loop.create_future()
-
-    def deliver(value: _T | None, error: BaseException | None) -> None:
-        if result.done():  # cancelled: the server stopped
-            return
-        if error is not None:
-            result.set_exception(error)
-        else:
-            result.set_result(value)  # type: ignore[arg-type]
-
-    def run() -> None:
-        value, error = None, None
-        try:
-            value = function()
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            error = exc
-        try:
-            loop.call_soon_threadsafe(deliver, value, error)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
-
-    threading.Thread(target=run, name="flintlm-loader", daemon=True).start()
-    return await result
 
 
 class _DrainingServer(uvicorn.Server):
-    """uvicorn, with the model loaded after the port is bound, and a first SIGTERM/SIGINT that
-    drains with the port open instead of closing it."""
+    """uvicorn, with a first SIGTERM/SIGINT that drains with the port open instead of closing
+    it; the serve ends once nothing is in flight (or the drain times out)."""
 
-    def __init__(self, config: uvicorn.Config, launcher: _Launcher) -> None:
+    def __init__(self, config: uvicorn.Config, front: FrontDoor, engine: AsyncEngine,
+                 drain_timeout_s: float) -> None:
         super().__init__(config)
-        self.launcher = launcher
+        self.front = front
+        self.engine = engine
+        self.drain_timeout_s = drain_timeout_s
         self._is_drain_logged = False
-
-    async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
-        await super().startup(sockets)
-        if self.started and not self.should_exit:
-            self.launcher.start_loading()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # NOTE: a signal handler: only flags here (logging could deadlock on its own lock).
-        if self.launcher.front.phase is Phase.READY:
-            self.launcher.begin_drain()
+        # The front door alone refuses new requests; those already in (a body still arriving,
+        # a route still tokenizing) are served. The app's own draining state is set by its
+        # lifespan's end, once nothing is in flight.
+        if self.front.phase is Phase.READY:
+            self.front.begin_drain(self.drain_timeout_s)
             return
-        super().handle_exit(sig, frame)
+        super().handle_exit(sig, frame)  # a second signal: stop now
 
     async def on_tick(self, counter: int) -> bool:
-        front = self.launcher.front
-        if self.launcher.load_error is not None:
-            self.should_exit = True
-        elif front.phase is Phase.DRAINING and not self.should_exit:
+        front = self.front
+        if front.phase is Phase.DRAINING and not self.should_exit:
             if not self._is_drain_logged:
                 self._is_drain_logged = True
                 logger.info("draining: %d requests in flight, %.0fs at most",
@@ -229,14 +139,59 @@ class _DrainingServer(uvicorn.Server):
             elif front.drain_time_left_s() == 0:
                 logger.warning("drain timeout: aborting %d requests in flight",
                                front.num_in_flight)
-                await self.launcher.abort_in_flight()
+                await self.engine.shutdown(drain_timeout_s=0)
                 self.should_exit = True
         return await super().on_tick(counter)
 
 
+class _LoadingStopped(Exception):
+    """A signal arrived while the model was loading."""
+
+
+def _stop_loading(sig: int, frame: FrameType | None) -> None:
+    raise _LoadingStopped
+
+
+def _load_while_answering(config: FlintConfig, sock: socket.socket) -> AsyncEngine | None:
+    """Load the model on this (the main) thread while a server on another thread answers on
+    `sock` for the loading phase; None when a signal stopped the load.
+
+    NOTE: the load stays on the main thread: loading on another one left every later engine
+    step ~10x slower (the OpenMP runtimes keep per-thread state), and signals reach only the
+    main thread, where a handler can interrupt the load at once.
+    """
+    from flintlm.engine.async_engine import AsyncEngine
+
+    loading_server = uvicorn.Server(uvicorn.Config(
+        RequestIds(FrontDoor()), log_level=config.server.log_level, log_config=None,
+        lifespan="off", timeout_graceful_shutdown=_CLOSE_GRACE_S))
+    # The loading server gets a duplicate: it closes its socket when it stops; ours stays bound.
+    thread = threading.Thread(target=loading_server.run, kwargs={"sockets": [sock.dup()]},
+                              name="flintlm-loading-server", daemon=True)
+    previous = {sig: signal.signal(sig, _stop_loading) for sig in (signal.SIGTERM, signal.SIGINT)}
+    thread.start()
+    try:
+        hold_path = env.lookup(HOLD_LOADING_VAR)
+        while hold_path and not os.path.exists(hold_path):
+            time.sleep(0.05)
+        started_s = time.monotonic()
+        # A progress bar is for people reading text logs, not for JSON log collectors.
+        engine = AsyncEngine.from_config(config, progress=config.server.log_format == "text")
+        logger.info("model loaded in %.1fs", time.monotonic() - started_s)
+        return engine
+    except _LoadingStopped:
+        logger.info("stopped while the model was loading")
+        return None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        loading_server.should_exit = True
+        thread.join()
+
+
 def serve(config: FlintConfig) -> None:
-    """Open the platform store, bind the port, load the model, serve until a signal drains
-    the server.
+    """Open the platform store, bind the port, load the model (answering 503 meanwhile), serve
+    until a signal drains the server.
 
     Raises:
         ModelLoadError, ...: the model failed to load (after the port was bound).
@@ -245,32 +200,36 @@ def serve(config: FlintConfig) -> None:
     from flintlm.platform.service import Platform
 
     configure_logging(config.server.log_level, config.server.log_format)
-    platform = Platform.from_config(config.platform)  # a bad store fails before the port binds
-    try:
-        resolve_model_path(config.model.model)  # and so does a missing model
-        _log_key_mode(config, platform)
-    except BaseException:
-        platform.close()
-        raise
-    launcher = _Launcher(config, platform)
-    uvicorn_config = uvicorn.Config(
-        RequestIds(launcher.front), host=config.server.host, port=config.server.port,
-        log_level=config.server.log_level, log_config=None, lifespan="on",
-        timeout_graceful_shutdown=_CLOSE_GRACE_S,
-    )
-    server = _DrainingServer(uvicorn_config, launcher)
     # NOTE: after a graceful shutdown uvicorn re-raises the signal it caught under the handler
     # that was there before; a no-op one makes a completed drain exit 0 instead of dying by it.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server.run()
-    if launcher.load_error is not None:
-        raise launcher.load_error
-    if launcher.is_loader_running:
-        # NOTE: stopped while loading: the load cannot be interrupted and the platform is closed;
-        # end now rather than finish a load nobody will use (or race the interpreter's exit).
-        logging.shutdown()
-        os._exit(0)
+    platform = Platform.from_config(config.platform)  # a bad store fails before the port binds
+    try:
+        resolve_model_path(config.model.model)  # and so does a missing model
+        _log_key_mode(config, platform)
+        front = FrontDoor()
+        uvicorn_config = uvicorn.Config(
+            RequestIds(front), host=config.server.host, port=config.server.port,
+            log_level=config.server.log_level, log_config=None, lifespan="on",
+            timeout_graceful_shutdown=_CLOSE_GRACE_S,
+        )
+        sock = uvicorn_config.bind_socket()
+        engine = _load_while_answering(config, sock)
+    except BaseException:
+        platform.close()
+        raise
+    if engine is None:
+        sock.close()
+        platform.close()
+        return
+    admission = Admission(platform, model_name=engine.model_name,
+                          max_model_len=engine.max_model_len, static_key=config.server.api_key)
+    app = build_app(config, engine, admission)
+    launcher = _Launcher(app, engine)
+    front.open(app, on_startup=launcher.startup, on_shutdown=launcher.shutdown)
+    server = _DrainingServer(uvicorn_config, front, engine, config.server.drain_timeout_s)
+    server.run(sockets=[sock])
 
 
 def _log_key_mode(config: FlintConfig, platform: Platform) -> None:

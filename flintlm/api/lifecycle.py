@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from flintlm.api.errors import RETRY_AFTER_S, error_body
 
 LIVENESS_PATH = "/health/live"
+Hook = Callable[[], Awaitable[None]]
 
 
 class Phase(enum.Enum):
@@ -35,22 +36,22 @@ _REFUSALS = {
 
 
 class FrontDoor:
-    """The ASGI app uvicorn serves. `open(app)` makes it READY; `begin_drain` makes it DRAINING.
+    """The ASGI app uvicorn serves. `open(app)` makes it READY; `begin_drain` makes it DRAINING."""
 
-    Args:
-        on_shutdown: awaited on uvicorn's lifespan shutdown, after the listeners closed.
-    """
-
-    def __init__(self, on_shutdown: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self) -> None:
         self.phase = Phase.LOADING
         self.num_in_flight = 0  # requests passed to the API app and not answered yet
         self._app: ASGIApp | None = None
-        self._on_shutdown = on_shutdown
+        self._on_startup: Hook | None = None
+        self._on_shutdown: Hook | None = None
         self._drain_deadline_s: float | None = None
 
-    def open(self, app: ASGIApp) -> None:
-        """Serve `app` from now on (unless a drain began while it was being made)."""
+    def open(self, app: ASGIApp, *, on_startup: Hook | None = None,
+             on_shutdown: Hook | None = None) -> None:
+        """Serve `app` from now on; the hooks run on uvicorn's lifespan startup and shutdown
+        (the app's own lifespan: the front door speaks lifespan for it)."""
         self._app = app
+        self._on_startup, self._on_shutdown = on_startup, on_shutdown
         if self.phase is Phase.LOADING:
             self.phase = Phase.READY
 
@@ -94,10 +95,17 @@ class FrontDoor:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                try:
+                    if self._on_startup is not None:
+                        await self._on_startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    raise
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
-                    await self._on_shutdown()
+                    if self._on_shutdown is not None:
+                        await self._on_shutdown()
                 except Exception as exc:
                     await send({"type": "lifespan.shutdown.failed", "message": repr(exc)})
                     raise
