@@ -1,5 +1,5 @@
 """build_app(config, engine, admission): the FastAPI app around a running engine and the
-platform; serve(config): bind the port at once, load the model in the background, serve until
+platform; serve(config): bind the port at once, load the model while answering 503, serve until
 SIGTERM/SIGINT, drain, exit 0.
 
 Lifecycle (`api/lifecycle.py` answers for the phases without an API app):
@@ -13,7 +13,7 @@ Lifecycle (`api/lifecycle.py` answers for the phases without an API app):
    aborts them, each billed for what ran).
 5. Then uvicorn closes the port; the app's lifespan stops the engine, waits for every admitted
    request to settle and closes the platform, which flushes the ledger; the process exits 0.
-A signal while loading skips to 5 at once; a second signal during a drain ends it early.
+A signal while loading stops the load and exits 0; a second signal during a drain ends it early.
 """
 
 from __future__ import annotations
