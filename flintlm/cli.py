@@ -139,6 +139,7 @@ def serve(
     max_messages: Annotated[int | None, _opt("max_messages")] = None,
     max_tools: Annotated[int | None, _opt("max_tools")] = None,
     max_concurrent_per_key: Annotated[int | None, _opt("max_concurrent_per_key")] = None,
+    log_format: Annotated[str | None, _opt("log_format")] = None,
     data_dir: Annotated[str | None, _opt("data_dir")] = None,
     database_url: Annotated[str | None, _opt("database_url")] = None,
     redis_url: Annotated[str | None, _opt("redis_url")] = None,

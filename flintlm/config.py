@@ -134,6 +134,13 @@ class ServerConfig:
     """On SIGTERM, how long in-flight requests may run before the server exits."""
     log_level: str = "info"
     """Log level of the server."""
+    log_format: str = "text"
+    """Log records as text lines or json (one object per line: time, level, logger, request_id,
+    message)."""
+
+    def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format={self.log_format!r} is not one of text, json")
 
 
 @dataclass(frozen=True)

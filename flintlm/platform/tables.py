@@ -104,6 +104,8 @@ class UsageEventRow(Base):
     error_code: Mapped[str | None] = mapped_column(sa.String(64))
     cost_nano_usd: Mapped[int] = mapped_column(sa.BigInteger())
     created_at: Mapped[datetime] = mapped_column(sa.DateTime())
+    # The HTTP request's x-request-id (client-chosen, so not unique): how support finds a row.
+    http_request_id: Mapped[str | None] = mapped_column(sa.String(128))
 
 
 class StoredResponseRow(Base):
