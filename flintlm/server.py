@@ -27,6 +27,7 @@ from flintlm.api.errors import install_error_handlers
 from flintlm.api.middleware import RateLimitHeaders
 from flintlm.api.routes import admin, chat, completions, health, models, tokenize, usage
 from flintlm.api.routes import responses as responses_route
+from flintlm.api.routes import stored_completions as stored_completions_route
 from flintlm.observability.logging import configure as configure_logging
 from flintlm.observability.metrics import Metrics
 
@@ -62,6 +63,7 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission) ->
     app.add_middleware(RateLimitHeaders)
     for module in (chat, completions, models, tokenize, usage, admin, health, responses_route):
         app.include_router(module.router)
+    app.include_router(stored_completions_route.router)
     return app
 
 

@@ -71,6 +71,7 @@ class CreateKeyRequest(BaseModel):
     budget_usd: Decimal | None = Field(default=None, gt=0)
     models: list[str] | None = None
     expires_at: str | None = None  # ISO 8601 date or date-time (UTC unless an offset is given)
+    capture: Literal["request", "all", "never"] | None = None  # None: the server's --capture
 
     def limits(self) -> KeyLimits:
         return KeyLimits(rpm=self.rpm, tpm=self.tpm, token_quota=self.token_quota,
@@ -96,6 +97,7 @@ class KeyInfo(BaseModel):
     quota_period: str
     budget_usd: str | None
     models: list[str] | None
+    capture: str | None = None  # which chat completions are stored; None: the server's mode
 
     @classmethod
     def of(cls, key: KeyRecord, now: datetime) -> KeyInfo:
@@ -112,6 +114,7 @@ class KeyInfo(BaseModel):
             token_quota=limits.token_quota, quota_period=limits.quota_period.value,
             budget_usd=None if limits.budget_usd is None else f"{limits.budget_usd.normalize():f}",
             models=None if key.allowed_models is None else list(key.allowed_models),
+            capture=None if key.capture is None else key.capture.value,
         )
 
 

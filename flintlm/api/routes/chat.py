@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
 
+from flintlm.api.capture import ChatCapture
 from flintlm.api.deps import AdmissionDep, AuthedKey, EngineDep, Serving, check_model
 from flintlm.api.generation import ChoiceResult, Generation
 from flintlm.api.prompts import render_chat
@@ -50,6 +51,7 @@ async def create_chat_completion(
     admission: AdmissionDep,
 ) -> Response:
     check_model(body.model, engine)
+    capture = ChatCapture.for_request(serving, key, body)  # stored completions; None: not kept
     prompt_ids = render_chat(engine.tokenizer, body.messages, tools=body.active_tools)
     params = body.sampling_params()
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -60,8 +62,9 @@ async def create_chat_completion(
         priority=body.priority, cache_salt=ticket.cache_salt,
     )
     encoder = ChatEncoder(request_id, engine.model_name, engine.tokenizer, body)
-    return await respond(generation, encoder, stream=body.stream,
-                         include_usage=body.include_usage)
+    response = await respond(generation, encoder, stream=body.stream,
+                             include_usage=body.include_usage)
+    return response if capture is None else await capture.keep(response)
 
 
 class ChatEncoder:
