@@ -30,6 +30,7 @@ from flintlm.config import (
     field_docs,
     parse_size,
 )
+from flintlm.data_cli import data_app
 
 if TYPE_CHECKING:
     from flintlm.platform.db import Database
@@ -45,6 +46,7 @@ except ImportError:
     bench_app = None
 if bench_app is not None:
     app.add_typer(bench_app, name="bench")
+app.add_typer(data_app, name="data")
 keys_app = typer.Typer(help="Issue, list and revoke API keys in the platform store.",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
