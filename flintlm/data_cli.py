@@ -81,7 +81,7 @@ def export(
     out: Annotated[Path, typer.Option(help="The JSONL file to write (replaced).")],
     format: Annotated[str, typer.Option(
         help="openai-chat (supervised: {\"messages\": [...]}) or preference (DPO pairs of the "
-             "best and worst rated answers to one prompt).")] = "openai-chat",
+             "best and worst rated answers to one prompt); cut-off answers are left out.")] = "openai-chat",
     min_rating: Annotated[int | None, typer.Option(
         help="Only completions rated at least this (preference: the preferred answer).")
     ] = None,
@@ -93,8 +93,7 @@ def export(
     data_dir: DataDirOpt = None, database_url: DatabaseUrlOpt = None,
     capture_ttl_days: TtlOpt = None,
 ) -> None:
-    """Write stored completions as fine-tuning JSONL in OpenAI's formats (cut-off answers left
-    out)."""
+    """Write stored completions as fine-tuning JSONL in OpenAI's formats."""
     from flintlm.platform.completion_store import CompletionFilter
     from flintlm.platform.export import ExportFormat, ExportOptions, export_jsonl
     from flintlm.platform.tables import parse_db_time
