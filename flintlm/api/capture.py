@@ -153,6 +153,6 @@ class StreamAssembler:
 def _whole_choice(choice: dict[str, Any]) -> dict[str, Any]:
     calls = [choice["calls"][i] for i in sorted(choice["calls"])]
     message = {"role": "assistant", "content": choice["content"] or (None if calls else ""),
-               "tool_calls": calls or None}
+               "refusal": None, "tool_calls": calls or None}
     return {"index": choice["index"], "message": message, "logprobs": choice["logprobs"],
             "finish_reason": choice["finish_reason"]}

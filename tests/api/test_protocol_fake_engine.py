@@ -94,7 +94,7 @@ def test_chat_without_max_tokens_runs_to_the_context_length(fake_server: FakeSer
 
 @pytest.mark.parametrize(("field", "value"), [
     ("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
-    ("prediction", {"type": "content", "content": "x"}), ("store", True),
+    ("prediction", {"type": "content", "content": "x"}),
     ("reasoning_effort", "low"), ("functions", [{"name": "f"}]),
     ("function_call", {"name": "f"}),
 ])
