@@ -118,3 +118,22 @@ def test_delete_erases_one_keys_data(store: CompletionStore, store_url: str) -> 
     assert result.returncode == 0, result.stderr
     assert "deleted 2 stored completions of key-a" in result.stdout
     assert [c.id for c in store.select(CompletionFilter())] == ["chatcmpl-3"]
+
+
+def test_keys_create_sets_the_capture_mode(store: CompletionStore, store_url: str) -> None:
+    from flintlm.platform.capture import CaptureMode
+    from flintlm.platform.keys import KeyStore
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLINTLM_")}
+
+    def create(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "flintlm", "keys", "create", *flags,
+                               "--database-url", store_url], check=False, capture_output=True,
+                              text=True, env=env, timeout=HANG_TIMEOUT_S)
+
+    assert create("--name", "all", "--capture", "all").returncode == 0
+    assert create("--name", "default").returncode == 0
+    refused = create("--name", "bad", "--capture", "sometimes")
+    assert refused.returncode == 2 and "request, all, never" in refused.stderr
+    modes = {key.name: key.capture for key in KeyStore(store.db).list()}
+    assert modes == {"all": CaptureMode.ALL, "default": None}
