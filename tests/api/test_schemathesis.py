@@ -24,7 +24,9 @@ OPENAI_SPEC = Path(os.environ.get("FLINTLM_OPENAI_SPEC") or Path(__file__).resol
                    / "shared" / "specs" / "openai-openapi.yaml")
 # OpenAI's operation ids of what flintlm serves under /v1.
 OPENAI_OPERATIONS = ("createChatCompletion", "createCompletion", "listModels", "retrieveModel",
-                     "createResponse", "getResponse", "deleteResponse", "listInputItems")
+                     "createResponse", "getResponse", "deleteResponse", "listInputItems",
+                     "listChatCompletions", "getChatCompletion", "updateChatCompletion",
+                     "deleteChatCompletion", "getChatCompletionMessages")
 SEED = "20261203"
 
 
