@@ -9,6 +9,7 @@ through the store's `Redactor` before it is written.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ MAX_METADATA_VALUE_CHARS = 512
 RATING_KEY = "rating"  # feedback: an integer, as a decimal string like every metadata value
 COMMENT_KEY = "comment"
 _SECONDS_PER_DAY = 86_400.0
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def check_metadata(metadata: dict[str, Any]) -> None:
@@ -158,9 +160,13 @@ class CompletionStore:
             UnknownCursor: `after` is not one of the tenant's completions.
         """
         row = StoredCompletionRow
+        metadata = metadata or {}
         query = self._live(tenant_id)
-        for name, value in (metadata or {}).items():
-            query = query.where(row.tags[name].as_string() == value)
+        for name, value in metadata.items():
+            # NOTE: a JSON path is exact for plain names only (quotes, backslashes and
+            # non-ASCII read differently per dialect); every pair is checked below anyway.
+            if _PLAIN_NAME.fullmatch(name):
+                query = query.where(row.tags[name].as_string() == value)
         if model is not None:
             query = query.where(row.model == model)
         with self.db.session() as session:
@@ -174,7 +180,15 @@ class CompletionStore:
                 query = query.where(later if order == "asc" else earlier)
             keys = (row.created_at, row.id) if order == "asc" else (row.created_at.desc(),
                                                                    row.id.desc())
-            rows = list(session.scalars(query.order_by(*keys).limit(limit + 1)))
+            query = query.order_by(*keys)
+            if all(_PLAIN_NAME.fullmatch(name) for name in metadata):
+                query = query.limit(limit + 1)
+            rows: list[StoredCompletionRow] = []
+            for found in session.scalars(query.execution_options(yield_per=100)):
+                if all(found.tags.get(name) == value for name, value in metadata.items()):
+                    rows.append(found)
+                    if len(rows) > limit:
+                        break
         return CompletionPage([_to_record(r) for r in rows[:limit]], len(rows) > limit)
 
     def update_metadata(self, tenant_id: str | None, completion_id: str,

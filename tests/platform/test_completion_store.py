@@ -139,3 +139,15 @@ def test_the_redactor_sees_every_document_before_it_is_stored(db: Database,
 def test_metadata_rules_name_the_pair_at_fault(metadata: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_metadata(metadata)
+
+
+@pytest.mark.parametrize("name", ['quote"d', "it's", "a.b", "ü", "back\\slash", "$[0]"])
+def test_metadata_filters_are_exact_for_any_key(db: Database, clock: FakeClock,
+                                                name: str) -> None:
+    store = CompletionStore(db, ttl_s=DAY_S, clock=clock)
+    _save(store, "chatcmpl-1", **{name: "ü v"})
+    _save(store, "chatcmpl-2", **{name: "other"})
+    _save(store, "chatcmpl-3", plain="ü v")
+    assert [c.id for c in store.list("tenant-a", metadata={name: "ü v"}).items] == ["chatcmpl-1"]
+    page = store.list("tenant-a", metadata={name: "other", "plain": "x"})
+    assert page.items == [] and not page.has_more
