@@ -116,7 +116,7 @@ class CompletionStore:
         """Rows created before this are past the retention."""
         return db_time(self.clock()) - timedelta(seconds=self.ttl_s)
 
-    def _live(self, tenant_id: str | None) -> sa.Select[tuple[StoredCompletionRow]]:
+    def _live(self, tenant_id: str | None) -> sa.Select[StoredCompletionRow]:
         row = StoredCompletionRow
         query = sa.select(row).where(row.created_at >= self._cutoff())
         return query if tenant_id is None else query.where(row.tenant_id == tenant_id)
