@@ -1,5 +1,5 @@
 """`flintlm data`: the captured chat completions in the platform store, for the operator: rate
-one, export them as fine-tuning JSONL, erase a key's. Works on the store directly (the one
+one, export them as fine-tuning JSONL, erase a key's, purge what is past the retention. Works on the store directly (the one
 `serve` uses with the same --data-dir / --database-url), so it needs no running server.
 """
 
@@ -35,7 +35,9 @@ TtlOpt = Annotated[float | None, _platform_opt("capture_ttl_days")]
 @contextmanager
 def _completions(data_dir: str | None, database_url: str | None,
                  capture_ttl_days: float | None = None) -> Iterator[CompletionStore]:
-    """The migrated store `serve` uses with the same flags, past-retention rows purged."""
+    """The migrated store `serve` uses with the same flags; it reads nothing past the retention
+    but deletes nothing by it either (a shorter TTL given here than to `serve` must not erase
+    what the server keeps): `purge` does, and the server at every write."""
     from flintlm.cli import build_config
     from flintlm.platform.completion_store import CompletionStore
     from flintlm.platform.db import Database
@@ -45,9 +47,7 @@ def _completions(data_dir: str | None, database_url: str | None,
     db = Database.from_config(config)
     try:
         db.migrate()
-        store = CompletionStore.from_config(db, config)
-        store.purge_expired()
-        yield store
+        yield CompletionStore.from_config(db, config)
     finally:
         db.close()
 
@@ -123,3 +123,13 @@ def delete(
     with _completions(data_dir, database_url) as store:
         num_deleted = store.delete_key(key)
     typer.echo(f"deleted {num_deleted} stored completions of {key}")
+
+
+@data_app.command("purge")
+def purge(data_dir: DataDirOpt = None, database_url: DatabaseUrlOpt = None,
+          capture_ttl_days: TtlOpt = None) -> None:
+    """Delete the stored completions past the retention now (the server does at every write;
+    this is for a store that sees none, e.g. from cron). Give it the TTL `serve` has."""
+    with _completions(data_dir, database_url, capture_ttl_days) as store:
+        num_deleted = store.purge_expired()
+    typer.echo(f"deleted {num_deleted} stored completions past the retention")

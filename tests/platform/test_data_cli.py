@@ -97,7 +97,7 @@ def test_export_filters_by_key_model_and_since(store: CompletionStore, store_url
     assert bad_since.returncode == 2 and "cannot read the time" in bad_since.stderr
 
 
-def test_export_applies_the_retention(store: CompletionStore, store_url: str,
+def test_export_hides_what_is_past_the_retention_and_purge_deletes_it(store: CompletionStore, store_url: str,
                                       tmp_path: Path) -> None:
     old = CompletionStore(store.db, ttl_s=30 * DAY_S, clock=lambda: time.time() - 10 * DAY_S)
     save(old, "chatcmpl-old", [USER], [answer("old")])
@@ -107,7 +107,12 @@ def test_export_applies_the_retention(store: CompletionStore, store_url: str,
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["messages"][-1]["content"]
             for line in out.read_text().splitlines()] == ["new"]
-    assert [c.id for c in store.select(CompletionFilter())] == ["chatcmpl-new"]  # purged
+    everything = CompletionStore(store.db, ttl_s=100 * DAY_S)
+    assert len(list(everything.select(CompletionFilter()))) == 2  # hidden, not deleted
+    purged = _data(store_url, "purge", "--capture-ttl-days", "5")
+    assert purged.returncode == 0, purged.stderr
+    assert "deleted 1 stored completions" in purged.stdout
+    assert [c.id for c in everything.select(CompletionFilter())] == ["chatcmpl-new"]
 
 
 def test_delete_erases_one_keys_data(store: CompletionStore, store_url: str) -> None:
