@@ -50,6 +50,7 @@ from flintlm.api.routes import (
     models,
     moderations,
     responses,
+    stored_completions,
     tokenize,
     usage,
 )
@@ -103,8 +104,8 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission,
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyTooLarge, max_body_bytes=config.limits.max_body_bytes)
     app.add_middleware(RequestIds)  # outermost of the app's own: its errors carry the id too
-    for module in (chat, completions, responses, messages, moderations, models, tokenize, usage,
-                   admin, health):
+    for module in (chat, stored_completions, completions, responses, messages, moderations,
+                   models, tokenize, usage, admin, health):
         app.include_router(module.router)
     return app
 

@@ -7,7 +7,7 @@ short display prefix. Everything here is synchronous DB I/O; call it off the eve
 Public API:
     QuotaPeriod, KeyLimits, KeyRecord (.is_active(now), .is_model_allowed(model),
         .cache_salt(client_salt)), NewKey, builtin_key(key_id), STATIC_KEY_ID, ANONYMOUS_KEY_ID
-    KeyStore(db, clock): create, get, list, has_keys, update_limits, revoke,
+    KeyStore(db, clock): create (capture mode too), get, list, has_keys, update_limits, revoke,
         find(secret) -> KeyRecord | None (any state), verify(secret) -> KeyRecord | None (active)
 """
 
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from flintlm.platform.capture import CaptureMode
 from flintlm.platform.pricing import nanos_to_usd, usd_to_nanos
 from flintlm.platform.tables import ApiKeyRow, db_time
 
@@ -86,6 +87,7 @@ class KeyRecord:
     revoked_at: datetime | None
     limits: KeyLimits = field(default_factory=KeyLimits)
     allowed_models: tuple[str, ...] | None = None
+    capture: CaptureMode | None = None  # None: the server's `--capture`
 
     def is_active(self, now: datetime) -> bool:
         """Not revoked and not expired at `now` (naive UTC)."""
@@ -137,8 +139,10 @@ class KeyStore:
         limits: KeyLimits | None = None,
         allowed_models: Sequence[str] | None = None,
         expires_at: datetime | None = None,
+        capture: CaptureMode | None = None,
     ) -> NewKey:
-        """Issue a key. `tenant_id` defaults to the key's id; `expires_at` is naive UTC."""
+        """Issue a key. `tenant_id` defaults to the key's id; `expires_at` is naive UTC;
+        `capture` None follows the server's capture mode."""
         is_reserved = tenant_id is not None and tenant_id.startswith(_BUILTIN_TENANT_PREFIX)
         if tenant_id == "" or is_reserved:
             raise ValueError(f"tenant_id={tenant_id!r} must be non-empty and not start with "
@@ -156,6 +160,7 @@ class KeyStore:
             expires_at=expires_at,
             revoked_at=None,
             allowed_models=list(allowed_models) if allowed_models is not None else None,
+            capture=CaptureMode(capture).value if capture is not None else None,
         )
         _write_limits(row, limits)
         with self._db.session() as session:
@@ -260,4 +265,5 @@ def _to_record(row: ApiKeyRow) -> KeyRecord:
             max_concurrent=row.max_concurrent,
         ),
         allowed_models=tuple(row.allowed_models) if row.allowed_models is not None else None,
+        capture=CaptureMode(row.capture) if row.capture is not None else None,
     )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request, Response
 
 from flintlm.api.bounds import checked_params
+from flintlm.api.capture import ChatCapture
 from flintlm.api.deps import AdmissionDep, Credentials, EngineDep, Serving, check_model
 from flintlm.api.generation import ChoiceResult, Generation
 from flintlm.api.prompts import render_chat
@@ -56,6 +57,7 @@ async def create_chat_completion(
     params = await checked_params(body, serving.config.limits, engine.tokenizer.vocab_size)
     key = await serving.admission.authenticate(secret)
     check_model(body.model, engine)
+    capture = ChatCapture.for_request(serving, key, body)  # stored completions; None: not kept
     prompt_ids = await asyncio.to_thread(render_chat, engine.tokenizer, body.messages,
                                          tools=body.active_tools)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -66,8 +68,9 @@ async def create_chat_completion(
         priority=body.priority, cache_salt=ticket.cache_salt,
     )
     encoder = ChatEncoder(request_id, engine.model_name, engine.tokenizer, body)
-    return await respond(generation, encoder, stream=body.stream,
-                         include_usage=body.include_usage)
+    response = await respond(generation, encoder, stream=body.stream,
+                             include_usage=body.include_usage)
+    return response if capture is None else await capture.keep(response)
 
 
 class ChatEncoder:
