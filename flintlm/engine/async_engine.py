@@ -20,7 +20,11 @@ from flintlm import env
 from flintlm.engine.engine import Engine, EngineStats
 from flintlm.engine.faults import FaultInjector
 from flintlm.engine.request import (
-    EngineDeadError, EngineOverloadedError, InvalidRequestError, RequestOutput, SamplingParams,
+    EngineDeadError,
+    EngineOverloadedError,
+    InvalidRequestError,
+    RequestOutput,
+    SamplingParams,
 )
 
 if TYPE_CHECKING:

@@ -20,7 +20,12 @@ from flintlm.engine.kv_blocks import BlockManager
 from flintlm.engine.model_runner import ModelRunner, resolve_device, resolve_dtype
 from flintlm.engine.outputs import RunnerOutput
 from flintlm.engine.request import (
-    FinishReason, InvalidRequestError, Logprob, Request, RequestOutput, SamplingParams,
+    FinishReason,
+    InvalidRequestError,
+    Logprob,
+    Request,
+    RequestOutput,
+    SamplingParams,
     TokenLogprobs,
 )
 from flintlm.engine.scheduler import Scheduler
@@ -287,15 +292,15 @@ class Engine:
                                 error="sampled token rejected by the grammar")
         text, stop_string = request.detokenizer.append([token_id])
         num_output = len(request.output_token_ids)
+        is_eos = (not params.ignore_eos and token_id in request.eos_token_ids
+                  and num_output >= params.min_tokens)
+        is_grammar_complete = request.grammar is not None and request.grammar.is_terminated
         reason, stop_reason = None, None
         if stop_string is not None:
             reason, stop_reason = FinishReason.STOP, stop_string
         elif token_id in params.stop_token_ids and num_output >= params.min_tokens:
             reason, stop_reason = FinishReason.STOP, token_id
-        elif (not params.ignore_eos and token_id in request.eos_token_ids
-              and num_output >= params.min_tokens):
-            reason = FinishReason.STOP
-        elif request.grammar is not None and request.grammar.is_terminated:
+        elif is_eos or is_grammar_complete:
             reason = FinishReason.STOP
         elif num_output >= request.max_output_tokens or request.num_tokens >= self.max_model_len:
             reason = FinishReason.LENGTH

@@ -88,7 +88,8 @@ def test_the_1b_plan_has_llama_3_2_1b_size() -> None:
 
 
 def _hf_model(arch: ModelArch, with_rope_scaling: bool, weights: dict[str, torch.Tensor]):
-    from transformers import LlamaConfig, LlamaForCausalLM as HfLlama
+    from transformers import LlamaConfig
+    from transformers import LlamaForCausalLM as HfLlama
 
     scaling = arch.rope_scaling
     assert scaling is not None

@@ -1,5 +1,4 @@
 from flintlm.engine.kv_blocks import BlockManager
-
 from tests.factories import make_request
 
 

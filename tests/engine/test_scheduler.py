@@ -1,5 +1,4 @@
 from flintlm.engine.request import FinishReason, RequestStatus
-
 from tests.factories import fake_step, make_request, make_scheduler
 
 

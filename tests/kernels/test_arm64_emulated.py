@@ -15,8 +15,15 @@ from torch.nn import functional as F
 from flintlm.kernels import abi
 from flintlm.kernels.ops import kv_cache_from_token_major
 from flintlm.models.layers import RMSNorm, RotaryEmbedding
-from tests.kernels.arm.emulation import (DEBIAN_PACKAGES, ArmBuild, Case, Emulator,
-                                         build_driver, from_bytes, missing_tools)
+from tests.kernels.arm.emulation import (
+    DEBIAN_PACKAGES,
+    ArmBuild,
+    Case,
+    Emulator,
+    build_driver,
+    from_bytes,
+    missing_tools,
+)
 from tests.kernels.test_cpu_kernels import close, reference_attention
 
 ARM_BUILDS = [

@@ -9,10 +9,9 @@ import torch
 
 from flintlm import LLM, SamplingParams
 from flintlm.config import CacheConfig, FlintConfig, ModelConfig, SchedulerConfig
-
 from tests.reference import REFERENCE_PATHS
 
-torch.set_num_threads(1)  # noqa: the suite shares two cores
+torch.set_num_threads(1)  # the suite shares two cores
 
 
 def run(kernels: str, prompts: list[list[int]]):

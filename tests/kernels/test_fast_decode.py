@@ -10,10 +10,9 @@ import torch
 
 from flintlm import LLM, SamplingParams
 from flintlm.kernels import isa, native
-
 from tests.reference import REFERENCE_PATHS
 
-torch.set_num_threads(1)  # noqa: the suite shares two cores
+torch.set_num_threads(1)  # the suite shares two cores
 
 
 @pytest.fixture(params=isa.supported_tiers())

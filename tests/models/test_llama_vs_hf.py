@@ -8,7 +8,6 @@ from flintlm import LLM, SamplingParams
 from flintlm.loading import load_checkpoint
 from flintlm.models.attention import BatchLayout, SequenceSlice
 from flintlm.models.llama import LlamaForCausalLM
-
 from tests.reference import REFERENCE_PATHS, hf_model
 
 PROMPTS = [
