@@ -342,7 +342,8 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     cells = [list(header)] + [["-" if cell is None else str(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
-        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        cells_padded = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        typer.echo("  ".join(cells_padded).rstrip())
 
 
 def _when(text: str | None, flag: str) -> Any:

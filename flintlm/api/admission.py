@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import secrets
@@ -106,6 +107,8 @@ class Admission:
         self._is_key_required = static_key is not None or platform.has_admin_key
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="flintlm-platform")
         self._open: dict[str, Ticket] = {}  # admitted, not settled yet (touched on the loop only)
+        self._has_none_open = asyncio.Event()  # set while `_open` is empty; `close` waits on it
+        self._has_none_open.set()
         self._settling: set[asyncio.Future[None]] = set()
 
     async def run(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
@@ -151,6 +154,7 @@ class Admission:
         """
         ticket = Ticket(self, request_id, key, key.cache_salt(cache_salt), end_user)
         self._open[request_id] = ticket
+        self._has_none_open.clear()
         try:
             ticket.params = self._check(key, prompts, params, prompt_param, has_room)
         except APIError as exc:
@@ -226,6 +230,8 @@ class Admission:
         def done(_: asyncio.Future[None]) -> None:
             self._settling.discard(future)
             self._open.pop(ticket.request_id, None)
+            if not self._open:
+                self._has_none_open.set()
 
         future.add_done_callback(done)
         # NOTE: shielded, so a cancelled handler (client gone, shutdown) still gets its row.
@@ -252,9 +258,9 @@ class Admission:
         A request still open after `timeout_s` (its handler never reached `settle`) is recorded
         as aborted at zero tokens, so no admitted request goes without its row.
         """
-        deadline = time.monotonic() + timeout_s
-        while self._open and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._has_none_open.wait()
         for ticket in list(self._open.values()):
             if not ticket.is_settled:
                 logger.error("request %s never settled; recording it as aborted", ticket.request_id)

@@ -13,7 +13,7 @@ import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -28,13 +28,13 @@ if TYPE_CHECKING:
 bench_app = typer.Typer(help="Benchmark flintlm and its peers (llama.cpp, HF transformers).")
 
 
-class Peer(str, Enum):
+class Peer(StrEnum):
     NONE = "none"
     LLAMA_CPP = "llama-cpp"
     HF = "hf"
 
 
-class PromptFormat(str, Enum):
+class PromptFormat(StrEnum):
     IDS = "ids"
     TEXT = "text"
 
@@ -368,7 +368,7 @@ def structured(
                        f"{result.extra['output_tokens_per_cpu_s']:.1f} per CPU-s")  # fmt: skip
     timings = report.BenchRecord(f"{system} structured-output work", "compile",
                                  {**params, "num_constrained": num_constrained})
-    for run in range(runs):
+    for _ in range(runs):
         # Fresh compiler each run (a true first compile); the replay uses the last batch's tokens.
         timings.runs.append({**time_compiles(llm), **time_steps(llm, num_prompts, outputs)})
     records = [*batches.values(), timings]

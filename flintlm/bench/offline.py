@@ -6,6 +6,7 @@ for flintlm's own `LLM` API. Peers implementing the same `run(prompts)` live in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -103,10 +104,8 @@ class PeakRss:
         self._sample_once()
 
     def _sample_once(self) -> None:
-        try:
+        with contextlib.suppress(self._error):  # the process is gone: keep the peak seen
             self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
-        except self._error:
-            pass
 
 
 class FlintlmOffline:
@@ -150,7 +149,7 @@ class FlintlmOffline:
             elapsed = time.perf_counter() - start
         num_prompt_tokens = sum(
             len(getattr(o, "prompt_token_ids", None) or p.token_ids or [])
-            for o, p in zip(outputs, prompts)
+            for o, p in zip(outputs, prompts, strict=True)
         )
         return OfflineResult(
             num_prompts=len(prompts),

@@ -280,7 +280,8 @@ class ModelRunner:
             k = request.params.logprobs
             if k is None or chosen is None:
                 continue
-            top = tuple(Logprob(t, lp) for t, lp in zip(top_ids[i][:k], top_lps[i][:k])) \
+            top = tuple(Logprob(t, lp)
+                        for t, lp in zip(top_ids[i][:k], top_lps[i][:k], strict=True)) \
                 if k and top_ids is not None else ()
             output.logprobs[request.request_id] = TokenLogprobs(
                 Logprob(token_ids[i], chosen[i]), top)
@@ -310,7 +311,8 @@ class ModelRunner:
                 top_lp, top_ids = logprobs.topk(max(k, 1), dim=-1)
                 top_lp, top_ids = top_lp.tolist(), top_ids.tolist()
                 for i, target in enumerate(targets.tolist()):
-                    top = tuple(Logprob(t, lp) for t, lp in zip(top_ids[i][:k], top_lp[i][:k]))
+                    top = tuple(Logprob(t, lp)
+                                for t, lp in zip(top_ids[i][:k], top_lp[i][:k], strict=True))
                     entries.append(TokenLogprobs(Logprob(target, chosen[i]), top))
             output.prompt_logprobs[request.request_id] = entries
 

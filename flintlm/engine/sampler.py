@@ -71,7 +71,8 @@ class Sampler:
         def column(values: list[float], dtype: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
-        temperature = column([1.0 if g else p.temperature for g, p in zip(is_greedy, params)])
+        temperature = column([1.0 if g else p.temperature
+                              for g, p in zip(is_greedy, params, strict=True)])
         top_k = top_p = min_p = None
         if any(p.top_k > 0 for p in params):
             top_k = column([p.top_k if p.top_k > 0 else self.vocab_size for p in params],

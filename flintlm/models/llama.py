@@ -102,7 +102,7 @@ class LlamaForCausalLM(nn.Module):
         """
         residual = self.embed_tokens(input_ids)  # [T, hidden], a fresh tensor updated in place
         hidden = None
-        for layer, kv_cache in zip(self.layers, kv_caches):
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden = layer(hidden, residual, positions, kv_cache, meta)
         return self.norm.add_and_norm(hidden, residual)
 
