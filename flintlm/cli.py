@@ -41,10 +41,17 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 
-try:  # the benchmark app is optional: a missing or broken module must not break the CLI
-    from flintlm.bench.cli import bench_app
-except ImportError:
-    bench_app = None
+
+def _bench_app() -> typer.Typer | None:
+    """The benchmark app, which is optional: a missing or broken module must not break the CLI."""
+    try:
+        from flintlm.bench.cli import bench_app
+    except ImportError:
+        return None
+    return bench_app
+
+
+bench_app = _bench_app()
 if bench_app is not None:
     app.add_typer(bench_app, name="bench")
 keys_app = typer.Typer(help="Issue, list and revoke API keys in the platform store.",
@@ -278,7 +285,7 @@ class _LocalBackend:
         if isinstance(request, str):
             prompt_ids = tokenizer.encode(request)
         else:
-            prompt_ids = render_chat(tokenizer, [ChatMessage(**m) for m in request])
+            prompt_ids = render_chat(tokenizer, [ChatMessage.model_validate(m) for m in request])
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
         async for output in self.engine.generate(uuid.uuid4().hex, prompt_ids, params):
             if output.finish_reason is FinishReason.ERROR:

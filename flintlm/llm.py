@@ -72,7 +72,7 @@ class LLM:
         self.tokenizer = self.engine.tokenizer
         self._counter = 0
 
-    def generate(self, prompts: str | list[int] | list[str] | list[list[int]],
+    def generate(self, prompts: str | list[int] | Sequence[str | list[int]],
                  params: SamplingParams | list[SamplingParams] | None = None,
                  ) -> list[GenerationResult]:
         """Generate for every prompt (text or token ids); results come back in prompt order.
@@ -83,7 +83,7 @@ class LLM:
         if isinstance(prompts, str) or _is_token_ids(prompts):
             batch = [prompts]
         else:  # a batch: the token-ids case was told apart above
-            batch = cast("list[str] | list[list[int]]", prompts)
+            batch = cast("Sequence[str | list[int]]", prompts)
         if isinstance(params, list):
             if len(params) != len(batch):
                 raise ValueError(f"{len(params)} SamplingParams for {len(batch)} prompts: pass "
@@ -103,7 +103,7 @@ class LLM:
              params: SamplingParams | None = None, **template_kwargs: Any,
              ) -> list[GenerationResult]:
         if messages and isinstance(messages[0], dict):
-            conversations = [cast("list[dict[str, Any]]", messages)]
+            conversations = [messages]
         else:
             conversations = cast("list[list[dict[str, Any]]]", messages)
         prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True,

@@ -47,6 +47,7 @@ from flintlm.platform.service import NO_USAGE, Platform, Timings
 if TYPE_CHECKING:
     from flintlm.engine.request import SamplingParams, Usage
     from flintlm.platform.limits import AdmissionDecision, Reservation
+    from flintlm.platform.pricing import TokenUsage
 
 logger = logging.getLogger("flintlm.api")
 
@@ -212,7 +213,7 @@ class Admission:
                                     if name.startswith("x-ratelimit-")}
         return decision
 
-    async def settle(self, ticket: Ticket, usage: Usage, *, status: UsageStatus,
+    async def settle(self, ticket: Ticket, usage: TokenUsage, *, status: UsageStatus,
                      error_code: str | None = None, timings: Timings | None = None) -> None:
         """Write the ticket's ledger row and release its reservation, once; never raises."""
         if ticket.is_settled:
@@ -237,8 +238,8 @@ class Admission:
         # NOTE: shielded, so a cancelled handler (client gone, shutdown) still gets its row.
         await asyncio.shield(future)
 
-    def _settle(self, ticket: Ticket, usage: Usage, status: UsageStatus, error_code: str | None,
-                timings: Timings | None) -> None:
+    def _settle(self, ticket: Ticket, usage: TokenUsage, status: UsageStatus,
+                error_code: str | None, timings: Timings | None) -> None:
         try:
             self.platform.settle(ticket.request_id, ticket.key.id, self.model_name, usage,
                                  status=status, reservation=ticket.reservation,

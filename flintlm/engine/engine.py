@@ -193,7 +193,9 @@ class Engine:
             include_stop_str_in_output=params.include_stop_str_in_output,
             skip_special_tokens=params.skip_special_tokens)
         if params.has_structured_output:
-            request.grammar = GrammarState(compiled_grammar or self.grammars.compile(params))
+            compiled = compiled_grammar or self.grammars.compile(params)
+            assert compiled is not None  # a structured-output request always compiles to one
+            request.grammar = GrammarState(compiled)
         self.requests[request_id] = request
         self.scheduler.add_request(request)
         return request
@@ -290,12 +292,15 @@ class Engine:
         if request.grammar is not None and not request.grammar.accept(token_id):
             return self._finish(request, FinishReason.ERROR, [token_id], "",
                                 error="sampled token rejected by the grammar")
-        text, stop_string = request.detokenizer.append([token_id])
+        detokenizer = request.detokenizer
+        assert detokenizer is not None  # `add_request` gives every request its own
+        text, stop_string = detokenizer.append([token_id])
         num_output = len(request.output_token_ids)
         is_eos = (not params.ignore_eos and token_id in request.eos_token_ids
                   and num_output >= params.min_tokens)
         is_grammar_complete = request.grammar is not None and request.grammar.is_terminated
-        reason, stop_reason = None, None
+        reason: FinishReason | None = None
+        stop_reason: str | int | None = None  # the stop string or stop token id that ended it
         if stop_string is not None:
             reason, stop_reason = FinishReason.STOP, stop_string
         elif token_id in params.stop_token_ids and num_output >= params.min_tokens:
@@ -307,7 +312,7 @@ class Engine:
         new_logprobs = [logprobs] if logprobs is not None else None
         if reason is not None:
             if stop_string is None:
-                text += request.detokenizer.flush()
+                text += detokenizer.flush()
             request.stop_reason = stop_reason
             return self._finish(request, reason, [token_id], text, new_logprobs)
         return self._output(request, [token_id], text, new_logprobs)

@@ -67,6 +67,9 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> t
 class RotaryEmbedding(nn.Module):
     """Precomputed cos/sin for every position; rotate-half layout (HF's)."""
 
+    cos: torch.Tensor  # [max_positions, head_dim] buffers, registered in __init__
+    sin: torch.Tensor
+
     def __init__(self, head_dim: int, max_positions: int, theta: float,
                  scaling: RopeScaling | None):
         super().__init__()
