@@ -151,7 +151,7 @@ def _error_loc(errors: list[Any]) -> tuple[Any, ...]:
     if len(locs) < 2:
         return locs[0] if locs else ()
     common: list[Any] = []
-    for parts in zip(*locs):
+    for parts in zip(*locs, strict=False):
         if len(set(map(repr, parts))) != 1:
             break
         common.append(parts[0])
