@@ -19,6 +19,8 @@ import argparse
 import time
 
 import flintlm  # noqa: F401  - applies FLINTLM_CPU_ISA's cap to torch before torch loads
+
+# isort: split
 import torch
 
 from flintlm.kernels import isa, native
@@ -102,7 +104,7 @@ def main() -> None:
     size = {name: (sum(layer[name].nbytes for layer in layers),
                    sum(gguf_bytes(layer[name]) for layer in layers)) for name in LAYER}
     size["head"] = (head.nbytes, gguf_bytes(head))
-    size["step"] = tuple(map(sum, zip(*size.values())))  # type: ignore[assignment]
+    size["step"] = tuple(map(sum, zip(*size.values(), strict=True)))  # type: ignore[assignment]
     print(f"CPU: {isa.cpu_features().model_name}; FLINTLM_CPU_ISA={isa.forced_tier()}; "
           f"extra flags: {args.extra_flags or 'none'}")
     print("bytes a step: " + ", ".join(f"{k} {v[0] / 1e6:.0f} MB (GGUF {v[1] / 1e6:.0f})"

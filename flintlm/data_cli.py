@@ -1,6 +1,7 @@
 """`flintlm data`: the captured chat completions in the platform store, for the operator: rate
-one, export them as fine-tuning JSONL, erase a key's, purge what is past the retention. Works on the store directly (the one
-`serve` uses with the same --data-dir / --database-url), so it needs no running server.
+one, export them as fine-tuning JSONL, erase a key's, purge what is past the retention. Works on
+the store directly (the one `serve` uses with the same --data-dir / --database-url), so it needs
+no running server.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def export(
     out: Annotated[Path, typer.Option(help="The JSONL file to write (replaced).")],
     format: Annotated[str, typer.Option(
         help="openai-chat (supervised: {\"messages\": [...]}) or preference (DPO pairs of the "
-             "best and worst rated answers to one prompt); cut-off answers are left out.")] = "openai-chat",
+             "best and worst rated answers to one prompt); cut-off answers are left out.")
+    ] = "openai-chat",
     min_rating: Annotated[int | None, typer.Option(
         help="Only completions rated at least this (preference: the preferred answer).")
     ] = None,

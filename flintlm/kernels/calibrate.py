@@ -17,14 +17,15 @@ cycled so the weights come from memory, as in a real step, not from the last-lev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.nn import functional as F
@@ -147,7 +148,7 @@ def _copies(layer_bytes: int, num_layers: int) -> int:
     return max(1, min(num_layers, -(-_COPY_BYTES // max(layer_bytes, 1))))
 
 
-def _best_ms(run: Callable[[], None], repeats: int = _REPEATS) -> float:
+def _best_ms(run: Callable[[], object], repeats: int = _REPEATS) -> float:
     start = time.perf_counter()
     run()  # warm-up: page faults, oneDNN primitive creation
     if time.perf_counter() - start > _LONG_S:
@@ -189,7 +190,7 @@ class _DenseLayers:
 
         def run() -> None:
             for layer in layers:
-                for matmul, x in zip(layer, inputs):
+                for matmul, x in zip(layer, inputs, strict=True):
                     matmul(x)
         return _best_ms(run) / len(layers)
 
@@ -222,7 +223,7 @@ class _QuantLayers:
 
         def run() -> None:
             for layer in layers:
-                for matrix, x in zip(layer, inputs):
+                for matrix, x in zip(layer, inputs, strict=True):
                     self._matmul(matrix, x)
         return _best_ms(run) / len(layers)
 
@@ -245,7 +246,7 @@ def _step_ms(layers: _DenseLayers | _QuantLayers, shapes: ModelShapes, rows: int
 
 def _thread_counts(rows: int) -> tuple[int, ...]:
     most = torch.get_num_threads()
-    return (1, most) if 1 < most and rows <= _SINGLE_THREAD_ROWS else (most,)
+    return (1, most) if most > 1 and rows <= _SINGLE_THREAD_ROWS else (most,)
 
 
 def _with_threads(count: int, measure: Callable[[], float]) -> float:
@@ -275,8 +276,8 @@ def calibrate(shapes: ModelShapes, dtype: str | None = None,
     for name in dtypes:
         dense[name] = _DenseLayers(shapes, DENSE_DTYPES[name])
         for count in _thread_counts(largest):
-            record(largest, "dense", name, count, _with_threads(
-                count, lambda: _step_ms(dense[name], shapes, largest, DENSE_DTYPES[name])))
+            record(largest, "dense", name, count, _with_threads(count, functools.partial(
+                _step_ms, dense[name], shapes, largest, DENSE_DTYPES[name])))
     chosen_dtype = min(dtypes, key=lambda n: min(t.ms for t in timings if t.dtype == n))
     for name in dtypes:
         if name != chosen_dtype:
@@ -299,7 +300,7 @@ def calibrate(shapes: ModelShapes, dtype: str | None = None,
                 continue  # >2x slower than dense twice in a row: it will not come back
             for count in _thread_counts(step):
                 record(step, path, chosen_dtype, count, _with_threads(
-                    count, lambda: _step_ms(layers, shapes, step, torch_dtype)))
+                    count, functools.partial(_step_ms, layers, shapes, step, torch_dtype)))
         best_dense = min(t.ms for t in timings if t.step_size == step and t.path == "dense"
                          and t.dtype == chosen_dtype)
         for path in candidates:

@@ -70,8 +70,8 @@ def supported_tiers(features: CpuFeatures | None = None) -> tuple[str, ...]:
     features = features or cpu_features()
     if features.is_arm64:
         return ("neon", "generic") if "asimd" in features.flags else ("generic",)
-    return tuple(tier for tier, needed in _X86_TIER_FLAGS.items()
-                 if needed <= features.flags) + ("generic",)
+    return (*(tier for tier, needed in _X86_TIER_FLAGS.items() if needed <= features.flags),
+            "generic")
 
 
 def forced_tier() -> str | None:
@@ -102,13 +102,9 @@ def has_flag(name: str) -> bool:
     lower tier hides everything above it, as on a CPU that lacks it."""
     features = cpu_features()
     tier = selected_tier()
-    if name not in features.flags:
+    if name not in features.flags or tier == "generic":
         return False
-    if tier == "generic":
-        return False
-    if tier == "avx2" and name.startswith(("avx512", "amx")):
-        return False
-    return True
+    return not (tier == "avx2" and name.startswith(("avx512", "amx")))
 
 
 def cap_torch_to_forced_tier() -> None:

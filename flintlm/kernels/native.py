@@ -18,7 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-import torch  # noqa: F401  - loaded first so the library binds to torch's libgomp, not another
+import torch  # loaded first so the library binds to torch's libgomp, not another
 
 from flintlm.kernels import abi, isa
 
@@ -86,7 +86,7 @@ class NativeLibrary:
         self.argmax_rows = self._lib.argmax_rows_f32
         self.argmax_rows.argtypes = [_P, _I64, _I64, _P]
         self.argmax_rows.restype = None
-        self._functions: dict[tuple[str, torch.dtype], ctypes._CFuncPtr] = {}
+        self._functions: dict[tuple[str, torch.dtype], ctypes._NamedFuncPointer] = {}
         for kernel in abi.KERNELS:
             for dtype, suffix in SUFFIXES.items():
                 function = getattr(self._lib, f"{kernel.name}_{suffix}")
@@ -103,7 +103,7 @@ class NativeLibrary:
         report(values, count)
         return list(values)
 
-    def function(self, name: str, dtype: torch.dtype) -> ctypes._CFuncPtr:
+    def function(self, name: str, dtype: torch.dtype) -> ctypes._NamedFuncPointer:
         return self._functions[name, dtype]
 
 

@@ -17,6 +17,7 @@ import torch
 
 from flintlm.kernels.abi import DecodeBatch, DecodeLayer, DecodeMatrix
 from flintlm.models.attention import paged_row_tables
+from flintlm.models.llama import DecoderLayer
 from flintlm.models.quant import QuantizedSteps, SmallBatchQuantLinear
 
 if TYPE_CHECKING:
@@ -34,7 +35,9 @@ def _matrix(module: torch.nn.Module) -> QuantMatrix | None:
 class FastDecode:
     """Built once by the runner (`build`); `forward` runs a step's layers in one C call."""
 
-    def __init__(self, model: LlamaForCausalLM, layers: ctypes.Array[DecodeLayer],
+    # NOTE: abi.py builds the structure classes at run time from the C header, so mypy sees
+    # them only as ctypes.Structure.
+    def __init__(self, model: LlamaForCausalLM, layers: ctypes.Array[ctypes.Structure],
                  kernels: CpuKernels, steps: QuantizedSteps, use_int8: bool,
                  keep_alive: list[object]):
         self.model = model
@@ -60,15 +63,18 @@ class FastDecode:
         layers = (DecodeLayer * arch.num_layers)()
         keep_alive: list[object] = []
         use_int8 = False
-        for entry, layer, (k_cache, v_cache) in zip(layers, model.layers, kv_caches):
+        for entry, layer, (k_cache, v_cache) in zip(layers, model.layers, kv_caches,
+                                                    strict=True):
+            if not isinstance(layer, DecoderLayer):
+                return None
             linears = (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
                        layer.mlp.gate_up_proj, layer.mlp.down_proj)
-            matrices = [_matrix(m) for m in linears]
-            if any(m is None for m in matrices):
+            matrices = [m for m in map(_matrix, linears) if m is not None]
+            if len(matrices) != len(linears):
                 return None
-            use_int8 = linears[0].use_int8
-            for name, matrix in zip(("qkv", "o", "gate_up", "down"), matrices):
-                assert matrix is not None  # checked just above
+            qkv_proj = linears[0]
+            use_int8 = isinstance(qkv_proj, SmallBatchQuantLinear) and qkv_proj.use_int8
+            for name, matrix in zip(("qkv", "o", "gate_up", "down"), matrices, strict=True):
                 q, d, m = matrix.pointers
                 setattr(entry, name, DecodeMatrix(q, d, m, matrix.out_features,
                                                   int(matrix.is_4bit), int(matrix.is_interleaved)))

@@ -13,6 +13,7 @@ values, float32 scale and offset per block of 32), which holds exactly the same 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from flintlm.kernels.calibrate import DispatchTable
     from flintlm.kernels.ops import CpuKernels
     from flintlm.loading.checkpoint import QuantizedWeight
+    from flintlm.models.llama import LlamaForCausalLM
 
 # GGML block layouts: bytes per block of 32, and where the values start after the f16 scales.
 _BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
@@ -125,8 +127,8 @@ class SmallBatchQuantLinear(nn.Module):
 class SmallBatchQuantLogits(nn.Module):
     """compute_logits (hidden -> float32 logits) with the same split by batch size."""
 
-    def __init__(self, dense: nn.Module, weight: QuantMatrix, kernels: CpuKernels,
-                 steps: QuantizedSteps, use_int8: bool):
+    def __init__(self, dense: Callable[[torch.Tensor], torch.Tensor], weight: QuantMatrix,
+                 kernels: CpuKernels, steps: QuantizedSteps, use_int8: bool):
         super().__init__()
         self.dense = dense
         self.linear = SmallBatchQuantLinear(nn.Identity(), [weight], None, kernels, steps,
@@ -148,7 +150,7 @@ def _stacked(matrices: list[QuantMatrix]) -> list[QuantMatrix]:
                         torch.cat([m.m for m in matrices]), matrices[0].is_4bit)]
 
 
-def keep_quantized(model: nn.Module, quantized: dict[str, QuantizedWeight],
+def keep_quantized(model: LlamaForCausalLM, quantized: dict[str, QuantizedWeight],
                    kernels: CpuKernels, steps: QuantizedSteps, use_int8: bool) -> int:
     """Wrap each linear layer of `model` whose checkpoint matrices are all in `quantized` (and of
     a type the kernel reads) in a `SmallBatchQuantLinear`; returns how many were wrapped.
@@ -156,18 +158,20 @@ def keep_quantized(model: nn.Module, quantized: dict[str, QuantizedWeight],
     num_wrapped = 0
     for module_name, sources in model.linear_sources().items():
         parts = [quantized.get(name + ".weight") for name in sources]
-        if any(p is None or p.type_name not in KEPT_TYPES for p in parts):
+        kept = [p for p in parts if p is not None and p.type_name in KEPT_TYPES]
+        if len(kept) != len(parts):
             continue
-        matrices = [repack(p) for p in parts]
-        if any(m is None for m in matrices):
+        repacked = [repack(p) for p in kept]
+        matrices = [m for m in repacked if m is not None]
+        if len(matrices) != len(repacked):
             continue
-        matrices = _stacked(matrices)  # type: ignore[arg-type]
+        matrices = _stacked(matrices)
         if use_int8:
             matrices = [interleave(m) for m in matrices]
         dense = model.get_submodule(module_name)
         bias = getattr(dense, "bias", None)
         parent_name, _, child_name = module_name.rpartition(".")
-        wrapped = SmallBatchQuantLinear(dense, matrices,  # type: ignore[arg-type]
+        wrapped = SmallBatchQuantLinear(dense, matrices,
                                         None if bias is None else bias.detach(), kernels,
                                         steps, use_int8)
         setattr(model.get_submodule(parent_name), child_name, wrapped)
@@ -175,8 +179,10 @@ def keep_quantized(model: nn.Module, quantized: dict[str, QuantizedWeight],
     return num_wrapped
 
 
-def quantized_logits(dense: nn.Module, quantized: dict[str, QuantizedWeight], tied: bool,
-                     kernels: CpuKernels, steps: QuantizedSteps, use_int8: bool) -> nn.Module:
+def quantized_logits(dense: Callable[[torch.Tensor], torch.Tensor],
+                     quantized: dict[str, QuantizedWeight], tied: bool, kernels: CpuKernels,
+                     steps: QuantizedSteps,
+                     use_int8: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """The output projection with small batches read from its GGML blocks, when stored so."""
     weight = quantized.get("model.embed_tokens.weight" if tied else "lm_head.weight")
     matrix = repack(weight) if weight is not None and weight.type_name in KEPT_TYPES else None

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-class CaptureMode(str, enum.Enum):
+class CaptureMode(enum.StrEnum):
     """A key's (or the server's default) capture mode."""
 
     REQUEST = "request"  # what the client sends with `store: true`

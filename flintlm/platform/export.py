@@ -31,7 +31,7 @@ _FINISHED = ("stop", "tool_calls")
 _MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id")
 
 
-class ExportFormat(str, enum.Enum):
+class ExportFormat(enum.StrEnum):
     OPENAI_CHAT = "openai-chat"
     PREFERENCE = "preference"
 

@@ -42,7 +42,7 @@ _ROWS_PER_INSERT = 500
 _NUM_RECENT_IDS = 65_536
 
 
-class UsageStatus(str, enum.Enum):
+class UsageStatus(enum.StrEnum):
     FINISHED = "finished"  # stopped or hit its length
     ABORTED = "aborted"  # client disconnected or the server shut down; billed for what ran
     FAILED = "failed"  # the engine failed on it

@@ -9,6 +9,7 @@ import pytest
 
 from flintlm.platform.completion_store import (
     CompletionFilter,
+    CompletionPage,
     CompletionStore,
     UnknownCursor,
     check_metadata,
@@ -54,7 +55,10 @@ def test_list_filters_by_metadata_and_model_and_pages_both_ways(db: Database,
               run="a" if i % 2 == 0 else "b", seq=str(i))
         clock.advance(1)
     _save(store, "chatcmpl-x", tenant="tenant-b", run="a")
-    ids = lambda page: [c.id for c in page.items]
+
+    def ids(page: CompletionPage) -> list[str]:
+        return [c.id for c in page.items]
+
     assert ids(store.list("tenant-a")) == [f"chatcmpl-{i}" for i in range(5)]
     assert ids(store.list("tenant-a", order="desc"))[0] == "chatcmpl-4"
     assert ids(store.list("tenant-a", metadata={"run": "a"})) == [
@@ -107,7 +111,10 @@ def test_select_filters_by_key_model_and_time(db: Database, clock: FakeClock) ->
     since = store.get("tenant-a", "chatcmpl-1").created_at  # type: ignore[union-attr]
     _save(store, "chatcmpl-2", key="key-b", model="other")
     _save(store, "chatcmpl-3", key="key-a")
-    select = lambda **kw: [c.id for c in store.select(CompletionFilter(**kw))]
+
+    def select(**filters: Any) -> list[str]:
+        return [c.id for c in store.select(CompletionFilter(**filters))]
+
     assert select(key_id="key-a") == ["chatcmpl-1", "chatcmpl-3"]
     assert select(model="other") == ["chatcmpl-2"]
     from datetime import timedelta

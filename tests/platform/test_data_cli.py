@@ -97,8 +97,8 @@ def test_export_filters_by_key_model_and_since(store: CompletionStore, store_url
     assert bad_since.returncode == 2 and "cannot read the time" in bad_since.stderr
 
 
-def test_export_hides_what_is_past_the_retention_and_purge_deletes_it(store: CompletionStore, store_url: str,
-                                      tmp_path: Path) -> None:
+def test_export_hides_what_is_past_the_retention_and_purge_deletes_it(
+        store: CompletionStore, store_url: str, tmp_path: Path) -> None:
     old = CompletionStore(store.db, ttl_s=30 * DAY_S, clock=lambda: time.time() - 10 * DAY_S)
     save(old, "chatcmpl-old", [USER], [answer("old")])
     save(store, "chatcmpl-new", [USER], [answer("new")])

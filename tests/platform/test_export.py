@@ -85,8 +85,10 @@ def test_ratings_and_filters_choose_what_is_exported(db: Database, clock: FakeCl
     save(store, "chatcmpl-4", [USER], [answer("four")], key="key-b", model="other",
          rating="4")
     out = tmp_path / "out.jsonl"
-    answers = lambda **kw: [
-        line["messages"][-1]["content"] for line in _export(store, out, **kw)]
+
+    def answers(**options: Any) -> list[str]:
+        return [line["messages"][-1]["content"] for line in _export(store, out, **options)]
+
     assert answers() == ["one", "two", "three", "four"]
     assert answers(min_rating=4) == ["one", "four"]
     assert answers(selection=CompletionFilter(key_id="key-b")) == ["four"]
