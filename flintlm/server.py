@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from flintlm.engine.async_engine import AsyncEngine
     from flintlm.platform.service import Platform
     from flintlm.safety.moderation import Moderator
+    from flintlm.safety.pipeline import Guardrails
 
 logger = logging.getLogger("flintlm.server")
 
@@ -61,7 +62,8 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission,
 
         moderator = build_moderator(config)
     serving = ServingState(config, engine, Metrics(engine.stats, engine.model_name), admission,
-                           created=int(time.time()))
+                           created=int(time.time()),
+                           guardrails=build_guardrails(config, moderator))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -101,14 +103,28 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def build_guardrails(config: FlintConfig, moderator: Moderator | None) -> Guardrails:
+    """The policies of `--guardrails-file`, compiled against the moderation backend.
+
+    Raises:
+        ValueError: the file is unreadable or a policy is malformed (named in the message).
+    """
+    from flintlm.safety.pipeline import Guardrails
+    from flintlm.safety.policy import load_policies
+
+    return Guardrails(load_policies(config.moderation.guardrails_file), moderator)
+
+
 def serve(config: FlintConfig) -> None:
     """Open the platform store, load the model (with a progress bar), then serve until a
     signal drains the server."""
     from flintlm.engine.async_engine import AsyncEngine
     from flintlm.platform.service import Platform
     from flintlm.safety.moderation import build_moderator
+    from flintlm.safety.policy import load_policies
 
     configure_logging(config.server.log_level)
+    load_policies(config.moderation.guardrails_file)  # a bad file fails before anything loads
     platform = Platform.from_config(config.platform)  # a bad store fails before the model loads
     try:
         engine = AsyncEngine.from_config(config, progress=True)

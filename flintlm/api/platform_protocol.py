@@ -73,6 +73,7 @@ class CreateKeyRequest(BaseModel):
     max_concurrent: int | None = Field(default=None, ge=1)
     models: list[str] | None = None
     expires_at: str | None = None  # ISO 8601 date or date-time (UTC unless an offset is given)
+    guardrail: str | None = Field(default=None, min_length=1, max_length=64)  # policy name
 
     def limits(self) -> KeyLimits:
         return KeyLimits(rpm=self.rpm, tpm=self.tpm, token_quota=self.token_quota,
@@ -81,6 +82,15 @@ class CreateKeyRequest(BaseModel):
 
     def expiry(self) -> datetime | None:
         return parse_time(self.expires_at, "expires_at")
+
+
+class UpdateKeyRequest(BaseModel):
+    """The body of `POST /admin/keys/{id}`: the fields to change (only `guardrail` so far;
+    null puts the key back on the server's default policy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    guardrail: str | None = Field(min_length=1, max_length=64)
 
 
 class KeyInfo(BaseModel):
@@ -101,6 +111,7 @@ class KeyInfo(BaseModel):
     max_tokens: int | None = None
     max_concurrent: int | None = None
     models: list[str] | None
+    guardrail: str | None = None  # its guardrail policy; null: the server's default
 
     @classmethod
     def of(cls, key: KeyRecord, now: datetime) -> KeyInfo:
@@ -118,6 +129,7 @@ class KeyInfo(BaseModel):
             budget_usd=None if limits.budget_usd is None else f"{limits.budget_usd.normalize():f}",
             max_tokens=limits.max_tokens, max_concurrent=limits.max_concurrent,
             models=None if key.allowed_models is None else list(key.allowed_models),
+            guardrail=key.guardrail,
         )
 
 

@@ -66,6 +66,7 @@ class UsageEvent:
     ttft_s: float | None = None
     total_time_s: float | None = None
     created_at: datetime | None = None  # naive UTC; None: stamped by `Ledger.record`
+    guardrail: list[dict[str, Any]] | None = None  # decisions: mode, rule, action, categories
 
     @property
     def total_tokens(self) -> int:
@@ -283,6 +284,7 @@ def _to_row(event: UsageEvent) -> dict[str, Any]:
         "error_code": event.error_code,
         "cost_nano_usd": usd_to_nanos(event.cost_usd),
         "created_at": event.created_at,
+        "guardrail": event.guardrail,
     }
 
 
@@ -301,4 +303,5 @@ def _to_event(row: UsageEventRow) -> UsageEvent:
         ttft_s=row.ttft_s,
         total_time_s=row.total_time_s,
         created_at=row.created_at,
+        guardrail=row.guardrail,
     )

@@ -76,6 +76,7 @@ class ApiKeyRow(Base):
     allowed_models: Mapped[list[str] | None] = mapped_column(sa.JSON())
     max_tokens: Mapped[int | None] = mapped_column(sa.Integer())
     max_concurrent: Mapped[int | None] = mapped_column(sa.Integer())
+    guardrail: Mapped[str | None] = mapped_column(sa.String(64))  # policy name; None: default
 
 
 class UsageEventRow(Base):
@@ -104,6 +105,7 @@ class UsageEventRow(Base):
     error_code: Mapped[str | None] = mapped_column(sa.String(64))
     cost_nano_usd: Mapped[int] = mapped_column(sa.BigInteger())
     created_at: Mapped[datetime] = mapped_column(sa.DateTime())
+    guardrail: Mapped[list | None] = mapped_column(sa.JSON())  # the guardrails' decisions
 
 
 class StoredResponseRow(Base):
