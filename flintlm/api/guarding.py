@@ -17,7 +17,7 @@ from flintlm.engine.request import FinishReason, RequestOutput
 if TYPE_CHECKING:
     from flintlm.api.deps import ServingState
     from flintlm.api.generation import ChoiceResult
-    from flintlm.api.protocol import ChatCompletionRequest, CompletionRequest
+    from flintlm.api.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
     from flintlm.loading.tokenizer import Tokenizer
     from flintlm.platform.keys import KeyRecord
     from flintlm.safety.pipeline import RequestGuard, StreamScreen
@@ -51,18 +51,29 @@ async def guard_input(serving: ServingState, key: KeyRecord, request_id: str,
 
 
 async def guard_chat(serving: ServingState, key: KeyRecord, request_id: str,
-                     body: ChatCompletionRequest
+                     body: ChatCompletionRequest, *, param: str = "messages"
                      ) -> tuple[ChatCompletionRequest, RequestGuard | None]:
     """`guard_input` on each message's text: the request with masked messages (their content
-    becomes the masked text) and its guard."""
-    texts = [message.text() for message in body.messages]
-    screened, guard = await guard_input(serving, key, request_id, texts, stream=body.stream,
-                                        param="messages")
-    if screened == texts:
+    becomes the masked text) and its guard. `param` names the input in a 400."""
+    messages, guard = await guard_messages(serving, key, request_id, body.messages,
+                                           stream=body.stream, param=param)
+    if messages is body.messages:
         return body, guard
-    messages = [message if new == old else message.model_copy(update={"content": new})
-                for message, old, new in zip(body.messages, texts, screened)]
     return body.model_copy(update={"messages": messages}), guard
+
+
+async def guard_messages(serving: ServingState, key: KeyRecord, request_id: str,
+                         messages: list[ChatMessage], *, stream: bool, param: str
+                         ) -> tuple[list[ChatMessage], RequestGuard | None]:
+    """`guard_input` on each message's text; the same list when nothing was masked, else one
+    whose masked messages hold the masked text as their content."""
+    texts = [message.text() for message in messages]
+    screened, guard = await guard_input(serving, key, request_id, texts, stream=stream,
+                                        param=param)
+    if screened == texts:
+        return messages, guard
+    return [message if new == old else message.model_copy(update={"content": new})
+            for message, old, new in zip(messages, texts, screened)], guard
 
 
 async def guard_completion(serving: ServingState, key: KeyRecord, request_id: str,

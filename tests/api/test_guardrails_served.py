@@ -20,6 +20,7 @@ from typing import Any
 import openai
 import pytest
 
+from tests.conftest import HANG_TIMEOUT_S
 from tests.platform.served import IssuedKey, PlatformServer, platform_servers
 
 POLICIES = """
@@ -290,3 +291,50 @@ def test_cli_creates_keys_with_a_policy(served: PlatformServer, policies_file: P
     secret = created.stdout.strip()
     response = served.openai(secret).chat.completions.create(messages=QUESTION, **GREEDY)
     assert response.choices[0].finish_reason == "content_filter"
+
+
+# --- the Responses and Messages routes: the same calls --------------------------------------
+
+
+def test_responses_route_blocks_and_filters(served: PlatformServer,
+                                            keys: dict[str, IssuedKey]) -> None:
+    with pytest.raises(openai.BadRequestError) as error:
+        served.openai(keys["standard"]).responses.create(
+            model="default", input=f"Card {CARD}", max_output_tokens=8)
+    assert isinstance(error.value.body, dict)
+    assert error.value.body["code"] == "content_policy_violation"
+    assert error.value.body["param"] == "input" and "4111" not in error.value.response.text
+    client = served.openai(keys["cut"])
+    response = client.responses.create(model="default", input=QUESTION[0]["content"],
+                                       max_output_tokens=24, temperature=0, store=False)
+    assert response.status == "incomplete" and response.output_text == ""
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "content_filter"
+    events = list(client.responses.create(model="default", input=QUESTION[0]["content"],
+                                          max_output_tokens=24, temperature=0, store=False,
+                                          stream=True))
+    final = events[-1]
+    assert final.type == "response.incomplete"
+    assert final.response.incomplete_details.reason == "content_filter"  # type: ignore[union-attr]
+
+
+def test_messages_route_blocks_and_filters(served: PlatformServer,
+                                           keys: dict[str, IssuedKey]) -> None:
+    import anthropic
+
+    def client(key: IssuedKey) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=served.url, api_key=key.secret, max_retries=0,
+                                   timeout=HANG_TIMEOUT_S)
+
+    with pytest.raises(anthropic.BadRequestError) as error:
+        client(keys["standard"]).messages.create(
+            model="default", max_tokens=8,
+            messages=[{"role": "user", "content": "Tell me about project zeus"}])
+    assert "'banned'" in error.value.message and "zeus" not in error.value.response.text
+    greedy: dict[str, Any] = {"model": "default", "max_tokens": 24, "messages": QUESTION,
+                              "extra_body": {"temperature": 0}}
+    message = client(keys["cut"]).messages.create(**greedy)
+    assert message.stop_reason == "refusal"
+    with client(keys["cut"]).messages.stream(**greedy) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "refusal"
