@@ -51,8 +51,11 @@ kind = "moderation"
 thresholds = { harassment = 0.8 }
 modes = ["pre_call"]
 """
-WORDS = ("the sea is wide and calm today while ships sail past the old harbour near town "
-         "people walk along the shore and talk about weather fish boats and summer plans").split()
+WORDS = (
+    "the", "sea", "is", "wide", "and", "calm", "today", "while", "ships", "sail", "past",
+    "the", "old", "harbour", "near", "town", "people", "walk", "along", "the", "shore", "and",
+    "talk", "about", "weather", "fish", "boats", "and", "summer", "plans"
+)
 
 
 def prose(num_chars: int, rng: random.Random) -> str:

@@ -27,9 +27,9 @@ from flintlm.platform.service import Timings
 
 if TYPE_CHECKING:
     from flintlm.api.admission import Ticket
-    from flintlm.safety.pipeline import RequestGuard
     from flintlm.engine.async_engine import AsyncEngine
     from flintlm.observability.metrics import Metrics
+    from flintlm.safety.pipeline import RequestGuard
 
 logger = logging.getLogger("flintlm.api")
 

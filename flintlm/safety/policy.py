@@ -134,7 +134,7 @@ def load_policies(path: str | Path | None) -> PolicySet:
 
 def _only(table: Any, allowed: set[str], where: str) -> None:
     if not isinstance(table, dict):
-        raise ValueError(f"{where} must be a table")
+        raise ValueError(f"{where} must be a table")  # noqa: TRY004 - a config error
     unknown = set(table) - allowed
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -143,7 +143,8 @@ def _only(table: Any, allowed: set[str], where: str) -> None:
 def _policy(name: str, body: Any) -> Policy:
     where = f"policies.{name}"
     _only(body, {"rules", "max_prompt_chars", "stream_window_chars"}, where)
-    rules = tuple(_rule(f"{where}.rules[{i}]", rule) for i, rule in enumerate(body.get("rules", [])))
+    rules = tuple(_rule(f"{where}.rules[{i}]", rule)
+                  for i, rule in enumerate(body.get("rules", [])))
     names = [rule.name for rule in rules]
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: rule names must be unique, got {names}")

@@ -166,8 +166,8 @@ def test_stream_of_clean_text_is_unchanged(guardrails: Guardrails) -> None:
     ('[policies.p]\nrules = [{name = "r", kind = "pii", entities = {passport = "mask"}}]',
      "unknown: \\['passport'\\]"),
     ('[policies.p]\nrules = [{name = "r", kind = "regex", patterns = ["("]}]', "is no regex"),
-    ('[policies.p]\nrules = [{name = "r", kind = "blocklist", phrases = ["a"], '
-     'modes = ["later"]}]', "modes are pre_call"),
+    (('[policies.p]\nrules = [{name = "r", kind = "blocklist", phrases = ["a"], '
+      'modes = ["later"]}]'), "modes are pre_call"),
     ('default = "missing"\n[policies.p]', "unknown guardrail policy 'missing'"),
     ('[policies.p]\nmax_prompt_chars = 0', "max_prompt_chars=0 must be a positive"),
     ('[policies.p]\nrules = [{name = "r", kind = "moderation", thresholds = {hate = 2}}]',

@@ -53,7 +53,8 @@ async def create_chat_completion(
     admission: AdmissionDep,
 ) -> Response:
     # The edge, in order: parse (above) -> validate -> authenticate -> guardrails (pre_call) ->
-    # render off the event loop -> admit -> engine (output guardrails in Generation). Nothing is spent on a request that fails an earlier step.
+    # render off the event loop -> admit -> engine (output guardrails in Generation). Nothing is
+    # spent on a request that fails an earlier step.
     params = await checked_params(body, serving.config.limits, engine.tokenizer.vocab_size)
     key = await serving.admission.authenticate(secret)
     check_model(body.model, engine)
