@@ -10,6 +10,7 @@ under the `open` policy (no rules) and derives what the guarded answer must be f
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 import openai
 import pytest
 
+from flintlm.safety.pii import find_pii, mask
 from tests.conftest import HANG_TIMEOUT_S
 from tests.platform.served import IssuedKey, PlatformServer, platform_servers
 
@@ -51,8 +53,15 @@ modes = ["pre_call"]
 stream_window_chars = 8
 [[policies.cut.rules]]
 name = "common-words"
-kind = "regex"
-patterns = ["(?i)\\\\b(?:the|a|an|is|are|and|of|to|in|it|you|i)\\\\b"]
+kind = "blocklist"
+phrases = ["the", "a", "an", "is", "are", "and", "of", "to", "in", "it", "you", "i"]
+modes = ["during_call", "post_call"]
+
+[policies.pii-out]
+[[policies.pii-out.rules]]
+name = "pii"
+kind = "pii"
+entities = { email = "mask" }
 modes = ["during_call", "post_call"]
 
 [policies.vowels]
@@ -69,6 +78,7 @@ QUESTION = [{"role": "user", "content": "Write two sentences about the sea."}]
 PROMPT = "The history of the city of Paris is"
 GREEDY: dict[str, Any] = {"model": "default", "max_tokens": 24, "temperature": 0,
                           "extra_body": {"ignore_eos": True}}
+EMAILS = "Email addresses of our team:\n- alice@example.com\n- bob@example.com\n-"
 CARD = "4111 1111 1111 1111"
 ABUSIVE = "Shut up, you stupid moron, nobody asked for your garbage opinion."
 
@@ -93,7 +103,8 @@ def served(tmp_path_factory: pytest.TempPathFactory,
 def keys(served: PlatformServer) -> dict[str, IssuedKey]:
     """One key per policy; `standard` names none and gets the file's default."""
     return {"standard": served.create_key("standard"),
-            **{name: served.create_key(name, guardrail=name) for name in ("open", "cut", "vowels")}}
+            **{name: served.create_key(name, guardrail=name)
+               for name in ("open", "cut", "vowels", "pii-out")}}
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +260,18 @@ def test_whole_answers_are_masked(served: PlatformServer, keys: dict[str, Issued
     assert completion.choices[0].text == VOWEL.sub("[REDACTED]", raw_completion)
 
 
+def test_pii_in_the_output_is_masked_streamed_or_not(served: PlatformServer,
+                                                      keys: dict[str, IssuedKey]) -> None:
+    raw = served.openai(keys["open"]).completions.create(prompt=EMAILS, **GREEDY).choices[0].text
+    spans = find_pii(raw, ["email"])
+    assert spans, raw  # the model continues the list with more addresses
+    expected = mask(raw, spans)
+    client = served.openai(keys["pii-out"])
+    assert client.completions.create(prompt=EMAILS, **GREEDY).choices[0].text == expected
+    streamed = client.completions.create(prompt=EMAILS, stream=True, **GREEDY)
+    assert "".join(c.choices[0].text for c in streamed) == expected
+
+
 def test_open_policy_leaves_everything_alone(served: PlatformServer,
                                              keys: dict[str, IssuedKey], raw_chat: str) -> None:
     response = served.openai(keys["open"]).chat.completions.create(
@@ -264,7 +287,8 @@ def test_admin_api_assigns_and_checks_policies(served: PlatformServer) -> None:
         refused = admin.post("/admin/keys", json={"name": "x", "guardrail": "strict"})
         assert refused.status_code == 400
         assert refused.json()["error"]["code"] == "unknown_guardrail"
-        assert "defines: cut, open, standard, vowels" in refused.json()["error"]["message"]
+        assert "defines: cut, open, pii-out, standard, vowels" in (
+            refused.json()["error"]["message"])
     key = served.create_key("switch")
     client = served.openai(key)
     with pytest.raises(openai.BadRequestError):  # the default policy: standard
@@ -338,3 +362,15 @@ def test_messages_route_blocks_and_filters(served: PlatformServer,
     with client(keys["cut"]).messages.stream(**greedy) as stream:
         final = stream.get_final_message()
     assert final.stop_reason == "refusal"
+
+
+def test_a_policy_the_server_lacks_is_refused_not_unguarded(served: PlatformServer) -> None:
+    created = subprocess.run(
+        [sys.executable, "-m", "flintlm", "keys", "create", "--database-url", served.store_url,
+         "--name", "stale", "--guardrail", "retired"],
+        capture_output=True, text=True, check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FLINTLM_")})
+    assert "not checked" in created.stderr
+    with pytest.raises(openai.PermissionDeniedError) as error:
+        served.openai(created.stdout.strip()).chat.completions.create(messages=QUESTION, **GREEDY)
+    assert isinstance(error.value.body, dict) and error.value.body["code"] == "unknown_guardrail"
