@@ -1,4 +1,4 @@
-"""The `flintlm` command: serve | chat | generate | keys | usage | bench.
+"""The `flintlm` command: serve | chat | generate | keys | usage | data | bench.
 
 Each command parses its flags into a `FlintConfig` and calls one function. A flag left out falls
 back to FLINTLM_<FLAG> (read through `flintlm.env`), then to the config default; `--help` text is
@@ -32,6 +32,7 @@ from flintlm.config import (
     field_docs,
     parse_size,
 )
+from flintlm.data_cli import data_app
 
 if TYPE_CHECKING:
     from flintlm.platform.db import Database
@@ -47,6 +48,7 @@ except ImportError:
     bench_app = None
 if bench_app is not None:
     app.add_typer(bench_app, name="bench")
+app.add_typer(data_app, name="data")
 keys_app = typer.Typer(help="Issue, list and revoke API keys in the platform store.",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -137,6 +139,7 @@ def serve(
     max_messages: Annotated[int | None, _opt("max_messages")] = None,
     max_tools: Annotated[int | None, _opt("max_tools")] = None,
     max_concurrent_per_key: Annotated[int | None, _opt("max_concurrent_per_key")] = None,
+    log_format: Annotated[str | None, _opt("log_format")] = None,
     data_dir: Annotated[str | None, _opt("data_dir")] = None,
     database_url: Annotated[str | None, _opt("database_url")] = None,
     redis_url: Annotated[str | None, _opt("redis_url")] = None,
@@ -149,6 +152,8 @@ def serve(
         int | None, _opt("max_stored_responses_per_key")] = None,
     moderation_backend: Annotated[str | None, _opt("moderation_backend")] = None,
     guard_model: Annotated[str | None, _opt("guard_model")] = None,
+    capture: Annotated[str | None, _opt("capture")] = None,
+    capture_ttl_days: Annotated[float | None, _opt("capture_ttl_days")] = None,
     guardrails_file: Annotated[str | None, _opt("guardrails_file")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, ...)."""
@@ -376,6 +381,9 @@ def keys_create(
     tenant: Annotated[str | None, typer.Option(
         help="Tenant id: keys of one tenant share the prefix cache; default: the key's own.")
     ] = None,
+    capture: Annotated[str | None, typer.Option(
+        help="Which of the key's chat completions are stored: request (store: true), all or "
+             "never; default: the server's --capture.")] = None,
     guardrail: Annotated[str | None, typer.Option(
         help="Guardrail policy of the key's requests, by name; default: the file's default.")
     ] = None,
@@ -386,9 +394,16 @@ def keys_create(
     database_url: DatabaseUrlOpt = None,
 ) -> None:
     """Issue a key and print its secret (to stdout, this once: only its hash is stored)."""
+    from flintlm.platform.capture import CaptureMode
     from flintlm.platform.keys import KeyLimits, KeyStore
 
     _check_guardrail(guardrail, guardrails_file or env.lookup("guardrails_file"))
+
+    try:
+        capture_mode = None if capture is None else CaptureMode(capture)
+    except ValueError:
+        raise typer.BadParameter(f"{capture!r} is not one of request, all, never",
+                                 param_hint="--capture") from None
 
     try:
         budget = None if budget_usd is None else Decimal(budget_usd)
@@ -403,7 +418,7 @@ def keys_create(
             new_key = KeyStore(db).create(name, tenant_id=tenant, limits=limits,
                                           allowed_models=allowed,
                                           expires_at=_when(expires, "--expires"),
-                                          guardrail=guardrail)
+                                          capture=capture_mode, guardrail=guardrail)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--tenant") from None
     typer.echo(new_key.secret)

@@ -134,6 +134,13 @@ class ServerConfig:
     """On SIGTERM, how long in-flight requests may run before the server exits."""
     log_level: str = "info"
     """Log level of the server."""
+    log_format: str = "text"
+    """Log records as text lines or json (one object per line: time, level, logger, request_id,
+    message)."""
+
+    def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format={self.log_format!r} is not one of text, json")
 
 
 @dataclass(frozen=True)
@@ -189,8 +196,15 @@ class PlatformConfig:
     """How long a response stored by /v1/responses (`store: true`) is kept, in seconds."""
     max_stored_responses_per_key: int = 1000
     """Most responses /v1/responses keeps per API key; storing one more drops the oldest."""
+    capture: str = "request"
+    """Which chat completions are stored for keys that set no capture mode of their own:
+    request (those sent with `store: true`), all, or never."""
+    capture_ttl_days: float = 30.0
+    """How long stored chat completions are kept, in days; older ones are deleted."""
 
     def __post_init__(self) -> None:
+        if self.capture not in ("request", "all", "never"):
+            raise ValueError(f"capture={self.capture!r} is not one of request, all, never")
         if self.max_stored_responses_per_key < 1:
             raise ValueError(f"max_stored_responses_per_key={self.max_stored_responses_per_key} "
                              "must be at least 1")
@@ -198,6 +212,9 @@ class PlatformConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive number "
                                  "of seconds")
+        if self.capture_ttl_days <= 0:
+            raise ValueError(f"capture_ttl_days={self.capture_ttl_days} must be a positive "
+                             "number of days")
 
 
 @dataclass(frozen=True)

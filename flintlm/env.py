@@ -2,8 +2,10 @@
 
 Every `flintlm serve` flag can also come from `FLINTLM_<FLAG_NAME>` (e.g. FLINTLM_MAX_MODEL_LEN);
 the CLI asks this module and never reads `os.environ` itself. Values are returned as strings;
-the caller converts them with the same rules as the flag. Two are not flags: FLINTLM_CPU_ISA
-(`kernels/isa.py`) and FLINTLM_FAULT_INJECT (tests only: `engine/faults.py`).
+the caller converts them with the same rules as the flag. Three are not flags: FLINTLM_CPU_ISA
+(`kernels/isa.py`), FLINTLM_FAULT_INJECT (tests only: `engine/faults.py`) and the test hook
+FLINTLM_TEST_HOLD_LOADING_UNTIL=<file>, which keeps `serve` in its loading phase until the file
+exists.
 """
 
 from __future__ import annotations

@@ -91,7 +91,8 @@ def launch_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_
     """Start `python -m flintlm serve` without waiting for it (see `wait_until_ready`).
 
     Its platform store is SQLite in `log_dir` unless `extra_args` name one. The caller's FLINTLM_*
-    variables are dropped; `env` adds variables of the test's own (FLINTLM_FAULT_INJECT).
+    variables are dropped; `env` adds variables of the test's own (FLINTLM_FAULT_INJECT,
+    FLINTLM_TEST_HOLD_LOADING_UNTIL).
     """
     port = free_port()
     args = [sys.executable, "-m", "flintlm", "serve", *SERVER_ARGS, "--port", str(port),
@@ -106,6 +107,11 @@ def launch_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=process_env)
     return LiveServer(process, port, api_key, log_path)
+
+
+def database_path(server: LiveServer) -> Path:
+    """The SQLite store of a server started without --data-dir or --database-url."""
+    return server.log_path.parent / f"data-{server.port}" / "flintlm.db"
 
 
 def wait_until_ready(server: LiveServer) -> LiveServer:

@@ -18,7 +18,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +31,7 @@ from flintlm.api.errors import (
     ServiceUnavailable,
 )
 from flintlm.config import LimitsConfig
+from flintlm.observability.logging import ContextExecutor, current_request_id
 from flintlm.platform.keys import (
     ANONYMOUS_KEY_ID,
     SECRET_PREFIX,
@@ -69,6 +69,7 @@ class Ticket:
     created_s: float = field(default_factory=time.monotonic)
     reservation: Reservation | None = None
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
+    http_request_id: str | None = field(default_factory=current_request_id)  # for the ledger row
     params: SamplingParams | None = None  # with max_tokens fitted, once admitted
     # Guardrail decisions, for the ledger row; the request's guard appends as checks fire.
     guardrail: list[dict[str, Any]] | None = None
@@ -106,7 +107,8 @@ class Admission:
         self._static_key = static_key
         self._num_in_flight: collections.Counter[str] = collections.Counter()  # by key id
         self._is_key_required = static_key is not None or platform.has_admin_key
-        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="flintlm-platform")
+        # Its threads log and settle in the calling request's context (its request id).
+        self._executor = ContextExecutor(max_workers, thread_name_prefix="flintlm-platform")
         self._open: dict[str, Ticket] = {}  # admitted, not settled yet (touched on the loop only)
         self._settling: set[asyncio.Future[None]] = set()
 
@@ -249,7 +251,8 @@ class Admission:
             self.platform.settle(ticket.request_id, ticket.key.id, self.model_name, usage,
                                  status=status, reservation=ticket.reservation,
                                  error_code=error_code, timings=timings,
-                                 guardrail=ticket.guardrail or None)
+                                 guardrail=ticket.guardrail or None,
+                                 http_request_id=ticket.http_request_id)
         except Exception:  # the request is over either way; the log says what was lost
             logger.exception("could not settle %s (key %s): %s prompt + %s completion tokens",
                              ticket.request_id, ticket.key.id, usage.prompt_tokens,

@@ -73,6 +73,7 @@ class CreateKeyRequest(BaseModel):
     max_concurrent: int | None = Field(default=None, ge=1)
     models: list[str] | None = None
     expires_at: str | None = None  # ISO 8601 date or date-time (UTC unless an offset is given)
+    capture: Literal["request", "all", "never"] | None = None  # None: the server's --capture
     guardrail: str | None = Field(default=None, min_length=1, max_length=64)  # policy name
 
     def limits(self) -> KeyLimits:
@@ -111,6 +112,7 @@ class KeyInfo(BaseModel):
     max_tokens: int | None = None
     max_concurrent: int | None = None
     models: list[str] | None
+    capture: str | None = None  # which chat completions are stored; None: the server's mode
     guardrail: str | None = None  # its guardrail policy; null: the server's default
 
     @classmethod
@@ -129,6 +131,7 @@ class KeyInfo(BaseModel):
             budget_usd=None if limits.budget_usd is None else f"{limits.budget_usd.normalize():f}",
             max_tokens=limits.max_tokens, max_concurrent=limits.max_concurrent,
             models=None if key.allowed_models is None else list(key.allowed_models),
+            capture=None if key.capture is None else key.capture.value,
             guardrail=key.guardrail,
         )
 

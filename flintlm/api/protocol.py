@@ -45,8 +45,10 @@ UNSUPPORTED_COMMON: dict[str, tuple[Any, ...]] = {
     "metadata": (None, {}),
     "prompt_cache_key": (None,),
 }
+# Chat honours `store` and `metadata` (stored completions, api/capture.py).
 UNSUPPORTED_CHAT: dict[str, tuple[Any, ...]] = {
-    **UNSUPPORTED_COMMON,
+    **{name: values for name, values in UNSUPPORTED_COMMON.items()
+       if name not in ("store", "metadata")},
     "audio": (None,),
     "modalities": (None, ["text"]),
     "prediction": (None,),
@@ -294,6 +296,9 @@ class ChatCompletionRequest(_GenerationRequest):
     tools: list[ToolDefinition] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # Stored completions: kept by api/capture.py, which checks the metadata rules.
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:

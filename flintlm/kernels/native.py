@@ -41,7 +41,7 @@ _I64 = ctypes.c_int64
 SUFFIXES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 _lock = threading.Lock()
-_loaded: dict[str, NativeLibrary | None] = {}
+_loaded: dict[tuple[str, tuple[str, ...]], NativeLibrary | None] = {}
 
 
 def tier_flags(tier: str, features: isa.CpuFeatures | None = None) -> tuple[str, ...]:
@@ -152,9 +152,11 @@ def _build(compiler: str, flags: tuple[str, ...], target: Path) -> None:
         os.replace(lib, target)  # atomic: a concurrent process sees the old file or the new
 
 
-def load(tier: str | None = None) -> NativeLibrary | None:
+def load(tier: str | None = None, extra_flags: tuple[str, ...] = ()) -> NativeLibrary | None:
     """The CPU kernels for `tier` (default: `default_tier()`), built on first use; None (and one
-    warning) where they cannot be built.
+    warning) where they cannot be built. `extra_flags` narrow the build further, for tests and
+    benchmarks of a variant this CPU would not get (`("-mno-avxvnni",)`: the AVX2 tier as Zen 3
+    and Zen 4 build it).
 
     Raises:
         ValueError: `tier` (or FLINTLM_CPU_ISA) names a tier this CPU or source tree lacks.
@@ -164,18 +166,18 @@ def load(tier: str | None = None) -> NativeLibrary | None:
         raise ValueError(f"CPU kernel tier {tier!r} is not available here; this CPU and "
                          f"source tree offer {', '.join(available_tiers())}")
     with _lock:
-        if tier not in _loaded:
-            _loaded[tier] = _load_uncached(tier)
-        return _loaded[tier]
+        if (tier, extra_flags) not in _loaded:
+            _loaded[tier, extra_flags] = _load_uncached(tier, extra_flags)
+        return _loaded[tier, extra_flags]
 
 
-def _load_uncached(tier: str) -> NativeLibrary | None:
+def _load_uncached(tier: str, extra_flags: tuple[str, ...]) -> NativeLibrary | None:
     compiler = _compiler()
     if compiler is None:
         logger.warning("no C compiler found (set CC): using the slower torch kernels")
         return None
     try:
-        flags = tier_flags(tier)
+        flags = tier_flags(tier) + extra_flags
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                                  check=True).stdout
         names = SOURCES + HEADERS + tuple(TIER_HEADERS[t] for t in available_tiers())

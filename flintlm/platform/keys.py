@@ -7,7 +7,8 @@ short display prefix. Everything here is synchronous DB I/O; call it off the eve
 Public API:
     QuotaPeriod, KeyLimits, KeyRecord (.is_active(now), .is_model_allowed(model),
         .cache_salt(client_salt)), NewKey, builtin_key(key_id), STATIC_KEY_ID, ANONYMOUS_KEY_ID
-    KeyStore(db, clock): create, get, list, has_keys, update_limits, set_guardrail, revoke,
+    KeyStore(db, clock): create (capture mode too), get, list, has_keys, update_limits,
+        set_guardrail, revoke,
         find(secret) -> KeyRecord | None (any state), verify(secret) -> KeyRecord | None (active)
 """
 
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from flintlm.platform.capture import CaptureMode
 from flintlm.platform.pricing import nanos_to_usd, usd_to_nanos
 from flintlm.platform.tables import ApiKeyRow, db_time
 
@@ -86,6 +88,7 @@ class KeyRecord:
     revoked_at: datetime | None
     limits: KeyLimits = field(default_factory=KeyLimits)
     allowed_models: tuple[str, ...] | None = None
+    capture: CaptureMode | None = None  # None: the server's `--capture`
     guardrail: str | None = None  # the guardrail policy's name; None: the server's default
 
     def is_active(self, now: datetime) -> bool:
@@ -138,10 +141,12 @@ class KeyStore:
         limits: KeyLimits | None = None,
         allowed_models: Sequence[str] | None = None,
         expires_at: datetime | None = None,
+        capture: CaptureMode | None = None,
         guardrail: str | None = None,
     ) -> NewKey:
         """Issue a key. `tenant_id` defaults to the key's id; `expires_at` is naive UTC;
-        `guardrail` names its guardrail policy (checked by the caller, who knows the file)."""
+        `capture` None follows the server's capture mode; `guardrail` names its guardrail
+        policy (checked by the caller, who knows the file)."""
         is_reserved = tenant_id is not None and tenant_id.startswith(_BUILTIN_TENANT_PREFIX)
         if tenant_id == "" or is_reserved:
             raise ValueError(f"tenant_id={tenant_id!r} must be non-empty and not start with "
@@ -159,6 +164,7 @@ class KeyStore:
             expires_at=expires_at,
             revoked_at=None,
             allowed_models=list(allowed_models) if allowed_models is not None else None,
+            capture=CaptureMode(capture).value if capture is not None else None,
             guardrail=guardrail,
         )
         _write_limits(row, limits)
@@ -273,5 +279,6 @@ def _to_record(row: ApiKeyRow) -> KeyRecord:
             max_concurrent=row.max_concurrent,
         ),
         allowed_models=tuple(row.allowed_models) if row.allowed_models is not None else None,
+        capture=CaptureMode(row.capture) if row.capture is not None else None,
         guardrail=row.guardrail,
     )

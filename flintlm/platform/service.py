@@ -159,6 +159,7 @@ class Platform:
         reservation: Reservation | None = None,
         error_code: str | None = None,
         timings: Timings | None = None,
+        http_request_id: str | None = None,
         guardrail: list[dict[str, Any]] | None = None,
     ) -> UsageEvent:
         """Price and record one request's final usage and release its reservation; idempotent.
@@ -180,6 +181,7 @@ class Platform:
             queue_time_s=timings.queue_time_s,
             ttft_s=timings.ttft_s,
             total_time_s=timings.total_time_s,
+            http_request_id=http_request_id,
             guardrail=guardrail,
         )
         self.ledger.record(event)

@@ -1,5 +1,5 @@
-"""ORM tables of the platform store: `api_keys`, `usage_events` and `stored_responses`, and their
-storage conventions.
+"""ORM tables of the platform store: `api_keys`, `usage_events`, `stored_responses` and
+`stored_completions`, and their storage conventions.
 
 Owns column types only; the schema itself is created by the Alembic migrations in
 `migrations/versions`, which must stay in step with these classes (a test compares them).
@@ -76,6 +76,7 @@ class ApiKeyRow(Base):
     allowed_models: Mapped[list[str] | None] = mapped_column(sa.JSON())
     max_tokens: Mapped[int | None] = mapped_column(sa.Integer())
     max_concurrent: Mapped[int | None] = mapped_column(sa.Integer())
+    capture: Mapped[str | None] = mapped_column(sa.String(8))  # None: the server's --capture
     guardrail: Mapped[str | None] = mapped_column(sa.String(64))  # policy name; None: default
 
 
@@ -105,6 +106,8 @@ class UsageEventRow(Base):
     error_code: Mapped[str | None] = mapped_column(sa.String(64))
     cost_nano_usd: Mapped[int] = mapped_column(sa.BigInteger())
     created_at: Mapped[datetime] = mapped_column(sa.DateTime())
+    # The HTTP request's x-request-id (client-chosen, so not unique): how support finds a row.
+    http_request_id: Mapped[str | None] = mapped_column(sa.String(128))
     guardrail: Mapped[list | None] = mapped_column(sa.JSON())  # the guardrails' decisions
 
 
@@ -122,3 +125,26 @@ class StoredResponseRow(Base):
     context: Mapped[list] = mapped_column(sa.JSON())
     created_at: Mapped[datetime] = mapped_column(sa.DateTime())
     expires_at: Mapped[datetime] = mapped_column(sa.DateTime())
+
+
+class StoredCompletionRow(Base):
+    """A chat completion kept for its tenant (`store: true`, or a key that captures all): the
+    request as sent and the completion as answered, plus the caller's `metadata` (string values;
+    `rating` and `comment` are feedback). Deleted `capture_ttl_days` after `created_at`.
+
+    NOTE: `key_id` has no foreign key, like the ledger's: built-in keys have no row.
+    """
+
+    __tablename__ = "stored_completions"
+    __table_args__ = (sa.Index(None, "tenant_id", "created_at"), sa.Index(None, "key_id"),
+                      sa.Index(None, "created_at"))
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.String(200))
+    key_id: Mapped[str] = mapped_column(sa.String(40))
+    model: Mapped[str] = mapped_column(sa.String(200))
+    request: Mapped[dict] = mapped_column(sa.JSON())
+    completion: Mapped[dict] = mapped_column(sa.JSON())
+    # NOTE: `metadata` is taken by SQLAlchemy's declarative base; the column keeps the name.
+    tags: Mapped[dict] = mapped_column("metadata", sa.JSON())
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime())

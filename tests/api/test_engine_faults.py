@@ -113,6 +113,8 @@ def test_dead_engine_loop_turns_health_and_requests_into_fast_503(
 
         health = httpx.get(f"{faulty.url}/health")
         assert health.status_code == 503 and error_of(health)["code"] == "engine_dead"
+        live = httpx.get(f"{faulty.url}/health/live")  # only a restart brings the engine back
+        assert live.status_code == 503 and error_of(live)["code"] == "engine_dead"
         for body in ({**CHAT, "stream": False}, {**CHAT, "stream": True}):
             body = {k: v for k, v in body.items() if k != "extra_body"}
             refused = http.post("/v1/chat/completions", json=body, timeout=FAIL_FAST_TIMEOUT_S)

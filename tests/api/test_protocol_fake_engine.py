@@ -99,7 +99,7 @@ def test_chat_without_max_tokens_gets_the_default_capped_by_the_context(
 
 @pytest.mark.parametrize(("field", "value"), [
     ("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
-    ("prediction", {"type": "content", "content": "x"}), ("store", True),
+    ("prediction", {"type": "content", "content": "x"}),
     ("reasoning_effort", "low"), ("functions", [{"name": "f"}]),
     ("function_call", {"name": "f"}),
 ])

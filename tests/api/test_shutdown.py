@@ -1,14 +1,18 @@
-"""SIGTERM drains: in-flight requests finish, new ones are refused, the process exits 0."""
+"""SIGTERM drains: the port stays open, /health and new requests get 503 with Retry-After,
+in-flight requests finish, the ledger is flushed, the process exits 0."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
+import sqlite3
 import threading
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import HANG_TIMEOUT_S, start_server
+from tests.conftest import HANG_TIMEOUT_S, LiveServer, database_path, start_server
 
 
 def test_sigterm_drains_an_in_flight_request(tmp_path: Path) -> None:
@@ -47,3 +51,82 @@ def test_sigterm_drains_an_in_flight_request(tmp_path: Path) -> None:
     except httpx.ConnectError:
         refused = None
     assert refused is None
+
+
+def _start_slow_upload(server: LiveServer, body: bytes, request_id: str) -> socket.socket:
+    """A completion request whose body is still arriving: in flight until the test sends the
+    rest, so the drain cannot end without it, however fast the machine."""
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=HANG_TIMEOUT_S)
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {server.api_key}\r\nContent-Type: application/json\r\n"
+            f"x-request-id: {request_id}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n")
+    connection.sendall(head.encode() + body[:10])
+    return connection
+
+
+def _finish_upload(connection: socket.socket, body: bytes) -> tuple[str, dict[str, str], dict]:
+    connection.sendall(body[10:])
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    connection.close()
+    head, _, payload = received.partition(b"\r\n\r\n")
+    status, *header_lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
+    return status, headers, json.loads(payload)
+
+
+def test_draining_keeps_the_port_answering_503_until_in_flight_requests_finish(
+    tmp_path: Path
+) -> None:
+    server = start_server(tmp_path, "--drain-timeout-s", str(HANG_TIMEOUT_S / 2))
+    body = json.dumps({"model": "default", "prompt": "Count:", "max_tokens": 8,
+                       "temperature": 0, "ignore_eos": True}).encode()
+    try:
+        upload = _start_slow_upload(server, body, "in-flight-upload")
+        with server.http() as client:
+            # Answered only after the server read the upload's head (same loop, earlier bytes).
+            assert client.get("/health").status_code == 200
+            server.process.send_signal(signal.SIGTERM)
+            refused = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                                  headers={"x-request-id": "after-sigterm"})
+            health = client.get("/health")
+            live = client.get("/health/live")
+        status, headers, completion = _finish_upload(upload, body)
+        exit_code = server.stop()
+    finally:
+        server.stop(signal.SIGKILL)
+    log = server.log()
+    for response in (refused, health):
+        assert response.status_code == 503, log
+        assert response.json()["error"]["code"] == "server_draining"
+        assert int(response.headers["Retry-After"]) >= 1
+    assert refused.headers["x-request-id"] == "after-sigterm"
+    assert live.status_code == 200 and live.json() == {"status": "alive"}
+    assert status == "HTTP/1.1 200 OK", (status, completion, log)
+    assert headers["x-request-id"] == "in-flight-upload"
+    assert completion["usage"]["completion_tokens"] == 8
+    assert exit_code == 0, log
+    with sqlite3.connect(database_path(server)) as db:  # flushed before the exit: exactly one
+        rows = db.execute("SELECT request_id, http_request_id, status, completion_tokens "
+                          "FROM usage_events").fetchall()
+    assert rows == [(completion["id"], "in-flight-upload", "finished", 8)]
+
+
+def test_a_drain_that_times_out_ends_the_requests_left_and_exits_0(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--drain-timeout-s", "1")
+    body = json.dumps({"prompt": "Count:", "max_tokens": 8}).encode()
+    try:
+        upload = _start_slow_upload(server, body, "never-finished")  # the body never ends
+        with server.http() as client:
+            assert client.get("/health").status_code == 200
+        server.process.send_signal(signal.SIGTERM)
+        exit_code = server.process.wait(HANG_TIMEOUT_S)
+        upload.close()
+    finally:
+        server.stop(signal.SIGKILL)
+    assert exit_code == 0, server.log()
+    assert "drain timeout: aborting 1 requests in flight" in server.log()
+    with sqlite3.connect(database_path(server)) as db:  # it never reached admission: no row
+        assert db.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)

@@ -47,6 +47,18 @@ def test_a_request_is_recorded_once_in_the_buffer_and_in_the_table(db: Database)
     assert stored is not None and stored.completion_tokens == 5
 
 
+def test_the_http_request_id_is_stored_with_the_row_and_may_repeat(db: Database) -> None:
+    ledger = Ledger(db, flush_interval_s=QUIET)
+    ledger.record(event("req-a", http_request_id="client-chosen/1"))
+    ledger.record(event("req-b", http_request_id="client-chosen/1"))  # clients may reuse ids
+    ledger.record(event("req-c"))
+    ledger.close()
+    assert count_rows(db) == 3
+    stored = [ledger.get(request_id) for request_id in ("req-a", "req-b", "req-c")]
+    assert [e.http_request_id if e else "missing" for e in stored] == [
+        "client-chosen/1", "client-chosen/1", None]
+
+
 def test_500_concurrent_records_from_5_keys_sum_exactly(db: Database) -> None:
     # Small batches, so the background writer flushes while records keep arriving.
     ledger = Ledger(db, flush_interval_s=0.01, max_buffered=32)

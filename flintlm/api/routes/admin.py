@@ -28,6 +28,7 @@ from flintlm.api.platform_protocol import (
     usage_report,
     usage_window,
 )
+from flintlm.platform.capture import CaptureMode
 from flintlm.platform.keys import ANONYMOUS_KEY_ID
 
 router = APIRouter(prefix="/admin")
@@ -64,7 +65,8 @@ async def create_key(body: CreateKeyRequest, serving: Serving) -> CreatedKey:
     try:
         new_key = await serving.admission.run(
             keys.create, body.name, tenant_id=body.tenant_id, limits=body.limits(),
-            allowed_models=body.models, expires_at=body.expiry(), guardrail=body.guardrail)
+            allowed_models=body.models, expires_at=body.expiry(), guardrail=body.guardrail,
+            capture=None if body.capture is None else CaptureMode(body.capture))
     except ValueError as exc:  # e.g. a reserved tenant id
         raise InvalidParam(str(exc), param="tenant_id") from None
     return CreatedKey.of_new(new_key, keys.now())

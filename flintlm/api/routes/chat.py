@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request, Response
 
 from flintlm.api.bounds import checked_params
+from flintlm.api.capture import ChatCapture
 from flintlm.api.deps import AdmissionDep, Credentials, EngineDep, Serving, check_model
 from flintlm.api.generation import ChoiceResult, Generation
 from flintlm.api.guarding import guard_chat
@@ -60,6 +61,7 @@ async def create_chat_completion(
     check_model(body.model, engine)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     body, guard = await guard_chat(serving, key, request_id, body)
+    capture = ChatCapture.for_request(serving, key, body)  # stored completions; None: not kept
     prompt_ids = await asyncio.to_thread(render_chat, engine.tokenizer, body.messages,
                                          tools=body.active_tools)
     ticket = await admission.admit(key, request_id, [prompt_ids], params, body.end_user,
@@ -70,8 +72,9 @@ async def create_chat_completion(
         priority=body.priority, cache_salt=ticket.cache_salt, guard=guard,
     )
     encoder = ChatEncoder(request_id, engine.model_name, engine.tokenizer, body)
-    return await respond(generation, encoder, stream=body.stream,
-                         include_usage=body.include_usage)
+    response = await respond(generation, encoder, stream=body.stream,
+                             include_usage=body.include_usage)
+    return response if capture is None else await capture.keep(response)
 
 
 class ChatEncoder:

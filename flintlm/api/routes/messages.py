@@ -102,7 +102,8 @@ async def count_tokens(body: CountTokensRequest, engine: EngineDep, key: AuthedK
     check_model(body.model, engine)
     if not key.is_model_allowed(engine.model_name):
         raise PermissionDenied(f"The key {key.id} may not use the model {engine.model_name!r}.")
-    return CountTokensResponse(input_tokens=len(render_prompt(engine.tokenizer, body)))
+    prompt_ids = await asyncio.to_thread(render_prompt, engine.tokenizer, body)
+    return CountTokensResponse(input_tokens=len(prompt_ids))
 
 
 @router.api_route("/v1/messages/{path:path}", methods=["GET", "POST", "DELETE"],

@@ -1,7 +1,7 @@
 """stored_responses: responses kept by /v1/responses with `store: true`.
 
 Revision ID: 0003_responses
-Revises: 0001
+Revises: 0002_key_limits
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Guardrails: a key's policy name, and each request's guardrail decisions on its ledger row.
 
-Revision ID: 0005_guardrails
-Revises: 0003_responses
+Revision ID: 0006_guardrails
+Revises: 0005_stored_completions
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_guardrails"
-down_revision: str | None = "0003_responses"
+revision: str = "0006_guardrails"
+down_revision: str | None = "0005_stored_completions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
