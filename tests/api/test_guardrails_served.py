@@ -374,3 +374,13 @@ def test_a_policy_the_server_lacks_is_refused_not_unguarded(served: PlatformServ
     with pytest.raises(openai.PermissionDeniedError) as error:
         served.openai(created.stdout.strip()).chat.completions.create(messages=QUESTION, **GREEDY)
     assert isinstance(error.value.body, dict) and error.value.body["code"] == "unknown_guardrail"
+
+
+def test_stored_completions_keep_the_masked_input(served: PlatformServer) -> None:
+    key = served.create_key("stored")
+    client = served.openai(key)
+    done = client.chat.completions.create(
+        messages=[{"role": "user", "content": "Reply to ann.lee@example.com about the sea."}],
+        store=True, **GREEDY)
+    stored = client.chat.completions.messages.list(done.id)
+    assert [m.content for m in stored.data] == ["Reply to [EMAIL] about the sea."]
