@@ -1,9 +1,10 @@
 # Two commands: `make serve` and `make test`. Both set up .venv first (quick when done).
+# `make lint` runs the static checks CI runs before the tests (ruff + mypy).
 # Flags go through ARGS (make serve ARGS="--port 9000"); FLINTLM_* variables work as well.
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup serve test test-api
+.PHONY: setup serve test test-api lint
 
 setup:
 	@bash scripts/setup.sh
@@ -19,3 +20,7 @@ test: setup
 
 test-api: setup
 	@$(PY) -m pytest tests/api $(ARGS)
+
+# ruff and mypy, as CI runs them (scripts/lint.sh).
+lint: setup
+	@bash scripts/lint.sh

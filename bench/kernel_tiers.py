@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 
 import flintlm  # noqa: F401  - applies FLINTLM_CPU_ISA's cap to torch before torch loads
+
+# isort: split
 import torch
 from torch.nn import functional as F
 

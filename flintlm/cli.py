@@ -42,10 +42,17 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 
-try:  # the benchmark app is optional: a missing or broken module must not break the CLI
-    from flintlm.bench.cli import bench_app
-except ImportError:
-    bench_app = None
+
+def _bench_app() -> typer.Typer | None:
+    """The benchmark app, which is optional: a missing or broken module must not break the CLI."""
+    try:
+        from flintlm.bench.cli import bench_app
+    except ImportError:
+        return None
+    return bench_app
+
+
+bench_app = _bench_app()
 if bench_app is not None:
     app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
@@ -282,7 +289,7 @@ class _LocalBackend:
         if isinstance(request, str):
             prompt_ids = tokenizer.encode(request)
         else:
-            prompt_ids = render_chat(tokenizer, [ChatMessage(**m) for m in request])
+            prompt_ids = render_chat(tokenizer, [ChatMessage.model_validate(m) for m in request])
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
         async for output in self.engine.generate(uuid.uuid4().hex, prompt_ids, params):
             if output.finish_reason is FinishReason.ERROR:
@@ -346,7 +353,8 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     cells = [list(header)] + [["-" if cell is None else str(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
-        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        cells_padded = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        typer.echo("  ".join(cells_padded).rstrip())
 
 
 def _when(text: str | None, flag: str) -> Any:

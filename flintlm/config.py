@@ -28,7 +28,8 @@ def parse_size(text: str | int) -> int:
 @dataclass(frozen=True)
 class ModelConfig:
     model: str = "default"
-    """Model to serve: "default" (the embedded SmolLM2-135M-Instruct), a .gguf file, or an HF folder."""
+    """Model to serve: "default" (the embedded SmolLM2-135M-Instruct), a .gguf file, or an HF
+    folder."""
     served_model_name: str | None = None
     """Name clients use in the `model` field; defaults to "default" or the file/folder name."""
     dtype: str = "auto"
@@ -97,7 +98,8 @@ class CacheConfig:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size={self.block_size} must be a power of two")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
-            raise ValueError(f"kv_cache_memory={self.kv_cache_memory} must be a positive byte count")
+            raise ValueError(f"kv_cache_memory={self.kv_cache_memory} must be a positive byte "
+                             "count")
         if not 0.0 < self.kv_cache_fraction <= 0.95:
             raise ValueError(f"kv_cache_fraction={self.kv_cache_fraction} must be in (0, 0.95]")
 
@@ -181,7 +183,8 @@ class PlatformConfig:
     data_dir: str | None = None
     """Folder for the SQLite database and other state; defaults to the user's data dir."""
     database_url: str | None = None
-    """SQLAlchemy URL of the store (e.g. postgresql+psycopg://...); defaults to SQLite in data_dir."""
+    """SQLAlchemy URL of the store (e.g. postgresql+psycopg://...); defaults to SQLite in
+    data_dir."""
     redis_url: str | None = None
     """Redis URL for rate limits shared by several servers; in-process limits when unset."""
     admin_key: str | None = None
@@ -255,21 +258,23 @@ class FlintConfig:
 
 
 def field_docs(config_class: type) -> dict[str, str]:
-    """Attribute docstrings of a config dataclass, used as `--help` text by the CLI."""
+    """Attribute docstrings of a config dataclass, used as `--help` text by the CLI (a docstring
+    wrapped over several lines reads as one)."""
     import ast
     import inspect
     import textwrap
+    from itertools import pairwise
 
     tree = ast.parse(textwrap.dedent(inspect.getsource(config_class)))
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, following in zip(body, body[1:]):
+    for node, following in pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)
             and isinstance(following, ast.Expr)
             and isinstance(following.value, ast.Constant)
         ):
-            docs[node.target.id] = str(following.value.value).strip()
+            docs[node.target.id] = " ".join(str(following.value.value).split())
     known = {f.name for f in fields(config_class)}
     return {name: text for name, text in docs.items() if name in known}

@@ -6,8 +6,9 @@ Runs the synchronous engine in the caller's thread until every prompt is done.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 from flintlm.config import CacheConfig, FlintConfig, ModelConfig, SchedulerConfig, parse_size
 from flintlm.engine.engine import Engine
@@ -71,16 +72,27 @@ class LLM:
         self.tokenizer = self.engine.tokenizer
         self._counter = 0
 
-    def generate(self, prompts: str | list[str] | list[list[int]],
+    def generate(self, prompts: str | list[int] | Sequence[str | list[int]],
                  params: SamplingParams | list[SamplingParams] | None = None,
                  ) -> list[GenerationResult]:
-        """Generate for every prompt (text or token ids); results come back in prompt order."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]  # type: ignore[list-item]
-        params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(
-            prompts)
+        """Generate for every prompt (text or token ids); results come back in prompt order.
+
+        `params` is one SamplingParams for all prompts, or a list with one per prompt.
+        """
+        batch: Sequence[str | list[int]]
+        if isinstance(prompts, str) or _is_token_ids(prompts):
+            batch = [prompts]
+        else:  # a batch: the token-ids case was told apart above
+            batch = cast("Sequence[str | list[int]]", prompts)
+        if isinstance(params, list):
+            if len(params) != len(batch):
+                raise ValueError(f"{len(params)} SamplingParams for {len(batch)} prompts: pass "
+                                 "one per prompt, or a single one for all")
+            params_list = params
+        else:
+            params_list = [params or SamplingParams()] * len(batch)
         results = []
-        for prompt, request_params in zip(prompts, params_list):
+        for prompt, request_params in zip(batch, params_list, strict=True):
             token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
             results.append(self._add(prompt if isinstance(prompt, str) else None, token_ids,
                                      request_params))
@@ -90,14 +102,17 @@ class LLM:
     def chat(self, messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
              params: SamplingParams | None = None, **template_kwargs: Any,
              ) -> list[GenerationResult]:
-        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        if messages and isinstance(messages[0], dict):
+            conversations = [messages]
+        else:
+            conversations = cast("list[list[dict[str, Any]]]", messages)
         prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True,
                                                       **template_kwargs)
-                   for c in conversations]  # type: ignore[arg-type]
+                   for c in conversations]
         # The rendered template already carries the BOS token where the model wants one.
         token_ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         results = [self._add(p, ids, params or SamplingParams())
-                   for p, ids in zip(prompts, token_ids)]
+                   for p, ids in zip(prompts, token_ids, strict=True)]
         self._run_to_completion(results)
         return results
 
@@ -129,3 +144,8 @@ class LLM:
                 if output.finish_reason is not None:
                     completion.finish_reason = FinishReason(output.finish_reason).value
                     completion.stop_reason = output.stop_reason
+
+
+def _is_token_ids(prompts: object) -> TypeGuard[list[int]]:
+    """One prompt given as token ids (a list of ints), not a batch of prompts."""
+    return isinstance(prompts, list) and bool(prompts) and isinstance(prompts[0], int)

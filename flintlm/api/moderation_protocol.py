@@ -32,7 +32,7 @@ class ModerationRequest(BaseModel):
                 raise invalid("input", f"input has {len(self.input)} items; at most "
                                        f"{MAX_INPUTS} are accepted per request")
             if isinstance(self.input[0], dict):
-                _check_parts(self.input)  # type: ignore[arg-type]
+                _check_parts(self.input)
         return self
 
     def texts(self) -> list[str]:
@@ -40,8 +40,8 @@ class ModerationRequest(BaseModel):
         if isinstance(self.input, str):
             return [self.input]
         if isinstance(self.input[0], dict):
-            return ["\n".join(part["text"] for part in self.input)]  # type: ignore[index]
-        return list(self.input)  # type: ignore[arg-type]
+            return ["\n".join(part["text"] for part in self.input)]
+        return list(self.input)
 
 
 def _check_parts(parts: list[dict[str, Any]]) -> None:

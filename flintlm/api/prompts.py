@@ -138,7 +138,7 @@ def completion_prompts(
     if isinstance(prompt, str):
         batch: list[str] | list[list[int]] = [prompt]
     elif prompt and isinstance(prompt[0], int):
-        batch = [prompt]  # type: ignore[list-item]
+        batch = [prompt]
     else:
         batch = prompt  # type: ignore[assignment]
     return [_one_prompt(tokenizer, item) for item in batch]

@@ -35,7 +35,7 @@ logger = logging.getLogger("flintlm.api")
 
 def invalid(param: str, message: str) -> PydanticCustomError:
     """A validation error that the error handler reports as a 400 naming `param`."""
-    return PydanticCustomError("invalid_param", message, {"param": param})  # type: ignore[arg-type]
+    return PydanticCustomError("invalid_param", message, {"param": param})
 
 
 # OpenAI fields we do not honour yet -> the values that mean "not used" (accepted as no-ops).

@@ -9,11 +9,12 @@ wires the pieces in `offline.py`, `serve.py`, `structured.py`, `peers.py`, `repo
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -28,13 +29,13 @@ if TYPE_CHECKING:
 bench_app = typer.Typer(help="Benchmark flintlm and its peers (llama.cpp, HF transformers).")
 
 
-class Peer(str, Enum):
+class Peer(StrEnum):
     NONE = "none"
     LLAMA_CPP = "llama-cpp"
     HF = "hf"
 
 
-class PromptFormat(str, Enum):
+class PromptFormat(StrEnum):
     IDS = "ids"
     TEXT = "text"
 
@@ -175,7 +176,8 @@ def offline(
     meta = report.environment()
     workload = _workload(model, PromptFormat.IDS, input_len, output_len, dataset, None)
     n_threads = threads or num_cores()
-    params = {"num_prompts": num_prompts, "input_len": input_len, "output_len": output_len}
+    params: dict[str, object] = {"num_prompts": num_prompts, "input_len": input_len,
+                                 "output_len": output_len}
     records: list[report.BenchRecord] = []
     dtypes = _strs(dtype or ["auto"])
     hf_dtypes = list(dict.fromkeys("bfloat16" if name == "auto" else name for name in dtypes))
@@ -186,13 +188,13 @@ def offline(
     if engine:
         for name in dtypes:
             records.append(_run_offline_system(
-                lambda name=name: FlintlmOffline(model, name, max_num_seqs, max_num_batched_tokens,
-                                                 n_threads),
+                functools.partial(FlintlmOffline, model, name, max_num_seqs,
+                                  max_num_batched_tokens, n_threads),
                 f"flintlm/{name}", prompts(num_prompts), runs, params,
             ))  # fmt: skip
             if single_stream_prompts:
                 records.append(_run_offline_system(
-                    lambda name=name: FlintlmSingleStream(model, name, n_threads),
+                    functools.partial(FlintlmSingleStream, model, name, n_threads),
                     f"flintlm/{name}/single-stream", prompts(single_stream_prompts), runs,
                     {**params, "num_prompts": single_stream_prompts},
                 ))  # fmt: skip
@@ -213,7 +215,7 @@ def offline(
             for batch_size in _ints(hf_batch_size or ["1", "16", "32"]):
                 count = batch_size * hf_num_batches
                 records.append(_run_offline_system(
-                    lambda name=name, bs=batch_size: HfGenerate(gguf, name, bs, n_threads),
+                    functools.partial(HfGenerate, gguf, name, batch_size, n_threads),
                     f"hf-transformers/{name}/bs{batch_size}", prompts(count), runs,
                     {**params, "num_prompts": count, "batch_size": batch_size},
                 ))  # fmt: skip
@@ -312,11 +314,11 @@ def serve(
         log = Path(tempfile.gettempdir()) / "flintlm-bench-llama-server.log"
         n_threads = threads or num_cores()
         ctx_len = parallel * (input_len + output_len + 64)
-        with LlamaServer(gguf, parallel, ctx_len, n_threads, llama_server, log) as server:
-            typer.echo(f"llama-server on {server.base_url} (log {log}): {' '.join(server.command)}")
-            meta["llama_server_command"] = server.command
-            meta["llama_server_version"] = server.version()
-            sweep("llama-server", server.base_url, "default", None)
+        with LlamaServer(gguf, parallel, ctx_len, n_threads, llama_server, log) as llama:
+            typer.echo(f"llama-server on {llama.base_url} (log {log}): {' '.join(llama.command)}")
+            meta["llama_server_command"] = llama.command
+            meta["llama_server_version"] = llama.version()
+            sweep("llama-server", llama.base_url, "default", None)
     _finish(records, meta, out, tag or f"serve-{dt.date.today().isoformat()}")
 
 
@@ -368,7 +370,7 @@ def structured(
                        f"{result.extra['output_tokens_per_cpu_s']:.1f} per CPU-s")  # fmt: skip
     timings = report.BenchRecord(f"{system} structured-output work", "compile",
                                  {**params, "num_constrained": num_constrained})
-    for run in range(runs):
+    for _ in range(runs):
         # Fresh compiler each run (a true first compile); the replay uses the last batch's tokens.
         timings.runs.append({**time_compiles(llm), **time_steps(llm, num_prompts, outputs)})
     records = [*batches.values(), timings]

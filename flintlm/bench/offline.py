@@ -6,11 +6,12 @@ for flintlm's own `LLM` API. Peers implementing the same `run(prompts)` live in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self, TypedDict
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -103,10 +104,17 @@ class PeakRss:
         self._sample_once()
 
     def _sample_once(self) -> None:
-        try:
+        with contextlib.suppress(self._error):  # the process is gone: keep the peak seen
             self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
-        except self._error:
-            pass
+
+
+class _EngineArgs(TypedDict, total=False):
+    """The `LLM` arguments a benchmark sets; the rest keep their defaults."""
+
+    model: str
+    dtype: str
+    max_num_seqs: int
+    max_num_batched_tokens: int
 
 
 class FlintlmOffline:
@@ -126,7 +134,7 @@ class FlintlmOffline:
             import torch
 
             torch.set_num_threads(threads)
-        engine_args: dict[str, object] = {"model": model, "dtype": dtype}
+        engine_args: _EngineArgs = {"model": model, "dtype": dtype}
         if max_num_seqs is not None:
             engine_args["max_num_seqs"] = max_num_seqs
         if max_num_batched_tokens is not None:
@@ -139,7 +147,7 @@ class FlintlmOffline:
     def run(self, prompts: list[Prompt]) -> OfflineResult:
         from flintlm import SamplingParams
 
-        inputs = [p.token_ids if p.token_ids is not None else p.text for p in prompts]
+        inputs = [p.engine_input for p in prompts]
         output_lens = {p.num_output_tokens for p in prompts}
         if len(output_lens) != 1:
             raise ValueError("flintlm offline runs need one output length for all prompts")
@@ -150,7 +158,7 @@ class FlintlmOffline:
             elapsed = time.perf_counter() - start
         num_prompt_tokens = sum(
             len(getattr(o, "prompt_token_ids", None) or p.token_ids or [])
-            for o, p in zip(outputs, prompts)
+            for o, p in zip(outputs, prompts, strict=True)
         )
         return OfflineResult(
             num_prompts=len(prompts),

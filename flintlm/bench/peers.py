@@ -91,7 +91,7 @@ class LlamaCppSingleStream:
         num_output = 0
         with PeakRss() as rss:
             start = time.perf_counter()
-            for prompt, token_ids in zip(prompts, token_prompts):
+            for prompt, token_ids in zip(prompts, token_prompts, strict=True):
                 self._llm.reset()  # no prefix reuse between prompts or runs
                 sent = time.perf_counter()
                 first = sent
@@ -215,7 +215,7 @@ class LlamaCppBatched:
                 self._decode(
                     [(last_tokens[s], len(token_prompts[s]) + step - 1, s, True) for s in live]
                 )
-                for s, token_id in zip(live, self._greedy_rows(len(live))):
+                for s, token_id in zip(live, self._greedy_rows(len(live)), strict=True):
                     last_tokens[s] = token_id
                 num_output += len(live)
             elapsed = time.perf_counter() - start

@@ -32,7 +32,7 @@ class BenchRecord:
     error: str | None = None  # the system could not run (e.g. a peer is not installed)
 
     def median(self) -> dict[str, float]:
-        """Per-metric median over runs (metrics missing from some runs use the runs that have them)."""
+        """Per-metric median over runs (a metric missing from some runs: the runs that have it)."""
         keys = {key for run in self.runs for key in run}
         return {
             key: statistics.median(run[key] for run in self.runs if key in run)
@@ -177,8 +177,8 @@ def plot(records: list[BenchRecord], out_dir: Path, prefix: str = "bench") -> li
         fig, ax = plt.subplots(figsize=(8, 0.5 * len(offline) + 1.5))
         medians = [r.median()["output_throughput"] for r in offline]
         spreads = [r.spread("output_throughput") for r in offline]
-        errors = [[m - lo for m, (lo, _) in zip(medians, spreads)],
-                  [hi - m for m, (_, hi) in zip(medians, spreads)]]  # fmt: skip
+        errors = [[m - lo for m, (lo, _) in zip(medians, spreads, strict=True)],
+                  [hi - m for m, (_, hi) in zip(medians, spreads, strict=True)]]  # fmt: skip
         ax.barh([r.system for r in offline], medians, xerr=errors, color="tab:blue")
         ax.set_xlabel("output tokens/s (median, bars: min-max over runs)")
         ax.invert_yaxis()
@@ -194,10 +194,10 @@ def plot(records: list[BenchRecord], out_dir: Path, prefix: str = "bench") -> li
             points = sorted(
                 (r.params["concurrency"], r.median()) for r in serve if r.system == system
             )
-            for ax, (key, _) in zip(axes, panels):
+            for ax, (key, _) in zip(axes, panels, strict=True):
                 ax.plot([c for c, _ in points], [m[key] for _, m in points], marker="o",
                         label=system)  # fmt: skip
-        for ax, (_, label) in zip(axes, panels):
+        for ax, (_, label) in zip(axes, panels, strict=True):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("concurrency")
             ax.set_ylabel(label)

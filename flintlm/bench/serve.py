@@ -83,7 +83,7 @@ def build_payload(prompt: Prompt, config: ServeConfig) -> dict[str, Any]:
             raise ValueError("chat requests need text prompts; use --prompt-format text")
         payload["messages"] = [{"role": "user", "content": prompt.text}]
     else:
-        payload["prompt"] = prompt.token_ids if prompt.token_ids is not None else prompt.text
+        payload["prompt"] = prompt.engine_input
     return payload
 
 

@@ -90,7 +90,8 @@ def run_batch(llm: LLM, num_prompts: int, num_constrained: int, input_len: int,
                # NOTE: this process's CPU time (all threads): on a shared machine it moves far
                # less with the other processes' load than the wall time does.
                "cpu_s": cpu_s, "output_tokens_per_cpu_s": num_prompts * output_len / cpu_s})
-    return result, [r.token_ids for r, p in zip(results, params) if p.json_schema is not None]
+    return result, [r.token_ids for r, p in zip(results, params, strict=True)
+                    if p.json_schema is not None]
 
 
 def time_steps(llm: LLM, num_prompts: int, outputs: list[list[int]], repeats: int = 5
@@ -144,7 +145,7 @@ def time_steps(llm: LLM, num_prompts: int, outputs: list[list[int]], repeats: in
                 sampler.sample(fresh, prepared)
                 totals[key] += time.perf_counter() - start
             start = time.perf_counter()
-            for request, output in zip(constrained, outputs):
+            for request, output in zip(constrained, outputs, strict=True):
                 if not request.grammar.accept(output[step]):  # type: ignore[union-attr]
                     raise RuntimeError("a replayed token was rejected by its grammar")
             totals["accept"] += time.perf_counter() - start

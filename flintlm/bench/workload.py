@@ -39,6 +39,18 @@ class Prompt:
     text: str | None
     num_output_tokens: int
 
+    def __post_init__(self) -> None:
+        if self.token_ids is None and self.text is None:
+            raise ValueError("a Prompt needs its token ids, its text, or both")
+
+    @property
+    def engine_input(self) -> str | list[int]:
+        """What an engine is given: the exact token ids when known, else the text."""
+        if self.token_ids is not None:
+            return self.token_ids
+        assert self.text is not None  # __post_init__
+        return self.text
+
 
 def synthetic_token_prompts(
     num_prompts: int, input_len: int, output_len: int, vocab_size: int, seed: int = 0

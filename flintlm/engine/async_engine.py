@@ -8,6 +8,7 @@ If the loop itself dies, every stream and every later request fails fast with En
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -20,7 +21,11 @@ from flintlm import env
 from flintlm.engine.engine import Engine, EngineStats
 from flintlm.engine.faults import FaultInjector
 from flintlm.engine.request import (
-    EngineDeadError, EngineOverloadedError, InvalidRequestError, RequestOutput, SamplingParams,
+    EngineDeadError,
+    EngineOverloadedError,
+    InvalidRequestError,
+    RequestOutput,
+    SamplingParams,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +51,8 @@ class AsyncEngine:
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wakeup = threading.Event()
         self._streams: dict[str, _Stream] = {}
+        self._has_no_streams = asyncio.Event()  # set while `_streams` is empty; shutdown waits
+        self._has_no_streams.set()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._accepting = True
@@ -75,14 +82,10 @@ class AsyncEngine:
     async def shutdown(self, drain_timeout_s: float | None = None) -> None:
         """Stop accepting; let in-flight requests finish up to the timeout; abort the rest."""
         self._accepting = False
-        deadline = time.monotonic() + (drain_timeout_s or 0.0)
-        while self._streams and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await _wait_at_most(self._has_no_streams, drain_timeout_s or 0.0)
         for request_id in list(self._streams):
             self.abort(request_id)
-        abort_deadline = time.monotonic() + 5.0
-        while self._streams and time.monotonic() < abort_deadline:  # aborts reach their streams
-            await asyncio.sleep(0.02)
+        await _wait_at_most(self._has_no_streams, 5.0)  # the aborts reach their streams
         self._stopping = True
         self._wakeup.set()
         if self._thread is not None:
@@ -135,6 +138,7 @@ class AsyncEngine:
         # the check above. Input errors come back from `Engine.add_request` on the loop thread.
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
+        self._has_no_streams.clear()
         try:
             compiled_grammar = None
             if params.has_structured_output:  # compile off the step loop (cached per grammar)
@@ -156,6 +160,8 @@ class AsyncEngine:
             if not stream.finished:
                 self.abort(request_id)
             self._streams.pop(request_id, None)
+            if not self._streams:
+                self._has_no_streams.set()
 
     def abort(self, request_id: str) -> None:
         self._send("abort", request_id)
@@ -212,7 +218,7 @@ class AsyncEngine:
                     self.engine.add_request(request_id, prompt, params, priority=priority,
                                             cache_salt=salt, arrival_time=arrival,
                                             compiled_grammar=grammar)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - raised to its caller by `generate`
                     self._deliver_error(request_id, exc)
             elif command == "abort":
                 output = self.engine.abort(payload)
@@ -230,10 +236,15 @@ class AsyncEngine:
         stream = self._streams.get(request_id)
         if stream is None:
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # its event loop is closed: nobody waits
             stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, item)
-        except RuntimeError:  # its event loop is closed: nobody is waiting any more
-            pass
+
+
+async def _wait_at_most(event: asyncio.Event, timeout_s: float) -> None:
+    """Wait until `event` is set or `timeout_s` has passed, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
 
 
 def served_name_for(model: str) -> str:

@@ -20,7 +20,12 @@ from flintlm.engine.kv_blocks import BlockManager
 from flintlm.engine.model_runner import ModelRunner, resolve_device, resolve_dtype
 from flintlm.engine.outputs import RunnerOutput
 from flintlm.engine.request import (
-    FinishReason, InvalidRequestError, Logprob, Request, RequestOutput, SamplingParams,
+    FinishReason,
+    InvalidRequestError,
+    Logprob,
+    Request,
+    RequestOutput,
+    SamplingParams,
     TokenLogprobs,
 )
 from flintlm.engine.scheduler import Scheduler
@@ -188,7 +193,9 @@ class Engine:
             include_stop_str_in_output=params.include_stop_str_in_output,
             skip_special_tokens=params.skip_special_tokens)
         if params.has_structured_output:
-            request.grammar = GrammarState(compiled_grammar or self.grammars.compile(params))
+            compiled = compiled_grammar or self.grammars.compile(params)
+            assert compiled is not None  # a structured-output request always compiles to one
+            request.grammar = GrammarState(compiled)
         self.requests[request_id] = request
         self.scheduler.add_request(request)
         return request
@@ -285,24 +292,27 @@ class Engine:
         if request.grammar is not None and not request.grammar.accept(token_id):
             return self._finish(request, FinishReason.ERROR, [token_id], "",
                                 error="sampled token rejected by the grammar")
-        text, stop_string = request.detokenizer.append([token_id])
+        detokenizer = request.detokenizer
+        assert detokenizer is not None  # `add_request` gives every request its own
+        text, stop_string = detokenizer.append([token_id])
         num_output = len(request.output_token_ids)
-        reason, stop_reason = None, None
+        is_eos = (not params.ignore_eos and token_id in request.eos_token_ids
+                  and num_output >= params.min_tokens)
+        is_grammar_complete = request.grammar is not None and request.grammar.is_terminated
+        reason: FinishReason | None = None
+        stop_reason: str | int | None = None  # the stop string or stop token id that ended it
         if stop_string is not None:
             reason, stop_reason = FinishReason.STOP, stop_string
         elif token_id in params.stop_token_ids and num_output >= params.min_tokens:
             reason, stop_reason = FinishReason.STOP, token_id
-        elif (not params.ignore_eos and token_id in request.eos_token_ids
-              and num_output >= params.min_tokens):
-            reason = FinishReason.STOP
-        elif request.grammar is not None and request.grammar.is_terminated:
+        elif is_eos or is_grammar_complete:
             reason = FinishReason.STOP
         elif num_output >= request.max_output_tokens or request.num_tokens >= self.max_model_len:
             reason = FinishReason.LENGTH
         new_logprobs = [logprobs] if logprobs is not None else None
         if reason is not None:
             if stop_string is None:
-                text += request.detokenizer.flush()
+                text += detokenizer.flush()
             request.stop_reason = stop_reason
             return self._finish(request, reason, [token_id], text, new_logprobs)
         return self._output(request, [token_id], text, new_logprobs)

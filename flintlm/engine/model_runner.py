@@ -26,8 +26,11 @@ from flintlm.models.quant import QuantizedSteps, keep_quantized, quantized_logit
 from flintlm.models.registry import model_class_for
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from flintlm.config import CacheConfig, ModelConfig
     from flintlm.engine.outputs import ScheduledRequest, SchedulerOutput
+    from flintlm.engine.request import Request
     from flintlm.kernels.calibrate import DispatchTable
     from flintlm.loading import LoadedCheckpoint
 
@@ -102,7 +105,7 @@ class ModelRunner:
         model.load_weights(weights)
         del weights
         self.model = model.to(device=self.device).eval()
-        self.compute_logits = self.model.compute_logits
+        self.compute_logits: Callable[[torch.Tensor], torch.Tensor] = self.model.compute_logits
         if can_pack(self.device, self.dtype):
             self.compute_logits = PackedLogits(self.model.output_weight)
             num_packed = pack_linears(self.model.layers)
@@ -269,7 +272,7 @@ class ModelRunner:
 
     # -- outputs ---------------------------------------------------------------------------------
 
-    def _collect_samples(self, requests: list, sampled: SamplerOutput,
+    def _collect_samples(self, requests: list[Request], sampled: SamplerOutput,
                          output: RunnerOutput) -> None:
         token_ids = sampled.token_ids.tolist()  # the step's one host sync
         chosen = sampled.chosen_logprobs.tolist() if sampled.chosen_logprobs is not None else None
@@ -280,8 +283,9 @@ class ModelRunner:
             k = request.params.logprobs
             if k is None or chosen is None:
                 continue
-            top = tuple(Logprob(t, lp) for t, lp in zip(top_ids[i][:k], top_lps[i][:k])) \
-                if k and top_ids is not None else ()
+            top = tuple(Logprob(t, lp)
+                        for t, lp in zip(top_ids[i][:k], top_lps[i][:k], strict=True)) \
+                if k and top_ids is not None and top_lps is not None else ()
             output.logprobs[request.request_id] = TokenLogprobs(
                 Logprob(token_ids[i], chosen[i]), top)
 
@@ -306,11 +310,12 @@ class ModelRunner:
                 targets = torch.tensor(request.prompt_token_ids[start + 1:start + 1 + num_targets],
                                        device=self.device)
                 chosen = logprobs.gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
-                k = request.params.prompt_logprobs
-                top_lp, top_ids = logprobs.topk(max(k, 1), dim=-1)
-                top_lp, top_ids = top_lp.tolist(), top_ids.tolist()
+                k = request.params.prompt_logprobs or 0  # not None: see _wants_prompt_logprobs
+                best = logprobs.topk(max(k, 1), dim=-1)
+                top_lp, top_ids = best.values.tolist(), best.indices.tolist()
                 for i, target in enumerate(targets.tolist()):
-                    top = tuple(Logprob(t, lp) for t, lp in zip(top_ids[i][:k], top_lp[i][:k]))
+                    top = tuple(Logprob(t, lp)
+                                for t, lp in zip(top_ids[i][:k], top_lp[i][:k], strict=True))
                     entries.append(TokenLogprobs(Logprob(target, chosen[i]), top))
             output.prompt_logprobs[request.request_id] = entries
 

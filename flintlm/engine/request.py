@@ -34,7 +34,7 @@ class EngineDeadError(RuntimeError):
     """The engine loop stopped after an internal error; nothing more will run (503)."""
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(enum.StrEnum):
     STOP = "stop"  # EOS, a stop token id or a stop string
     LENGTH = "length"  # max_tokens or the context length
     ABORT = "abort"  # aborted by the caller (client disconnect, shutdown)

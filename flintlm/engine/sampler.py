@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from flintlm.engine.request import Request
     from flintlm.kernels.ops import CpuKernels
 
@@ -68,10 +70,11 @@ class Sampler:
         is_greedy = [p.is_greedy for p in params]
         num_rows = len(requests)
 
-        def column(values: list[float], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        def column(values: Sequence[float], dtype: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
-        temperature = column([1.0 if g else p.temperature for g, p in zip(is_greedy, params)])
+        temperature = column([1.0 if g else p.temperature
+                              for g, p in zip(is_greedy, params, strict=True)])
         top_k = top_p = min_p = None
         if any(p.top_k > 0 for p in params):
             top_k = column([p.top_k if p.top_k > 0 else self.vocab_size for p in params],
@@ -142,8 +145,11 @@ class Sampler:
 
     # -- host-side preparation of sparse parameters ---------------------------------------------
 
-    def _logit_bias(self, requests: list[Request]) -> tuple[torch.Tensor, ...] | None:
-        rows, ids, values = [], [], []
+    def _logit_bias(self, requests: list[Request]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        rows: list[int] = []
+        ids: list[int] = []
+        values: list[float] = []
         for row, request in enumerate(requests):
             for token_id, bias in (request.params.logit_bias or {}).items():
                 rows.append(row)
@@ -154,8 +160,10 @@ class Sampler:
         return (torch.tensor(rows, device=self.device), torch.tensor(ids, device=self.device),
                 torch.tensor(values, device=self.device))
 
-    def _banned_tokens(self, requests: list[Request]) -> tuple[torch.Tensor, ...] | None:
-        rows, ids = [], []
+    def _banned_tokens(self, requests: list[Request]
+                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        rows: list[int] = []
+        ids: list[int] = []
         for row, request in enumerate(requests):
             if len(request.output_token_ids) < request.params.min_tokens:
                 stops = set(request.params.stop_token_ids)

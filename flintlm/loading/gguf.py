@@ -244,5 +244,6 @@ def read_gguf_arch(path: str) -> tuple[ModelArch, str | None]:
     block type of its layer matrices when the CPU kernels read that type as stored."""
     gguf = GGUFFile(path)
     info = gguf.tensors.get("blk.0.ffn_gate.weight")
-    kept = info is not None and info.ggml_type in BLOCK_TYPES_KEPT
-    return _arch_from_metadata(gguf), info.ggml_type.name if kept else None
+    if info is None or info.ggml_type not in BLOCK_TYPES_KEPT:
+        return _arch_from_metadata(gguf), None
+    return _arch_from_metadata(gguf), info.ggml_type.name

@@ -38,7 +38,7 @@ class ModelArch:
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # Qwen2: bias on q, k, v projections
     qk_norm: bool = False  # Qwen3: RMSNorm on q and k per head before RoPE
-    sliding_window: int | None = None  # Mistral v0.1; attention beyond it is refused by max_model_len
+    sliding_window: int | None = None  # Mistral v0.1; max_model_len refuses attention beyond it
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

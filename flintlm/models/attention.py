@@ -18,7 +18,7 @@ the KV cache in its own layout; nothing outside the backend looks inside it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 from torch.nn import functional as F
@@ -90,19 +90,24 @@ class NativeAttentionMetadata:
     fresh: list[FreshSpan]
 
 
-class AttentionBackend(Protocol):
+MetadataT = TypeVar("MetadataT")
+
+
+class AttentionBackend(Protocol[MetadataT]):
+    """`forward` takes the metadata that the same backend's `metadata` built for the step."""
+
     def allocate_kv_cache(self, num_layers: int, num_blocks: int, block_size: int,
                           num_kv_heads: int, head_dim: int, dtype: torch.dtype,
                           device: torch.device) -> list[KVCache]: ...
 
-    def metadata(self, layout: BatchLayout, device: torch.device) -> object: ...
+    def metadata(self, layout: BatchLayout, device: torch.device) -> MetadataT: ...
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 positions: torch.Tensor, rotary: RotaryEmbedding, kv_cache: KVCache,
-                meta: object, scale: float) -> torch.Tensor: ...
+                meta: MetadataT, scale: float) -> torch.Tensor: ...
 
 
-def attention_backend(kernels: CpuKernels | None) -> AttentionBackend:
+def attention_backend(kernels: CpuKernels | None) -> AttentionBackend[Any]:
     """The CPU kernels' backend when they are loaded, else the torch reference."""
     return TorchAttention() if kernels is None else CpuNativeAttention(kernels)
 
@@ -120,9 +125,8 @@ def paged_row_tables(sequences: list[SequenceSlice]
         tables.append(seq.block_ids + [0] * (max_blocks - len(seq.block_ids)))
         row_seq += [index] * seq.num_rows
         row_ctx += range(seq.start_position + 1, seq.start_position + seq.num_rows + 1)
-    as_int32 = {"dtype": torch.int32}
-    return (torch.tensor(tables or [[0]], **as_int32), torch.tensor(row_seq, **as_int32),
-            torch.tensor(row_ctx, **as_int32))
+    return (torch.tensor(tables or [[0]], dtype=torch.int32),
+            torch.tensor(row_seq, dtype=torch.int32), torch.tensor(row_ctx, dtype=torch.int32))
 
 
 def _fresh_spans(layout: BatchLayout) -> list[FreshSpan]:
@@ -238,13 +242,14 @@ class TorchAttention:
         num_decodes, num_heads, head_dim = q.shape
         num_kv_heads = k_cache.shape[2]
         group = num_heads // num_kv_heads
-        tables = meta.decode_block_tables
+        tables, mask = meta.decode_block_tables, meta.decode_mask
+        assert tables is not None and mask is not None  # built whenever there are decode rows
         # [B, max_blocks, block_size, KVH, D] -> [B, KVH, L, D]
         keys = k_cache[tables].flatten(1, 2).transpose(1, 2)
         values = v_cache[tables].flatten(1, 2).transpose(1, 2)
         q = q.view(num_decodes, num_kv_heads, group, head_dim)  # [B, KVH, G, D]
         scores = torch.matmul(q, keys.transpose(-1, -2)).float() * scale  # [B, KVH, G, L]
-        scores.masked_fill_(~meta.decode_mask, float("-inf"))
+        scores.masked_fill_(~mask, float("-inf"))
         probs = scores.softmax(dim=-1).to(values.dtype)
         return torch.matmul(probs, values).view(num_decodes, num_heads, head_dim)
 

@@ -46,7 +46,8 @@ class RMSNorm(nn.Module):
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
     """Inverse frequencies [head_dim // 2], with Llama 3 or linear scaling applied."""
     # NOTE: float32 throughout, as HF computes it, so positions rotate identically.
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim)
+    even_dims = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float()
+    inv_freq = 1.0 / theta ** (even_dims / head_dim)
     if scaling is None:
         return inv_freq
     if scaling.kind == "linear":
@@ -66,13 +67,17 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> t
 class RotaryEmbedding(nn.Module):
     """Precomputed cos/sin for every position; rotate-half layout (HF's)."""
 
+    cos: torch.Tensor  # [max_positions, head_dim] buffers, registered in __init__
+    sin: torch.Tensor
+
     def __init__(self, head_dim: int, max_positions: int, theta: float,
                  scaling: RopeScaling | None):
         super().__init__()
         # NOTE: built on the CPU explicitly, so a model constructed under torch.device("meta")
         # still has real tables; the runner moves the model (and these) to its device.
         inv_freq = rope_inv_freq(head_dim, theta, scaling)
-        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32, device="cpu"), inv_freq)
+        positions = torch.arange(max_positions, dtype=torch.float32, device="cpu")
+        freqs = torch.outer(positions, inv_freq)
         # [max_positions, head_dim]: both halves carry the same angles
         angles = torch.cat([freqs, freqs], dim=-1)
         self.register_buffer("cos", angles.cos(), persistent=False)

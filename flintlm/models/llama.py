@@ -7,7 +7,7 @@ and its per-step metadata (models/attention.py).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class Attention(nn.Module):
-    def __init__(self, arch: ModelArch, rotary: RotaryEmbedding, backend: AttentionBackend):
+    def __init__(self, arch: ModelArch, rotary: RotaryEmbedding, backend: AttentionBackend[Any]):
         super().__init__()
         self.arch = arch
         self.rotary = rotary  # shared by all layers; not a parameter
@@ -56,7 +56,7 @@ def _as_row_views(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, arch: ModelArch, rotary: RotaryEmbedding, backend: AttentionBackend,
+    def __init__(self, arch: ModelArch, rotary: RotaryEmbedding, backend: AttentionBackend[Any],
                  kernels: CpuKernels | None):
         super().__init__()
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, kernels)
@@ -102,7 +102,7 @@ class LlamaForCausalLM(nn.Module):
         """
         residual = self.embed_tokens(input_ids)  # [T, hidden], a fresh tensor updated in place
         hidden = None
-        for layer, kv_cache in zip(self.layers, kv_caches):
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden = layer(hidden, residual, positions, kv_cache, meta)
         return self.norm.add_and_norm(hidden, residual)
 

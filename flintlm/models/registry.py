@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from flintlm.models.arch import ModelArch
 from flintlm.models.llama import LlamaForCausalLM
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {
+MODEL_CLASSES: dict[str, type[LlamaForCausalLM]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
@@ -15,7 +13,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
 }
 
 
-def model_class_for(arch: ModelArch) -> type[nn.Module]:
+def model_class_for(arch: ModelArch) -> type[LlamaForCausalLM]:
     try:
         return MODEL_CLASSES[arch.architecture]
     except KeyError:

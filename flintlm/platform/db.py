@@ -41,7 +41,8 @@ def database_url(config: PlatformConfig) -> str:
         import platformdirs
 
         data_dir = Path(platformdirs.user_data_dir("flintlm"))
-    return sa.URL.create("sqlite+pysqlite", database=str(data_dir / "flintlm.db")).render_as_string()
+    url = sa.URL.create("sqlite+pysqlite", database=str(data_dir / "flintlm.db"))
+    return url.render_as_string()
 
 
 class Database:

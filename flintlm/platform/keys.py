@@ -46,7 +46,7 @@ ANONYMOUS_KEY_ID = "anonymous"
 _BUILTIN_TENANT_PREFIX = "flintlm:"
 
 
-class QuotaPeriod(str, enum.Enum):
+class QuotaPeriod(enum.StrEnum):
     """Calendar period (UTC) over which a key's token quota and USD budget are counted."""
 
     DAY = "day"

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 RATE_WINDOW_S = 60.0
 
 
-class Limit(str, enum.Enum):
+class Limit(enum.StrEnum):
     """Which limit refused an admission, in the order they are checked."""
 
     BUDGET = "budget"

@@ -57,10 +57,11 @@ def score(rows: list[LabelledText], results: list[ModerationResult]) -> dict[str
     if len(rows) != len(results):
         raise ValueError(f"{len(rows)} labelled texts but {len(results)} results")
     judged = sorted(results[0].judged_categories, key=CATEGORIES.index) if results else []
-    pairs = {FLAGGED: [(bool(row.labels), result.flagged) for row, result in zip(rows, results)]}
+    pairs = {FLAGGED: [(bool(row.labels), result.flagged)
+                       for row, result in zip(rows, results, strict=True)]}
     for category in judged:
         pairs[category] = [(category in row.labels, result.categories[category])
-                           for row, result in zip(rows, results)]
+                           for row, result in zip(rows, results, strict=True)]
     return {name: Figures(sum(a and p for a, p in pair), sum(p and not a for a, p in pair),
                           sum(a and not p for a, p in pair))
             for name, pair in pairs.items()}

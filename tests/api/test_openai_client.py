@@ -124,7 +124,7 @@ def test_echo_logprobs_for_prompt_tokens(server: LiveServer) -> None:
     assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
     assert all(lp is not None and lp <= 0 for lp in logprobs.token_logprobs[1:])
     for token, lp, top in zip(logprobs.tokens[1:], logprobs.token_logprobs[1:],
-                              logprobs.top_logprobs[1:]):
+                              logprobs.top_logprobs[1:], strict=True):
         assert top[token] == lp and len(top) <= 2
     assert result.choices[0].text == "".join(logprobs.tokens)
     assert result.usage.completion_tokens == 0

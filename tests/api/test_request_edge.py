@@ -177,10 +177,10 @@ def test_a_bad_parameter_with_a_bad_key_is_a_400_not_a_401(fake_server: FakeServ
 
 def test_a_405_names_the_allowed_methods(fake_server: FakeServer) -> None:
     with fake_server.client() as client:
-        response = client.get("/v1/chat/completions")
+        response = client.put("/v1/chat/completions")  # GET lists stored completions
         delete = client.delete("/v1/completions")
     assert _error(response, 405)["type"] == "invalid_request_error"
-    assert response.headers["Allow"] == "POST"
+    assert response.headers["Allow"] == "GET, POST"
     assert delete.status_code == 405 and delete.headers["Allow"] == "POST"
 
 

@@ -169,3 +169,18 @@ def test_bad_metadata_is_refused_before_anything_runs(client: openai.OpenAI) -> 
         client.chat.completions.create(store=True, metadata={f"k{i}": "v" for i in range(17)},
                                        **GREEDY)
     assert caught.value.body["param"] == "metadata"  # type: ignore[index]
+
+
+def test_a_key_that_never_captures_keeps_no_response_either(served: PlatformServer) -> None:
+    """/v1/responses stores by default (OpenAI's `store: true`); a "never" key keeps nothing
+    there too, and asking for it explicitly is the same 400 as on chat."""
+    client = served.openai(served.create_key("never-responses", capture="never"))
+    response = client.responses.create(model="default", input="Say hi.", temperature=0,
+                                       max_output_tokens=8)
+    assert response.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="default", input="Say hi.", store=True,
+                                max_output_tokens=8)
+    assert caught.value.body["param"] == "store"  # type: ignore[index]

@@ -52,7 +52,8 @@ def test_every_choice_of_a_stream_is_assembled_as_without_streaming(
 
 def test_a_streamed_tool_call_is_stored_as_the_plain_one(fake_server: FakeServer) -> None:
     fake_server.engine.reply = ("Checking.\n" + format_call("get_weather", '{"city": "Oslo"}'))
-    fake_server.engine.max_model_len = 8192  # room for the tool definitions (bytes are tokens)
+    # room for the tool definitions (bytes are tokens); admission checks the context first
+    fake_server.engine.max_model_len = fake_server.admission.max_model_len = 8192
     tools = [{"type": "function", "function": {
         "name": "get_weather", "parameters": {"type": "object",
                                               "properties": {"city": {"type": "string"}}}}}]
@@ -70,6 +71,7 @@ def test_a_streamed_tool_call_is_stored_as_the_plain_one(fake_server: FakeServer
     finally:
         fake_server.engine.reply = type(fake_server.engine).reply
         fake_server.engine.max_model_len = type(fake_server.engine).max_model_len
+        fake_server.admission.max_model_len = fake_server.engine.max_model_len
 
     def without_ids(choices: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for choice in choices:

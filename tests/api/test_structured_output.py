@@ -216,7 +216,7 @@ def test_required_tool_choice_always_yields_valid_calls(server: LiveServer) -> N
     cases = [(prompt, i % 2 == 1) for i, prompt in enumerate(CALL_PROMPTS)]
     with ThreadPoolExecutor(len(cases)) as pool:
         choices = list(pool.map(ask, cases))
-    for (_, is_parallel), choice in zip(cases, choices):
+    for (_, is_parallel), choice in zip(cases, choices, strict=True):
         calls = _valid_calls(choice)
         assert is_parallel or len(calls) == 1
 

@@ -1,4 +1,5 @@
-"""Metric math of the benchmark harness, on synthetic timestamps (vLLM `bench serve` definitions)."""
+"""Metric math of the benchmark harness, on synthetic timestamps (vLLM `bench serve`
+definitions)."""
 
 from __future__ import annotations
 

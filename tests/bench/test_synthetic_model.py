@@ -73,7 +73,7 @@ def test_tiny_file_loads_as_its_shape(type_name: str, tmp_path: Path) -> None:
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     paths = [tmp_path / f"{name}.gguf" for name in ("a", "b", "c")]
-    for path, seed in zip(paths, (0, 0, 1)):
+    for path, seed in zip(paths, (0, 0, 1), strict=True):
         write_synthetic_gguf(TINY, WEIGHT_TYPES["Q4_0"], path, seed)
     first, second, other = (p.read_bytes() for p in paths)
     assert first == second and first != other
@@ -88,7 +88,8 @@ def test_the_1b_plan_has_llama_3_2_1b_size() -> None:
 
 
 def _hf_model(arch: ModelArch, with_rope_scaling: bool, weights: dict[str, torch.Tensor]):
-    from transformers import LlamaConfig, LlamaForCausalLM as HfLlama
+    from transformers import LlamaConfig
+    from transformers import LlamaForCausalLM as HfLlama
 
     scaling = arch.rope_scaling
     assert scaling is not None

@@ -5,7 +5,6 @@ import pytest
 
 from flintlm import LLM, SamplingParams
 from flintlm.engine.request import InvalidRequestError
-
 from tests.reference import REFERENCE_PATHS
 
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)

@@ -13,7 +13,6 @@ from flintlm.engine.async_engine import AsyncEngine
 from flintlm.engine.engine import Engine
 from flintlm.engine.faults import FaultInjector, InjectedFault
 from flintlm.engine.request import EngineDeadError, FinishReason, RequestOutput
-
 from tests.conftest import HANG_TIMEOUT_S
 from tests.reference import REFERENCE_PATHS
 

@@ -1,5 +1,4 @@
 from flintlm.engine.kv_blocks import BlockManager
-
 from tests.factories import make_request
 
 
@@ -24,25 +23,25 @@ def test_full_blocks_are_found_by_a_request_with_the_same_prefix():
     blocks = BlockManager(num_blocks=16, block_size=4)
     first = make_request(prompt=list(range(13)))
     blocks.allocate(first, 13)
-    second = make_request(prompt=list(range(12)) + [99, 100])
+    second = make_request(prompt=[*range(12), 99, 100])
     hit = blocks.find_cached_prefix(second)
     assert hit == first.block_ids[:3]
     blocks.allocate(second, second.num_tokens - 12, hit)
     blocks.check_integrity()
     # shared blocks survive the first request's end
     blocks.free(first)
-    assert blocks.find_cached_prefix(make_request(prompt=list(range(12)) + [7])) == hit
+    assert blocks.find_cached_prefix(make_request(prompt=[*range(12), 7])) == hit
     blocks.check_integrity()
 
 
 def test_salt_separates_tenants():
     blocks = BlockManager(num_blocks=16, block_size=4)
-    owner = make_request(prompt=list(range(12)) + [1], salt="tenant-a")
+    owner = make_request(prompt=[*range(12), 1], salt="tenant-a")
     blocks.allocate(owner, owner.num_tokens)
-    assert blocks.find_cached_prefix(make_request(prompt=list(range(12)) + [1],
+    assert blocks.find_cached_prefix(make_request(prompt=[*range(12), 1],
                                                   salt="tenant-b")) == []
-    assert blocks.find_cached_prefix(make_request(prompt=list(range(12)) + [1])) == []
-    assert len(blocks.find_cached_prefix(make_request(prompt=list(range(12)) + [1],
+    assert blocks.find_cached_prefix(make_request(prompt=[*range(12), 1])) == []
+    assert len(blocks.find_cached_prefix(make_request(prompt=[*range(12), 1],
                                                       salt="tenant-a"))) == 3
 
 
@@ -64,7 +63,7 @@ def test_lru_eviction_reclaims_unreferenced_cached_blocks():
     assert blocks.can_allocate(new, 16)
     blocks.allocate(new, 16)
     blocks.check_integrity()
-    assert blocks.find_cached_prefix(make_request(prompt=list(range(16)) + [1])) == []
+    assert blocks.find_cached_prefix(make_request(prompt=[*range(16), 1])) == []
 
 
 def test_disabled_prefix_caching_never_hits():
@@ -97,7 +96,7 @@ def test_rollback_unpublishes_only_the_failed_steps_blocks():
     hit = blocks.find_cached_prefix(failed)
     assert hit == earlier.block_ids[:2]
     blocks.allocate(failed, 17 - 8, hit)
-    neighbour = make_request(prompt=list(range(12)) + [50])
+    neighbour = make_request(prompt=[*range(12), 50])
     assert len(blocks.find_cached_prefix(neighbour)) == 3  # same-step sharing
     blocks.rollback()
     blocks.free(failed)

@@ -1,5 +1,4 @@
 from flintlm.engine.request import FinishReason, RequestStatus
-
 from tests.factories import fake_step, make_request, make_scheduler
 
 
@@ -75,10 +74,10 @@ def test_priority_orders_admission():
 def test_prefix_hit_skips_cached_tokens_and_is_reported():
     scheduler = make_scheduler(block_size=4, max_num_batched_tokens=64)
     shared = list(range(100, 116))
-    first = make_request(prompt=shared + [1, 2], max_tokens=1)
+    first = make_request(prompt=[*shared, 1, 2], max_tokens=1)
     scheduler.add_request(first)
     run_until_done(scheduler)
-    second = make_request(prompt=shared + [3, 4], max_tokens=1)
+    second = make_request(prompt=[*shared, 3, 4], max_tokens=1)
     scheduler.add_request(second)
     out = fake_step(scheduler)
     assert out.scheduled[0].num_computed_tokens == 16

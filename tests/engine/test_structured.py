@@ -50,7 +50,7 @@ def test_free_requests_are_unchanged_by_constrained_neighbours(llm: LLM) -> None
     params = [q for _, q in CONSTRAINED] + [FREE] * len(FREE_PROMPTS)
     results = llm.generate(prompts, params)
     assert [r.token_ids for r in results[len(CONSTRAINED):]] == alone
-    for result, (_, constrained) in zip(results, CONSTRAINED):
+    for result, (_, constrained) in zip(results[:len(CONSTRAINED)], CONSTRAINED, strict=True):
         assert result.outputs[0].finish_reason == "stop", result.text  # the grammar ended it
         _check(result.text, constrained)
 

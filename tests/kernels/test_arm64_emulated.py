@@ -15,8 +15,15 @@ from torch.nn import functional as F
 from flintlm.kernels import abi
 from flintlm.kernels.ops import kv_cache_from_token_major
 from flintlm.models.layers import RMSNorm, RotaryEmbedding
-from tests.kernels.arm.emulation import (DEBIAN_PACKAGES, ArmBuild, Case, Emulator,
-                                         build_driver, from_bytes, missing_tools)
+from tests.kernels.arm.emulation import (
+    DEBIAN_PACKAGES,
+    ArmBuild,
+    Case,
+    Emulator,
+    build_driver,
+    from_bytes,
+    missing_tools,
+)
 from tests.kernels.test_cpu_kernels import close, reference_attention
 
 ARM_BUILDS = [
@@ -89,7 +96,7 @@ def test_quant_matmul_multiplies_the_stored_weights(emulator, type_name):
                                   dict(x=x, q=matrix.q, d=matrix.d, m=matrix.m)))
                 x_seen = quantized_x(x) if use_int8 else x.float()
                 expected.append((dtype, rows, x_seen.double() @ dense.t()))
-    for outputs, (dtype, rows, reference) in zip(emulator.run(cases), expected):
+    for outputs, (dtype, rows, reference) in zip(emulator.run(cases), expected, strict=True):
         y = from_bytes(outputs["y"], dtype, (rows, n + col0))
         assert not y[:, :col0].any()
         close(y[:, col0:], reference, dtype)
@@ -115,7 +122,8 @@ def test_paged_attention_matches_the_reference(emulator, dtype):
         row_ctx = [c for _, contexts in lengths_and_contexts for c in contexts]
         q = torch.randn(len(row_seq), num_heads, head_dim).to(dtype)
         scale = head_dim ** -0.5
-        native_k, native_v = kv_cache_from_token_major(k_cache, v_cache, 2 if dtype == torch.bfloat16 else 1)
+        pair = 2 if dtype == torch.bfloat16 else 1
+        native_k, native_v = kv_cache_from_token_major(k_cache, v_cache, pair)
         scalars = dict(dtype=DTYPES[dtype], num_rows=len(row_seq), num_heads=num_heads,
                        num_kv_heads=num_kv_heads, head_dim=head_dim, block_size=block_size,
                        max_blocks=max_blocks, scale=scale)
@@ -126,7 +134,7 @@ def test_paged_attention_matches_the_reference(emulator, dtype):
         references.append(torch.stack([
             reference_attention(q[row], k_cache, v_cache, tables[row_seq[row]], row_ctx[row], scale)
             for row in range(len(row_seq))]))
-    for outputs, reference in zip(emulator.run(cases), references):
+    for outputs, reference in zip(emulator.run(cases), references, strict=True):
         close(from_bytes(outputs["out"], dtype, tuple(reference.shape)), reference, dtype)
 
 
@@ -159,7 +167,7 @@ def test_rope_write_kv_rotates_and_fills_the_slots(emulator, dtype):
                                                                    head_dim)
     pair = 2 if dtype == torch.bfloat16 else 1
     for name, cache in zip(("k_cache", "v_cache"),
-                           kv_cache_from_token_major(expected_k, expected_v, pair)):
+                           kv_cache_from_token_major(expected_k, expected_v, pair), strict=True):
         assert torch.equal(from_bytes(outputs[name], dtype, tuple(cache.shape)), cache)
 
 
@@ -174,7 +182,8 @@ def test_add_rms_norm_and_silu_and_mul(emulator, dtype):
     gate_up = (torch.randn(6, 2 * 1536) * 4).to(dtype)
     scalars = dict(dtype=DTYPES[dtype], num_tokens=5, size=size, eps=1e-5)
     weight = norm.weight.detach()
-    cases = [Case("add_rms_norm", dict(scalars, has_x=1), dict(x=x, residual=residual, weight=weight)),
+    cases = [Case("add_rms_norm", dict(scalars, has_x=1),
+                  dict(x=x, residual=residual, weight=weight)),
              Case("add_rms_norm", dict(scalars, has_x=0), dict(residual=residual, weight=weight)),
              Case("silu_and_mul", dict(dtype=DTYPES[dtype], num_tokens=6, size=1536),
                   dict(gate_up=gate_up))]
@@ -199,5 +208,5 @@ def test_argmax_matches_torch_including_ties(emulator):
         logits[3, vocab - 1] = 60.0  # the maximum in the tail
         cases.append(Case("argmax_rows", dict(num_rows=5, vocab=vocab), dict(logits=logits)))
         expected.append(logits.argmax(dim=-1))
-    for outputs, reference in zip(emulator.run(cases), expected):
+    for outputs, reference in zip(emulator.run(cases), expected, strict=True):
         assert torch.equal(from_bytes(outputs["out"], torch.int64, (5,)), reference)

@@ -9,10 +9,9 @@ import torch
 
 from flintlm import LLM, SamplingParams
 from flintlm.config import CacheConfig, FlintConfig, ModelConfig, SchedulerConfig
-
 from tests.reference import REFERENCE_PATHS
 
-torch.set_num_threads(1)  # noqa: the suite shares two cores
+torch.set_num_threads(1)  # the suite shares two cores
 
 
 def run(kernels: str, prompts: list[list[int]]):
@@ -36,7 +35,7 @@ def test_native_and_torch_kernels_agree():
     torch_llm, reference = run("torch", prompts)
     assert native_llm.engine.runner.kernels is not None
     assert torch_llm.engine.runner.kernels is None
-    for ours, ref in zip(native, reference):
+    for ours, ref in zip(native, reference, strict=True):
         assert ours.token_ids == ref.token_ids
-        for a, b in zip(ours.outputs[0].logprobs, ref.outputs[0].logprobs):
+        for a, b in zip(ours.outputs[0].logprobs, ref.outputs[0].logprobs, strict=True):
             assert abs(a.chosen.logprob - b.chosen.logprob) < 1e-3

@@ -14,7 +14,7 @@ from flintlm.kernels import isa, native
 from flintlm.kernels.ops import CpuKernels
 from flintlm.models.layers import RMSNorm, RotaryEmbedding
 
-torch.set_num_threads(1)  # noqa: the suite shares two cores
+torch.set_num_threads(1)  # the suite shares two cores
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 

@@ -10,10 +10,9 @@ import torch
 
 from flintlm import LLM, SamplingParams
 from flintlm.kernels import isa, native
-
 from tests.reference import REFERENCE_PATHS
 
-torch.set_num_threads(1)  # noqa: the suite shares two cores
+torch.set_num_threads(1)  # the suite shares two cores
 
 
 @pytest.fixture(params=isa.supported_tiers())
@@ -35,9 +34,9 @@ def test_fast_decode_matches_the_module_path(tier):
     fast = [llm.generate([p], params)[0] for p in prompts] + llm.generate(prompts[:3], params)
     runner.fast_decode = None
     modules = [llm.generate([p], params)[0] for p in prompts] + llm.generate(prompts[:3], params)
-    for ours, reference in zip(fast, modules):
+    for ours, reference in zip(fast, modules, strict=True):
         assert ours.token_ids == reference.token_ids
-        for a, b in zip(ours.outputs[0].logprobs, reference.outputs[0].logprobs):
+        for a, b in zip(ours.outputs[0].logprobs, reference.outputs[0].logprobs, strict=True):
             assert abs(a.chosen.logprob - b.chosen.logprob) < 1e-4
 
 
@@ -75,7 +74,8 @@ def test_bfloat16_quantized_steps_stay_as_close_to_float32_as_bfloat16_is(tier):
     quantized = prompt_logprobs("bfloat16", 64)
     assert quantized != prompt_logprobs("bfloat16", 0)  # the int8 path did run
     assert len(quantized) == len(reference) > 60
-    gaps = [abs(a[0] - b[0]) for a, b in zip(reference, quantized)]
-    agreement = sum(a[1] == b[1] for a, b in zip(reference, quantized)) / len(reference)
+    gaps = [abs(a[0] - b[0]) for a, b in zip(reference, quantized, strict=True)]
+    num_agreeing = sum(a[1] == b[1] for a, b in zip(reference, quantized, strict=True))
+    agreement = num_agreeing / len(reference)
     assert sum(gaps) / len(gaps) < 0.15 and max(gaps) < 1.5
     assert agreement >= 0.85

@@ -97,7 +97,7 @@ def add_byte_level_vocab(writer: GGUFWriter, pre: str = "default") -> None:
     from flintlm.loading.tokenizer import byte_level_alphabet
 
     tokens = sorted(byte_level_alphabet(), key=byte_level_alphabet().__getitem__)
-    tokens += ["he"] + BYTE_TOKENS_SPECIALS
+    tokens += ["he", *BYTE_TOKENS_SPECIALS]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)

@@ -306,7 +306,7 @@ def test_linear_rope_scaling_from_metadata(write_gguf: Any, tiny_hf_model: Any) 
 
 def test_missing_file(tmp_path: Any) -> None:
     path = str(tmp_path / "absent.gguf")
-    with pytest.raises(ModelLoadError, match="absent.gguf"):
+    with pytest.raises(ModelLoadError, match=r"absent\.gguf"):
         load_checkpoint(path, torch.float32)
 
 
@@ -323,14 +323,14 @@ def test_truncated_gguf(tmp_path: Any, embedded_path: str, num_bytes: int, reaso
 def test_not_a_gguf(tmp_path: Any) -> None:
     path = tmp_path / "text.gguf"
     path.write_text("hello, I am not a model")
-    with pytest.raises(ModelLoadError, match="text.gguf.*not a GGUF"):
+    with pytest.raises(ModelLoadError, match=r"text\.gguf.*not a GGUF"):
         load_checkpoint(str(path), torch.float32)
 
 
 def test_unknown_architecture(write_gguf: Any, tiny_hf_model: Any) -> None:
     model, settings = tiny_hf_model("llama")
     path = write_gguf("falcon", settings, model.state_dict(), name="falcon.gguf")
-    with pytest.raises(ModelLoadError, match="falcon.gguf.*architecture 'falcon'"):
+    with pytest.raises(ModelLoadError, match=r"falcon\.gguf.*architecture 'falcon'"):
         load_checkpoint(path, torch.float32)
 
 
@@ -354,7 +354,7 @@ def test_unsupported_tensor_type(write_gguf: Any, tiny_hf_model: Any) -> None:
         skip=(name,),
         extra_tensors={"blk.0.ffn_gate.weight": (raw, T.IQ4_NL)},
     )
-    with pytest.raises(ModelLoadError, match="blk.0.ffn_gate.weight is IQ4_NL"):
+    with pytest.raises(ModelLoadError, match=r"blk\.0\.ffn_gate\.weight is IQ4_NL"):
         load_checkpoint(path, torch.float32)
 
 

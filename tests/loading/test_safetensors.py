@@ -132,11 +132,11 @@ def test_resolve_model_path(tmp_path: Any) -> None:
     assert default.endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and os.path.isfile(default)
     with pytest.raises(ModelLoadError, match="no-such-model"):
         resolve_model_path(str(tmp_path / "no-such-model"))
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         resolve_model_path(str(tmp_path))
     other = tmp_path / "weights.bin"
     other.write_bytes(b"x")
-    with pytest.raises(ModelLoadError, match="weights.bin.*not a .gguf file"):
+    with pytest.raises(ModelLoadError, match=r"weights\.bin.*not a \.gguf file"):
         resolve_model_path(str(other))
 
 
@@ -186,7 +186,7 @@ def test_missing_files_and_tensors(save_folder: Any, tiny_hf_model: Any) -> None
 
     with open(os.path.join(folder, "config.json"), "w") as f:
         f.write("{not json")
-    with pytest.raises(ModelLoadError, match="config.json.*cannot parse JSON"):
+    with pytest.raises(ModelLoadError, match=r"config\.json.*cannot parse JSON"):
         load_checkpoint(folder, torch.float32)
 
 
@@ -194,7 +194,7 @@ def test_missing_tokenizer(save_folder: Any, tiny_hf_model: Any) -> None:
     model, _ = tiny_hf_model("qwen3")
     folder = save_folder(model)
     os.remove(os.path.join(folder, "tokenizer.json"))
-    with pytest.raises(ModelLoadError, match="tokenizer.json"):
+    with pytest.raises(ModelLoadError, match=r"tokenizer\.json"):
         load_checkpoint(folder, torch.float32)
 
 

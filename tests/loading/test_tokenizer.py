@@ -134,7 +134,8 @@ CUSTOM_TEMPLATE = """{{ bos_token }}{% set ns = namespace(n=0) %}
 {% else %}[{{ ns.n }}] {{ m.role }}: {{ m.content | trim }} {{ {'é': 1} | tojson }}
 {% endif %}
 {% endfor %}
-{% if add_generation_prompt %}Year {{ strftime_now('%Y') }}; {{ extra_var | default('none') }}>{% endif %}"""
+{% if add_generation_prompt %}Year {{ strftime_now('%Y') }}; \
+{{ extra_var | default('none') }}>{% endif %}"""
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from flintlm import LLM, SamplingParams
 from flintlm.loading import load_checkpoint
 from flintlm.models.attention import BatchLayout, SequenceSlice
 from flintlm.models.llama import LlamaForCausalLM
-
 from tests.reference import REFERENCE_PATHS, hf_model
 
 PROMPTS = [
@@ -65,7 +64,7 @@ def test_greedy_generation_matches_hf_token_for_token(llm):
     params = SamplingParams(max_tokens=NUM_NEW_TOKENS, temperature=0.0, ignore_eos=True,
                             logprobs=0)
     results = llm.generate(PROMPTS, params)
-    for prompt, result in zip(PROMPTS, results):
+    for prompt, result in zip(PROMPTS, results, strict=True):
         generated = result.token_ids
         assert len(generated) == NUM_NEW_TOKENS
         full = result.prompt_token_ids + generated

@@ -71,7 +71,8 @@ def test_built_in_prices_have_a_fallback() -> None:
         ('[models."*"]\ninput = 1', "output"),
     ],
 )
-def test_bad_prices_files_are_refused_naming_the_file(tmp_path: Path, text: str, error: str) -> None:
+def test_bad_prices_files_are_refused_naming_the_file(tmp_path: Path, text: str,
+                                                       error: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ValueError, match=error) as raised:

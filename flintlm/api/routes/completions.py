@@ -136,7 +136,7 @@ def legacy_logprobs(tokenizer: Tokenizer, token_ids: list[int],
                     entries: list[TokenLogprobs | None], text_offset: int) -> CompletionLogprobs:
     """OpenAI's legacy parallel lists; `top_logprobs` always holds the chosen token too."""
     result = CompletionLogprobs()
-    for token_id, entry in zip(token_ids, entries):
+    for token_id, entry in zip(token_ids, entries, strict=True):
         token = entry.chosen.token if entry is not None else tokenizer.decode(
             [token_id], skip_special_tokens=False)
         result.tokens.append(token)

@@ -37,7 +37,7 @@ backend, whose own name the response reports."""
 
 
 def get_moderator(request: Request) -> Moderator:
-    return request.app.state.moderator  # type: ignore[no-any-return]
+    return request.app.state.moderator
 
 
 ModeratorDep = Annotated[Moderator, Depends(get_moderator)]

@@ -40,6 +40,7 @@ from flintlm.api.responses_protocol import (
     ResponsesRequest,
 )
 from flintlm.api.streaming import SSEResponse
+from flintlm.platform.capture import CaptureMode, effective_mode
 from flintlm.platform.keys import KeyRecord
 from flintlm.platform.response_store import ResponseStore, StoredResponse
 
@@ -64,6 +65,7 @@ async def create_response(body: ResponsesRequest, request: Request, serving: Ser
     params = await checked_params(chat, serving.config.limits, engine.tokenizer.vocab_size)
     key = await serving.admission.authenticate(secret)
     check_model(body.model, engine)
+    is_stored = _is_stored(serving, key, body)
     context = await _previous_context(serving, store, key, body.previous_response_id)
     if context:
         chat = chat_request(body, context, items)
@@ -77,11 +79,13 @@ async def create_response(body: ResponsesRequest, request: Request, serving: Ser
     generation = await Generation.start(
         engine, serving.metrics, ticket, request.receive, [prompt_ids], ticket.admitted_params,
         priority=chat.priority, cache_salt=ticket.cache_salt, guard=guard)
-    builder = ResponseBuilder(_skeleton(response_id, engine.model_name, body),
+    skeleton = _skeleton(response_id, engine.model_name, body)
+    skeleton.store = is_stored
+    builder = ResponseBuilder(skeleton,
                               parses_tool_calls=bool(chat.active_tools))
 
     async def keep(response: ResponseObject) -> None:
-        if body.store:
+        if is_stored:
             await serving.admission.run(store.save, key.id, response.id,
                                         response.model_dump(mode="json"),
                                         context + items)
@@ -96,6 +100,19 @@ async def create_response(body: ResponsesRequest, request: Request, serving: Ser
     builder.close(results[0].finish_reason, generation.usage)
     await keep(builder.response)
     return Response(builder.response.model_dump_json(), media_type="application/json")
+
+
+def _is_stored(serving: Serving, key: KeyRecord, body: ResponsesRequest) -> bool:
+    """Whether the response is kept: `store` (default true, as OpenAI's), except for a key whose
+    capture mode is "never", which keeps nothing (an explicit `store: true` is a 400, as on
+    chat)."""
+    mode = effective_mode(key.capture, CaptureMode(serving.config.platform.capture))
+    if mode is not CaptureMode.NEVER:
+        return body.store
+    if body.store and "store" in body.model_fields_set:
+        raise InvalidParam("this API key does not allow storing responses (its capture mode "
+                           "is 'never'); send store: false", param="store")
+    return False
 
 
 async def _previous_context(serving: Serving, store: ResponseStore, key: KeyRecord,
