@@ -9,7 +9,7 @@ pass through untouched.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flintlm.api.errors import ContentPolicyViolation, PermissionDenied
 from flintlm.engine.request import FinishReason, RequestOutput
@@ -73,7 +73,7 @@ async def guard_messages(serving: ServingState, key: KeyRecord, request_id: str,
     if screened == texts:
         return messages, guard
     return [message if new == old else message.model_copy(update={"content": new})
-            for message, old, new in zip(messages, texts, screened)], guard
+            for message, old, new in zip(messages, texts, screened, strict=True)], guard
 
 
 async def guard_completion(serving: ServingState, key: KeyRecord, request_id: str,
@@ -82,13 +82,8 @@ async def guard_completion(serving: ServingState, key: KeyRecord, request_id: st
     """`guard_input` on /v1/completions prompts: the request with masked prompts and its guard.
     Token-id prompts are checked as their text; a masked one is tokenized again."""
     prompt = body.prompt
-    items: list[str] | list[list[int]]
-    if isinstance(prompt, str):
-        items = [prompt]
-    elif prompt and isinstance(prompt[0], int):
-        items = [prompt]  # type: ignore[list-item]
-    else:
-        items = prompt  # type: ignore[assignment]
+    is_one = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], int))
+    items: list[Any] = [prompt] if is_one else list(prompt)  # texts or token-id lists
     texts = [item if isinstance(item, str) else tokenizer.decode(item) for item in items]
     screened, guard = await guard_input(serving, key, request_id, texts, stream=body.stream,
                                         param="prompt")
@@ -96,7 +91,7 @@ async def guard_completion(serving: ServingState, key: KeyRecord, request_id: st
         return body, guard
     masked = [new if isinstance(item, str) else item if new == old
               else tokenizer.encode(new, add_special_tokens=False)
-              for item, old, new in zip(items, texts, screened)]
+              for item, old, new in zip(items, texts, screened, strict=True)]
     return body.model_copy(update={"prompt": masked}), guard
 
 

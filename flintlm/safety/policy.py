@@ -36,18 +36,18 @@ from flintlm.safety.moderation import CATEGORIES
 from flintlm.safety.pii import ENTITIES
 
 
-class Mode(str, enum.Enum):
+class Mode(enum.StrEnum):
     PRE_CALL = "pre_call"  # the input, before admission to the engine
     DURING_CALL = "during_call"  # streamed output, as it is produced
     POST_CALL = "post_call"  # the whole output of a non-streamed response
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     BLOCK = "block"
     MASK = "mask"
 
 
-class RuleKind(str, enum.Enum):
+class RuleKind(enum.StrEnum):
     BLOCKLIST = "blocklist"
     REGEX = "regex"
     PII = "pii"
@@ -134,7 +134,7 @@ def load_policies(path: str | Path | None) -> PolicySet:
 
 def _only(table: Any, allowed: set[str], where: str) -> None:
     if not isinstance(table, dict):
-        raise ValueError(f"{where} must be a table")  # noqa: TRY004 - a config error
+        raise ValueError(f"{where} must be a table")
     unknown = set(table) - allowed
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
