@@ -13,15 +13,16 @@ Public API:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flintlm.safety.checks import Check, Finding, compile_rule
-from flintlm.safety.pii import mask
-from flintlm.safety.policy import Action, Mode, Policy, PolicySet
+from flintlm.safety.pii import ENTITIES, find_pii, mask
+from flintlm.safety.policy import Action, Mode, Policy, PolicySet, RuleKind
 
 if TYPE_CHECKING:
+    from flintlm.platform.keys import KeyRecord
     from flintlm.safety.moderation import Moderator
 
 LOOKBACK_CHARS = 256
@@ -63,6 +64,28 @@ class Guardrails:
             compiled = [(rule, compile_rule(rule, moderator)) for rule in policy.rules]
             self._checks[name] = {mode: [check for rule, check in compiled if mode in rule.modes]
                                   for mode in Mode}
+
+    def redactor(self, key_of: Callable[[str], KeyRecord | None]
+                 ) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+        """A `platform.capture.Redactor`: masks, in a document's text fields (`content`,
+        `text`, `arguments`), every PII entity the key's policy names, whatever the rule's
+        action or modes (nothing stored may hold them). A key whose policy this server lacks
+        gets every entity masked.
+
+        Args:
+            key_of: the key record of a key id (None: no row, e.g. the static key).
+        """
+        def redact(key_id: str, document: dict[str, Any]) -> dict[str, Any]:
+            record = key_of(key_id)
+            try:
+                policy = self.policies.resolve(None if record is None else record.guardrail)
+            except KeyError:
+                return _mask_texts(document, set(ENTITIES))
+            entities = {entity for rule in (policy.rules if policy else ())
+                        if rule.kind is RuleKind.PII for entity in rule.entity_actions}
+            return _mask_texts(document, entities) if entities else document
+
+        return redact
 
     def guard(self, policy_name: str | None, *, stream: bool) -> RequestGuard | None:
         """The guard of one request under `policy_name` (None: the default policy); None when
@@ -138,6 +161,20 @@ class RequestGuard:
     @property
     def screens_output(self) -> bool:
         return not self.is_streaming and bool(self.checks[Mode.POST_CALL])
+
+
+_TEXT_FIELDS = frozenset({"content", "text", "arguments"})
+
+
+def _mask_texts(document: Any, entities: set[str]) -> Any:
+    """A copy of a JSON document with the PII of `entities` masked in its text fields."""
+    if isinstance(document, list):
+        return [_mask_texts(item, entities) for item in document]
+    if not isinstance(document, dict):
+        return document
+    return {name: mask(value, find_pii(value, entities))
+            if name in _TEXT_FIELDS and isinstance(value, str) else _mask_texts(value, entities)
+            for name, value in document.items()}
 
 
 def _masked(text: str, findings: Sequence[Finding]) -> str:

@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -193,3 +194,22 @@ def test_moderation_thresholds_must_be_judged_by_the_backend(
 def test_unknown_policy_name_lists_the_known_ones(guardrails: Guardrails) -> None:
     with pytest.raises(ValueError, match="defines: open, standard"):
         guardrails.policies.check_name("strict")
+
+
+def test_redactor_masks_what_each_keys_policy_names(guardrails: Guardrails) -> None:
+    keys = {"k-open": SimpleNamespace(guardrail="open"), "k-gone": SimpleNamespace(guardrail="x")}
+    redact = guardrails.redactor(keys.get)  # type: ignore[arg-type]
+    document = {"id": "chatcmpl-1", "messages": [
+        {"role": "user", "content": "mail ann@example.com from 10.0.0.1"},
+        {"role": "user", "content": [{"type": "text", "text": "card 4111 1111 1111 1111"}]}],
+        "choices": [{"message": {"content": "ok ann@example.com", "tool_calls": [
+            {"function": {"name": "send", "arguments": '{"to": "ann@example.com"}'}}]}}]}
+    # No row (the static key): the default policy masks its two entities, blocked ones too.
+    assert redact("static", document) == {"id": "chatcmpl-1", "messages": [
+        {"role": "user", "content": "mail [EMAIL] from 10.0.0.1"},
+        {"role": "user", "content": [{"type": "text", "text": "card [CREDIT_CARD]"}]}],
+        "choices": [{"message": {"content": "ok [EMAIL]", "tool_calls": [
+            {"function": {"name": "send", "arguments": '{"to": "[EMAIL]"}'}}]}}]}
+    assert redact("k-open", document) == document  # no PII rule: kept as is
+    gone = redact("k-gone", document)  # a policy this server lacks: every entity
+    assert gone["messages"][0]["content"] == "mail [EMAIL] from [IP_ADDRESS]"
