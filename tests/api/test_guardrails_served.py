@@ -384,3 +384,16 @@ def test_stored_completions_keep_the_masked_input(served: PlatformServer) -> Non
         store=True, **GREEDY)
     stored = client.chat.completions.messages.list(done.id)
     assert [m.content for m in stored.data] == ["Reply to [EMAIL] about the sea."]
+
+
+def test_stored_completions_mask_the_policys_pii_whatever_its_modes(
+        served: PlatformServer, keys: dict[str, IssuedKey]) -> None:
+    client = served.openai(keys["pii-out"])  # email masked in output only, not on input
+    content = "Reply to ann.lee@example.com about the sea."
+    done = client.chat.completions.create(messages=[{"role": "user", "content": content}],
+                                          store=True, **GREEDY)
+    assert done.usage is not None
+    assert done.usage.prompt_tokens == served.count_tokens(  # the model saw the address
+        keys["pii-out"], messages=[{"role": "user", "content": content}])
+    stored = client.chat.completions.messages.list(done.id)
+    assert [m.content for m in stored.data] == ["Reply to [EMAIL] about the sea."]
