@@ -63,10 +63,8 @@ app.add_typer(keys_app, name="keys")
 _SECTIONS = {"model": ModelConfig, "cache": CacheConfig, "scheduler": SchedulerConfig,
              "server": ServerConfig, "limits": LimitsConfig, "platform": PlatformConfig,
              "moderation": ModerationConfig}
-# NOTE: the guardrail settings are not wired into the server yet, so they are no flags either.
-_NOT_FLAGS = {"blocked_phrases", "max_prompt_chars"}
 _FIELD_SECTION = {f.name: (section, f) for section, cls in _SECTIONS.items()
-                  for f in dataclasses.fields(cls) if f.name not in _NOT_FLAGS}
+                  for f in dataclasses.fields(cls)}
 _SIZE_FIELDS = {"kv_cache_memory", "max_kv_cache_memory", "max_body_bytes"}
 
 
@@ -163,6 +161,7 @@ def serve(
     guard_model: Annotated[str | None, _opt("guard_model")] = None,
     capture: Annotated[str | None, _opt("capture")] = None,
     capture_ttl_days: Annotated[float | None, _opt("capture_ttl_days")] = None,
+    guardrails_file: Annotated[str | None, _opt("guardrails_file")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, ...)."""
     config = build_config(locals())
@@ -393,12 +392,20 @@ def keys_create(
     capture: Annotated[str | None, typer.Option(
         help="Which of the key's chat completions are stored: request (store: true), all or "
              "never; default: the server's --capture.")] = None,
+    guardrail: Annotated[str | None, typer.Option(
+        help="Guardrail policy of the key's requests, by name; default: the file's default.")
+    ] = None,
+    guardrails_file: Annotated[str | None, typer.Option(
+        help="The servers' guardrails file, to check --guardrail against. "
+             "[env: FLINTLM_GUARDRAILS_FILE]")] = None,
     data_dir: DataDirOpt = None,
     database_url: DatabaseUrlOpt = None,
 ) -> None:
     """Issue a key and print its secret (to stdout, this once: only its hash is stored)."""
     from flintlm.platform.capture import CaptureMode
     from flintlm.platform.keys import KeyLimits, KeyStore
+
+    _check_guardrail(guardrail, guardrails_file or env.lookup("guardrails_file"))
 
     try:
         capture_mode = None if capture is None else CaptureMode(capture)
@@ -419,12 +426,28 @@ def keys_create(
             new_key = KeyStore(db).create(name, tenant_id=tenant, limits=limits,
                                           allowed_models=allowed,
                                           expires_at=_when(expires, "--expires"),
-                                          capture=capture_mode)
+                                          capture=capture_mode, guardrail=guardrail)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--tenant") from None
     typer.echo(new_key.secret)
     typer.echo(f"created {new_key.record.id} ({name}); the secret above is shown this once",
                err=True)
+
+
+def _check_guardrail(name: str | None, guardrails_file: str | None) -> None:
+    """A policy name must be one the guardrails file defines (when the file is known)."""
+    from flintlm.safety.policy import load_policies
+
+    if name is None:
+        return
+    if guardrails_file is None:
+        typer.echo(f"note: --guardrail {name!r} is not checked (no --guardrails-file); a server "
+                   "without that policy refuses the key's requests with 403", err=True)
+        return
+    try:
+        load_policies(guardrails_file).check_name(name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--guardrail") from None
 
 
 @keys_app.command("list")

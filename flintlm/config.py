@@ -195,10 +195,6 @@ class PlatformConfig:
     """How often buffered usage rows are written to the database (a crash loses at most this)."""
     rate_window_s: float = 60.0
     """Window of the rpm and tpm limits in seconds: 60 makes them per minute (shorter for tests)."""
-    blocked_phrases: tuple[str, ...] = ()
-    """Phrases refused in prompts and completions with a 400 content_policy_violation."""
-    max_prompt_chars: int | None = None
-    """Longest prompt text accepted, in characters, before tokenizing; no cap when unset."""
     response_ttl_s: float = 30 * 86_400.0
     """How long a response stored by /v1/responses (`store: true`) is kept, in seconds."""
     max_stored_responses_per_key: int = 1000
@@ -232,6 +228,10 @@ class ModerationConfig:
     guard_model: str | None = None
     """Guard model for the guard backend: a .gguf file or an HF folder, answering in Llama
     Guard's format ("safe" / "unsafe" + S-codes); runs on flintlm's engine beside the model."""
+    guardrails_file: str | None = None
+    """TOML file of guardrail policies (blocklists, regexes, PII, moderation, prompt size) run
+    on requests' input and output; its `default` policy applies to keys that name none, a key's
+    `guardrail` picks another (docs/safety.md). No guardrails when unset."""
 
     def __post_init__(self) -> None:
         if self.moderation_backend not in ("classifier", "guard"):

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from flintlm.engine.async_engine import AsyncEngine
     from flintlm.platform.service import Platform
     from flintlm.safety.moderation import Moderator
+    from flintlm.safety.pipeline import Guardrails
 
 logger = logging.getLogger("flintlm.server")
 
@@ -82,7 +83,8 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission,
 
         moderator = build_moderator(config)
     serving = ServingState(config, engine, Metrics(engine.stats, engine.model_name), admission,
-                           created=int(time.time()))
+                           created=int(time.time()),
+                           guardrails=build_guardrails(config, moderator))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -217,6 +219,18 @@ def _load_while_answering(config: FlintConfig, sock: socket.socket
         thread.join()
 
 
+def build_guardrails(config: FlintConfig, moderator: Moderator | None) -> Guardrails:
+    """The policies of `--guardrails-file`, compiled against the moderation backend.
+
+    Raises:
+        ValueError: the file is unreadable or a policy is malformed (named in the message).
+    """
+    from flintlm.safety.pipeline import Guardrails
+    from flintlm.safety.policy import load_policies
+
+    return Guardrails(load_policies(config.moderation.guardrails_file), moderator)
+
+
 def serve(config: FlintConfig) -> None:
     """Open the platform store, bind the port, load the model (answering 503 meanwhile), serve
     until a signal drains the server.
@@ -226,8 +240,10 @@ def serve(config: FlintConfig) -> None:
     """
     from flintlm.loading.loader import resolve_model_path
     from flintlm.platform.service import Platform
+    from flintlm.safety.policy import load_policies
 
     configure_logging(config.server.log_level, config.server.log_format)
+    load_policies(config.moderation.guardrails_file)  # a bad file fails before anything loads
     # NOTE: after a graceful shutdown uvicorn re-raises the signal it caught under the handler
     # that was there before; a no-op one makes a completed drain exit 0 instead of dying by it.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -73,6 +73,8 @@ class Ticket:
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
     http_request_id: str | None = field(default_factory=current_request_id)  # for the ledger row
     params: SamplingParams | None = None  # with max_tokens fitted, once admitted
+    # Guardrail decisions, for the ledger row; the request's guard appends as checks fire.
+    guardrail: list[dict[str, Any]] | None = None
     is_counted: bool = field(default=False, init=False)  # in its key's concurrent requests
     is_settled: bool = field(default=False, init=False)
 
@@ -144,7 +146,8 @@ class Admission:
     async def admit(self, key: KeyRecord, request_id: str, prompts: list[list[int]],
                     params: SamplingParams, end_user: str | None = None, *,
                     cache_salt: str | None = None, prompt_param: str = "prompt",
-                    has_room: Callable[[int], bool] | None = None) -> Ticket:
+                    has_room: Callable[[int], bool] | None = None,
+                    guardrail: list[dict[str, Any]] | None = None) -> Ticket:
         """Admit a tokenized request, reserving `prompt + max_tokens * n` tokens, or raise.
 
         Args:
@@ -152,10 +155,12 @@ class Admission:
                 fitted to the context, the server default and the key (`bounds.fit_max_tokens`).
             prompt_param: what a prompt too long is called in the 400 ("prompt", "messages").
             has_room: whether the engine can queue this many more requests now.
+            guardrail: the request's guardrail decisions (a list its guard keeps appending to).
         Raises:
             APIError: the refusal; the request already has its ledger row at zero tokens.
         """
-        ticket = Ticket(self, request_id, key, key.cache_salt(cache_salt), end_user)
+        ticket = Ticket(self, request_id, key, key.cache_salt(cache_salt), end_user,
+                        guardrail=guardrail)
         self._open[request_id] = ticket
         self._has_none_open.clear()
         try:
@@ -202,6 +207,13 @@ class Admission:
                                      headers={"Retry-After": str(RETRY_BUSY_S)})
         return fitted
 
+    async def reject(self, key: KeyRecord, request_id: str, error_code: str, *,
+                     guardrail: list[dict[str, Any]] | None = None) -> None:
+        """Record a request refused before admission (e.g. by a guardrail) at zero tokens."""
+        ticket = Ticket(self, request_id, key, key.cache_salt(None), guardrail=guardrail)
+        self._open[request_id] = ticket
+        await self._reject(ticket, error_code)
+
     async def _reject(self, ticket: Ticket, error_code: str | None) -> None:
         timings = Timings(total_time_s=time.monotonic() - ticket.created_s)
         await self.settle(ticket, NO_USAGE, status=UsageStatus.REJECTED, error_code=error_code,
@@ -246,6 +258,7 @@ class Admission:
             self.platform.settle(ticket.request_id, ticket.key.id, self.model_name, usage,
                                  status=status, reservation=ticket.reservation,
                                  error_code=error_code, timings=timings,
+                                 guardrail=ticket.guardrail or None,
                                  http_request_id=ticket.http_request_id)
         except Exception:  # the request is over either way; the log says what was lost
             logger.exception("could not settle %s (key %s): %s prompt + %s completion tokens",

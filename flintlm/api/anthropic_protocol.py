@@ -384,7 +384,7 @@ def messages_usage(usage: Usage) -> MessagesUsage:
 
 
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use",
-                     "model_context_window_exceeded"]
+                     "model_context_window_exceeded", "refusal"]
 
 
 class MessageResponse(BaseModel):

@@ -32,7 +32,9 @@ logger = logging.getLogger("flintlm.api")
 
 
 def completion_store(serving: ServingState) -> CompletionStore:
-    return CompletionStore.from_config(serving.platform.db, serving.config.platform)
+    """The store, masking the PII each key's guardrail policy names before anything is kept."""
+    redact = serving.guardrails.redactor(serving.platform.keys.get)
+    return CompletionStore.from_config(serving.platform.db, serving.config.platform, redact)
 
 
 class ChatCapture:

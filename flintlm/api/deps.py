@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from flintlm.engine.request import SamplingParams
     from flintlm.observability.metrics import Metrics
     from flintlm.platform.service import Platform
+    from flintlm.safety.pipeline import Guardrails, RequestGuard
 
 RATE_LIMIT_HEADERS_STATE = "ratelimit_headers"  # request.state attribute read by the middleware
 
@@ -40,11 +41,14 @@ class RequestAdmission:
 
     async def admit(self, key: KeyRecord, request_id: str, prompts: list[list[int]],
                     params: SamplingParams, end_user: str | None = None, *,
-                    cache_salt: str | None = None, prompt_param: str = "prompt") -> Ticket:
-        """`Admission.admit`, with the engine's queue as the room left."""
+                    cache_salt: str | None = None, prompt_param: str = "prompt",
+                    guard: RequestGuard | None = None) -> Ticket:
+        """`Admission.admit`, with the engine's queue as the room left; `guard`'s decisions go
+        to the request's ledger row."""
         ticket = await self.admission.admit(key, request_id, prompts, params, end_user,
                                             cache_salt=cache_salt, prompt_param=prompt_param,
-                                            has_room=self.engine.has_room)
+                                            has_room=self.engine.has_room,
+                                            guardrail=None if guard is None else guard.decisions)
         setattr(self.state, RATE_LIMIT_HEADERS_STATE, ticket.ratelimit_headers)
         return ticket
 
@@ -58,6 +62,7 @@ class ServingState:
     metrics: Metrics
     admission: Admission
     created: int
+    guardrails: Guardrails
     is_draining: bool = False
     drain_deadline_s: float | None = None
 

@@ -66,6 +66,12 @@ class NotAdmin(APIError):
     default_code = "admin_key_required"
 
 
+class ContentPolicyViolation(InvalidParam):
+    """An input a guardrail rule blocks; the message names the rule, never the matched text."""
+
+    default_code = "content_policy_violation"
+
+
 class ModelNotFound(APIError):
     status_code = 404
     error_type = "invalid_request_error"

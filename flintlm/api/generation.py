@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flintlm.api.errors import APIError, ClientDisconnected, ServiceUnavailable, to_api_error
+from flintlm.api.guarding import OutputScreen
 from flintlm.engine.request import FinishReason, RequestOutput, SamplingParams, TokenLogprobs, Usage
 from flintlm.platform.ledger import UsageStatus
 from flintlm.platform.service import Timings
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from flintlm.api.admission import Ticket
     from flintlm.engine.async_engine import AsyncEngine
     from flintlm.observability.metrics import Metrics
+    from flintlm.safety.pipeline import RequestGuard
 
 logger = logging.getLogger("flintlm.api")
 
@@ -64,8 +66,11 @@ class ChoiceResult:
 
 
 class Generation:
-    def __init__(self, engine: AsyncEngine, metrics: Metrics, ticket: Ticket, receive: Any):
+    def __init__(self, engine: AsyncEngine, metrics: Metrics, ticket: Ticket, receive: Any,
+                 guard: OutputScreen | None = None):
         self.engine = engine
+        self.guard = guard  # the key's guardrails on the output
+        self.filtered: set[int] = set()  # choices a guardrail ended (content_filter)
         self.metrics = metrics
         self.ticket = ticket
         self.branches: list[Branch] = []
@@ -91,6 +96,7 @@ class Generation:
         *,
         priority: int = 0,
         cache_salt: str | None = None,
+        guard: RequestGuard | None = None,
     ) -> Generation:
         """Submit every branch and wait for each one's first output.
 
@@ -101,7 +107,8 @@ class Generation:
         Raises:
             InvalidRequestError, EngineOverloadedError, APIError before anything is sent.
         """
-        generation = cls(engine, metrics, ticket, receive)
+        generation = cls(engine, metrics, ticket, receive,
+                         None if guard is None else OutputScreen(guard))
         try:  # from here on the ticket is settled by close(), whatever fails
             generation._submit(prompts, params, priority, cache_salt)
             await generation._await_first_outputs()
@@ -145,10 +152,17 @@ class Generation:
             branch.end_s = now
 
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
-        """Every output of every branch (the first ones included), in arrival order."""
+        """Every output of every branch (the first ones included), in arrival order; with a
+        guard, streamed outputs as its during_call checks let them out."""
         try:
-            async for item in self._outputs():
-                yield item
+            async for index, output in self._outputs():
+                if index in self.filtered:
+                    continue  # its engine request was aborted; what is left is not sent
+                if self.guard is not None:
+                    output = await self.guard.screen_stream(index, output)
+                    if output.finish_reason is FinishReason.CONTENT_FILTER:
+                        self._filter(index)
+                yield index, output
         except Exception as exc:
             self.error = exc
             raise
@@ -203,7 +217,16 @@ class Generation:
                 result.prompt_logprobs = output.prompt_logprobs
             if output.finish_reason is not None:
                 result.finish_reason = output.finish_reason.value
+        if self.guard is not None:
+            await self.guard.screen_choices(results)
         return results
+
+    def _filter(self, index: int) -> None:
+        """A guardrail ended choice `index`: stop its engine request; it settles as finished."""
+        self.filtered.add(index)
+        branch = self.branches[index]
+        if not branch.is_finished:
+            self.engine.abort(branch.request_id)
 
     @property
     def usage(self) -> Usage:
@@ -258,12 +281,14 @@ class Generation:
             if is_refusal and self.usage.total_tokens == 0:
                 return UsageStatus.REJECTED, code
             return UsageStatus.FAILED, code
-        reasons = [b.last.finish_reason if b.last else None for b in self.branches]
+        reasons = [FinishReason.CONTENT_FILTER if b.index in self.filtered
+                   else b.last.finish_reason if b.last else None for b in self.branches]
         if FinishReason.ERROR in reasons:
             return UsageStatus.FAILED, "engine_error"
         if self.is_disconnected or isinstance(error, ClientDisconnected):
             return UsageStatus.ABORTED, "client_disconnected"
-        if reasons and all(r in (FinishReason.STOP, FinishReason.LENGTH) for r in reasons):
+        finished = (FinishReason.STOP, FinishReason.LENGTH, FinishReason.CONTENT_FILTER)
+        if reasons and all(r in finished for r in reasons):
             return UsageStatus.FINISHED, None
         return UsageStatus.ABORTED, "server_draining"  # the engine shut down under it
 
@@ -285,6 +310,8 @@ class Generation:
             if branch.last is None:
                 continue
             reason = branch.last.finish_reason or FinishReason.ABORT
+            if branch.index in self.filtered:
+                reason = FinishReason.CONTENT_FILTER
             if self.is_disconnected and reason is FinishReason.ABORT:
                 reason_text = "disconnect"
             else:

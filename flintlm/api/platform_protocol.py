@@ -74,6 +74,7 @@ class CreateKeyRequest(BaseModel):
     models: list[str] | None = None
     expires_at: str | None = None  # ISO 8601 date or date-time (UTC unless an offset is given)
     capture: Literal["request", "all", "never"] | None = None  # None: the server's --capture
+    guardrail: str | None = Field(default=None, min_length=1, max_length=64)  # policy name
 
     def limits(self) -> KeyLimits:
         return KeyLimits(rpm=self.rpm, tpm=self.tpm, token_quota=self.token_quota,
@@ -82,6 +83,15 @@ class CreateKeyRequest(BaseModel):
 
     def expiry(self) -> datetime | None:
         return parse_time(self.expires_at, "expires_at")
+
+
+class UpdateKeyRequest(BaseModel):
+    """The body of `POST /admin/keys/{id}`: the fields to change (only `guardrail` so far;
+    null puts the key back on the server's default policy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    guardrail: str | None = Field(min_length=1, max_length=64)
 
 
 class KeyInfo(BaseModel):
@@ -103,6 +113,7 @@ class KeyInfo(BaseModel):
     max_concurrent: int | None = None
     models: list[str] | None
     capture: str | None = None  # which chat completions are stored; None: the server's mode
+    guardrail: str | None = None  # its guardrail policy; null: the server's default
 
     @classmethod
     def of(cls, key: KeyRecord, now: datetime) -> KeyInfo:
@@ -121,6 +132,7 @@ class KeyInfo(BaseModel):
             max_tokens=limits.max_tokens, max_concurrent=limits.max_concurrent,
             models=None if key.allowed_models is None else list(key.allowed_models),
             capture=None if key.capture is None else key.capture.value,
+            guardrail=key.guardrail,
         )
 
 

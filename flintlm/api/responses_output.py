@@ -84,11 +84,13 @@ class ResponseBuilder:
         events = self._content(self.parser.finish().content) if self.parser else []
         # complete calls end the response cleanly even where max_output_tokens cut a further one
         has_calls = self.parser is not None and bool(self.parser.calls)
-        is_cut = api_finish_reason(finish_reason, has_calls) == "length"
+        reason = api_finish_reason(finish_reason, has_calls)
+        is_cut = reason in ("length", "content_filter")  # content_filter: a guardrail ended it
         events += self._close_open_items(is_cut)
         self.response.status = "incomplete" if is_cut else "completed"
         if is_cut:
-            self.response.incomplete_details = IncompleteDetails(reason="max_output_tokens")
+            self.response.incomplete_details = IncompleteDetails(
+                reason="content_filter" if reason == "content_filter" else "max_output_tokens")
         self.response.usage = response_usage(usage)
         return events
 

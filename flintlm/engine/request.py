@@ -39,6 +39,7 @@ class FinishReason(enum.StrEnum):
     LENGTH = "length"  # max_tokens or the context length
     ABORT = "abort"  # aborted by the caller (client disconnect, shutdown)
     ERROR = "error"  # the engine failed on this request
+    CONTENT_FILTER = "content_filter"  # set by the API's guardrails, never by the engine
 
 
 class RequestStatus(enum.Enum):

@@ -37,9 +37,6 @@ completion before it is stored, and to each exported line before it is written."
 
 
 def keep_as_is(key_id: str, document: dict[str, Any]) -> dict[str, Any]:
-    """The redactor in use until guardrails land.
-
-    TODO(#16): PII masking from the key's guardrail policy plugs in here (a `Redactor` passed to
-    `CompletionStore` and `export_jsonl` instead of this identity).
-    """
+    """The identity: what `flintlm data export` applies (it has no guardrails file); the server
+    stores through `safety.pipeline.Guardrails.redactor` (the key's policy's PII entities)."""
     return document

@@ -109,8 +109,9 @@ class CompletionStore:
         self.redact = redact
 
     @classmethod
-    def from_config(cls, db: Database, config: PlatformConfig) -> CompletionStore:
-        return cls(db, ttl_s=config.capture_ttl_days * _SECONDS_PER_DAY)
+    def from_config(cls, db: Database, config: PlatformConfig,
+                    redact: Redactor = keep_as_is) -> CompletionStore:
+        return cls(db, ttl_s=config.capture_ttl_days * _SECONDS_PER_DAY, redact=redact)
 
     def _cutoff(self) -> datetime:
         """Rows created before this are past the retention."""

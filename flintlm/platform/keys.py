@@ -7,7 +7,8 @@ short display prefix. Everything here is synchronous DB I/O; call it off the eve
 Public API:
     QuotaPeriod, KeyLimits, KeyRecord (.is_active(now), .is_model_allowed(model),
         .cache_salt(client_salt)), NewKey, builtin_key(key_id), STATIC_KEY_ID, ANONYMOUS_KEY_ID
-    KeyStore(db, clock): create (capture mode too), get, list, has_keys, update_limits, revoke,
+    KeyStore(db, clock): create (capture mode too), get, list, has_keys, update_limits,
+        set_guardrail, revoke,
         find(secret) -> KeyRecord | None (any state), verify(secret) -> KeyRecord | None (active)
 """
 
@@ -88,6 +89,7 @@ class KeyRecord:
     limits: KeyLimits = field(default_factory=KeyLimits)
     allowed_models: tuple[str, ...] | None = None
     capture: CaptureMode | None = None  # None: the server's `--capture`
+    guardrail: str | None = None  # the guardrail policy's name; None: the server's default
 
     def is_active(self, now: datetime) -> bool:
         """Not revoked and not expired at `now` (naive UTC)."""
@@ -140,9 +142,11 @@ class KeyStore:
         allowed_models: Sequence[str] | None = None,
         expires_at: datetime | None = None,
         capture: CaptureMode | None = None,
+        guardrail: str | None = None,
     ) -> NewKey:
         """Issue a key. `tenant_id` defaults to the key's id; `expires_at` is naive UTC;
-        `capture` None follows the server's capture mode."""
+        `capture` None follows the server's capture mode; `guardrail` names its guardrail
+        policy (checked by the caller, who knows the file)."""
         is_reserved = tenant_id is not None and tenant_id.startswith(_BUILTIN_TENANT_PREFIX)
         if tenant_id == "" or is_reserved:
             raise ValueError(f"tenant_id={tenant_id!r} must be non-empty and not start with "
@@ -161,6 +165,7 @@ class KeyStore:
             revoked_at=None,
             allowed_models=list(allowed_models) if allowed_models is not None else None,
             capture=CaptureMode(capture).value if capture is not None else None,
+            guardrail=guardrail,
         )
         _write_limits(row, limits)
         with self._db.session() as session:
@@ -192,6 +197,15 @@ class KeyStore:
             if row is None:
                 return None
             _write_limits(row, limits)
+            return _to_record(row)
+
+    def set_guardrail(self, key_id: str, guardrail: str | None) -> KeyRecord | None:
+        """Assign a guardrail policy (None: the server's default); None for an unknown key."""
+        with self._db.session() as session:
+            row = session.get(ApiKeyRow, key_id)
+            if row is None:
+                return None
+            row.guardrail = guardrail
             return _to_record(row)
 
     def revoke(self, key_id: str) -> bool:
@@ -266,4 +280,5 @@ def _to_record(row: ApiKeyRow) -> KeyRecord:
         ),
         allowed_models=tuple(row.allowed_models) if row.allowed_models is not None else None,
         capture=CaptureMode(row.capture) if row.capture is not None else None,
+        guardrail=row.guardrail,
     )

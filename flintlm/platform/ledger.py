@@ -67,6 +67,7 @@ class UsageEvent:
     total_time_s: float | None = None
     created_at: datetime | None = None  # naive UTC; None: stamped by `Ledger.record`
     http_request_id: str | None = None  # the HTTP request's x-request-id, for support
+    guardrail: list[dict[str, Any]] | None = None  # decisions: mode, rule, action, categories
 
     @property
     def total_tokens(self) -> int:
@@ -285,6 +286,7 @@ def _to_row(event: UsageEvent) -> dict[str, Any]:
         "cost_nano_usd": usd_to_nanos(event.cost_usd),
         "created_at": event.created_at,
         "http_request_id": event.http_request_id,
+        "guardrail": event.guardrail,
     }
 
 
@@ -304,4 +306,5 @@ def _to_event(row: UsageEventRow) -> UsageEvent:
         total_time_s=row.total_time_s,
         created_at=row.created_at,
         http_request_id=row.http_request_id,
+        guardrail=row.guardrail,
     )

@@ -1,4 +1,4 @@
-"""The platform as the HTTP layer holds it: keys, limits, pricing, ledger and guardrails.
+"""The platform as the HTTP layer holds it: keys, limits, pricing and ledger.
 
 `Platform.settle` is the one place usage is settled: it prices the request, writes its ledger
 row and trades its rate-limit reservation for real use. Every method does blocking I/O (DB,
@@ -8,7 +8,6 @@ Wiring, in request order:
     start-up     platform = Platform.from_config(config.platform)   # migrates the DB schema
     auth         key = platform.authenticate(bearer_secret)           # None -> 401
     scoping      key.is_model_allowed(model)                          # False -> 404/403
-    guardrails   platform.guardrails.check_prompt(text)               # reason -> 400
     admission    decision = platform.admit(key, model, prompt_tokens=, max_completion_tokens=)
                  refused -> 429 with decision.code, .message and .headers(); allowed -> .headers()
     end          finally: platform.settle(request_id, key.id, model, usage, status=...,
@@ -23,10 +22,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flintlm.platform.db import Database
-from flintlm.platform.guardrails import Guardrails
 from flintlm.platform.keys import KeyRecord, KeyStore
 from flintlm.platform.ledger import Ledger, UsageEvent, UsageStatus
 from flintlm.platform.limit_store import (
@@ -74,7 +72,6 @@ class Platform:
         limiter: Limiter,
         pricing: Pricing,
         ledger: Ledger,
-        guardrails: Guardrails,
         admin_key: str | None = None,
     ) -> None:
         self.db = db
@@ -82,7 +79,6 @@ class Platform:
         self.limiter = limiter
         self.pricing = pricing
         self.ledger = ledger
-        self.guardrails = guardrails
         self._admin_key = admin_key
 
     @classmethod
@@ -91,7 +87,6 @@ class Platform:
     ) -> Platform:
         """Open the store and migrate it; Redis (if configured) is reached on first use only."""
         pricing = Pricing.from_file(config.prices_file)  # a bad prices file fails before the DB
-        guardrails = Guardrails(config.blocked_phrases, config.max_prompt_chars)
         db = Database.from_config(config)
         db.migrate()
         ledger = Ledger(db, flush_interval_s=config.ledger_flush_interval_s, clock=clock)
@@ -106,7 +101,6 @@ class Platform:
             limiter=Limiter(store, ledger, clock),
             pricing=pricing,
             ledger=ledger,
-            guardrails=guardrails,
             admin_key=config.admin_key,
         )
 
@@ -166,9 +160,11 @@ class Platform:
         error_code: str | None = None,
         timings: Timings | None = None,
         http_request_id: str | None = None,
+        guardrail: list[dict[str, Any]] | None = None,
     ) -> UsageEvent:
         """Price and record one request's final usage and release its reservation; idempotent.
 
+        `guardrail` holds the request's guardrail decisions (mode, rule, action, categories).
         Never raises for a Redis outage: the ledger row is the truth and is already buffered.
         """
         timings = timings or Timings()
@@ -186,6 +182,7 @@ class Platform:
             ttft_s=timings.ttft_s,
             total_time_s=timings.total_time_s,
             http_request_id=http_request_id,
+            guardrail=guardrail,
         )
         self.ledger.record(event)
         if reservation is not None:

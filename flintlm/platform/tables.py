@@ -77,6 +77,7 @@ class ApiKeyRow(Base):
     max_tokens: Mapped[int | None] = mapped_column(sa.Integer())
     max_concurrent: Mapped[int | None] = mapped_column(sa.Integer())
     capture: Mapped[str | None] = mapped_column(sa.String(8))  # None: the server's --capture
+    guardrail: Mapped[str | None] = mapped_column(sa.String(64))  # policy name; None: default
 
 
 class UsageEventRow(Base):
@@ -107,6 +108,7 @@ class UsageEventRow(Base):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime())
     # The HTTP request's x-request-id (client-chosen, so not unique): how support finds a row.
     http_request_id: Mapped[str | None] = mapped_column(sa.String(128))
+    guardrail: Mapped[list | None] = mapped_column(sa.JSON())  # the guardrails' decisions
 
 
 class StoredResponseRow(Base):

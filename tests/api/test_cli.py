@@ -25,12 +25,10 @@ from tests.conftest import HANG_TIMEOUT_S, LiveServer
 def test_every_engine_and_server_field_is_a_serve_flag() -> None:
     command = typer.main.get_command(cli.app).commands["serve"]  # type: ignore[attr-defined]
     flags = {p.name for p in command.params}
-    not_wired = {"blocked_phrases", "max_prompt_chars"}  # guardrails: no server wiring yet
     for section in (ModelConfig, CacheConfig, SchedulerConfig, ServerConfig, PlatformConfig,
                     ModerationConfig):
         for field in dataclasses.fields(section):
-            if field.name not in not_wired:
-                assert field.name in flags, f"serve has no --{field.name.replace('_', '-')}"
+            assert field.name in flags, f"serve has no --{field.name.replace('_', '-')}"
     max_num_seqs = next(p for p in command.params if p.name == "max_num_seqs")
     assert max_num_seqs.help == (
         "Most requests in the running batch at once. [env: FLINTLM_MAX_NUM_SEQS]")

@@ -22,6 +22,7 @@ from flintlm.api.platform_protocol import (
     CreateKeyRequest,
     KeyInfo,
     KeyList,
+    UpdateKeyRequest,
     UsageReport,
     parse_group_by,
     usage_report,
@@ -60,10 +61,11 @@ Admin = Depends(require_admin)
 @router.post("/keys", status_code=201, dependencies=[Admin])
 async def create_key(body: CreateKeyRequest, serving: Serving) -> CreatedKey:
     keys = serving.platform.keys
+    _check_guardrail(serving, body.guardrail)
     try:
         new_key = await serving.admission.run(
             keys.create, body.name, tenant_id=body.tenant_id, limits=body.limits(),
-            allowed_models=body.models, expires_at=body.expiry(),
+            allowed_models=body.models, expires_at=body.expiry(), guardrail=body.guardrail,
             capture=None if body.capture is None else CaptureMode(body.capture))
     except ValueError as exc:  # e.g. a reserved tenant id
         raise InvalidParam(str(exc), param="tenant_id") from None
@@ -85,6 +87,23 @@ async def get_key(key_id: str, serving: Serving) -> KeyInfo:
     if record is None:
         raise NotFound(f"no key {key_id!r}", param="key_id", code="key_not_found")
     return KeyInfo.of(record, keys.now())
+
+
+@router.post("/keys/{key_id}", dependencies=[Admin])
+async def update_key(key_id: str, body: UpdateKeyRequest, serving: Serving) -> KeyInfo:
+    """Change a key's guardrail policy; its next request runs under the new one."""
+    _check_guardrail(serving, body.guardrail)
+    keys = serving.platform.keys
+    if await serving.admission.run(keys.set_guardrail, key_id, body.guardrail) is None:
+        raise NotFound(f"no key {key_id!r}", param="key_id", code="key_not_found")
+    return await get_key(key_id, serving)
+
+
+def _check_guardrail(serving: Serving, name: str | None) -> None:
+    try:
+        serving.guardrails.policies.check_name(name)
+    except ValueError as exc:
+        raise InvalidParam(str(exc), param="guardrail", code="unknown_guardrail") from None
 
 
 @router.delete("/keys/{key_id}", dependencies=[Admin])

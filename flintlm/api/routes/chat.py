@@ -13,6 +13,7 @@ from flintlm.api.bounds import checked_params
 from flintlm.api.capture import ChatCapture
 from flintlm.api.deps import AdmissionDep, Credentials, EngineDep, Serving, check_model
 from flintlm.api.generation import ChoiceResult, Generation
+from flintlm.api.guarding import guard_chat
 from flintlm.api.prompts import render_chat
 from flintlm.api.protocol import (
     ChatChoice,
@@ -52,20 +53,23 @@ async def create_chat_completion(
     secret: Credentials,
     admission: AdmissionDep,
 ) -> Response:
-    # The edge, in order: parse (above) -> validate -> authenticate -> render off the event
-    # loop -> admit -> engine. Nothing is spent on a request that fails an earlier step.
+    # The edge, in order: parse (above) -> validate -> authenticate -> guardrails (pre_call) ->
+    # render off the event loop -> admit -> engine (output guardrails in Generation). Nothing is
+    # spent on a request that fails an earlier step.
     params = await checked_params(body, serving.config.limits, engine.tokenizer.vocab_size)
     key = await serving.admission.authenticate(secret)
     check_model(body.model, engine)
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    body, guard = await guard_chat(serving, key, request_id, body)
     capture = ChatCapture.for_request(serving, key, body)  # stored completions; None: not kept
     prompt_ids = await asyncio.to_thread(render_chat, engine.tokenizer, body.messages,
                                          tools=body.active_tools)
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
     ticket = await admission.admit(key, request_id, [prompt_ids], params, body.end_user,
-                                   cache_salt=body.cache_salt, prompt_param="messages")
+                                   cache_salt=body.cache_salt, prompt_param="messages",
+                                   guard=guard)
     generation = await Generation.start(
         engine, serving.metrics, ticket, request.receive, [prompt_ids], ticket.admitted_params,
-        priority=body.priority, cache_salt=ticket.cache_salt,
+        priority=body.priority, cache_salt=ticket.cache_salt, guard=guard,
     )
     encoder = ChatEncoder(request_id, engine.model_name, engine.tokenizer, body)
     response = await respond(generation, encoder, stream=body.stream,

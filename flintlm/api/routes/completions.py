@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request, Response
 from flintlm.api.bounds import checked_params
 from flintlm.api.deps import AdmissionDep, Credentials, EngineDep, Serving, check_model
 from flintlm.api.generation import ChoiceResult, Generation
+from flintlm.api.guarding import guard_completion
 from flintlm.api.prompts import completion_prompts, prompt_text
 from flintlm.api.protocol import (
     CompletionChoice,
@@ -41,17 +42,20 @@ async def create_completion(
     secret: Credentials,
     admission: AdmissionDep,
 ) -> Response:
-    # The edge in order, as in chat.py: validate -> authenticate -> tokenize -> admit -> engine.
+    # The edge in order, as in chat.py: validate -> authenticate -> guardrails -> tokenize ->
+    # admit -> engine.
     params = await checked_params(body, serving.config.limits, engine.tokenizer.vocab_size)
     key = await serving.admission.authenticate(secret)
     check_model(body.model, engine)
-    prompts = await asyncio.to_thread(completion_prompts, engine.tokenizer, body.prompt)
     request_id = f"cmpl-{uuid.uuid4().hex}"
+    body, guard = await guard_completion(serving, key, request_id, body, engine.tokenizer)
+    prompts = await asyncio.to_thread(completion_prompts, engine.tokenizer, body.prompt)
     ticket = await admission.admit(key, request_id, prompts, params, body.end_user,
-                                   cache_salt=body.cache_salt, prompt_param="prompt")
+                                   cache_salt=body.cache_salt, prompt_param="prompt",
+                                   guard=guard)
     generation = await Generation.start(
         engine, serving.metrics, ticket, request.receive, prompts, ticket.admitted_params,
-        priority=body.priority, cache_salt=ticket.cache_salt,
+        priority=body.priority, cache_salt=ticket.cache_salt, guard=guard,
     )
     encoder = CompletionEncoder(request_id, engine.model_name, engine.tokenizer, body, prompts)
     return await respond(generation, encoder, stream=body.stream,

@@ -36,19 +36,21 @@ from flintlm.api.deps import (
 )
 from flintlm.api.errors import ClientDisconnected, NotFound, PermissionDenied
 from flintlm.api.generation import Generation, raise_if_failed
+from flintlm.api.guarding import guard_messages
 from flintlm.api.prompts import render_chat
 from flintlm.api.streaming import SSEResponse
 from flintlm.api.tool_calls import ToolCallParser, finish_reason
 from flintlm.engine.request import FinishReason, RequestOutput, Usage
 
 if TYPE_CHECKING:
+    from flintlm.api.protocol import ChatMessage
     from flintlm.loading.tokenizer import Tokenizer
 
 router = APIRouter(route_class=AnthropicRoute)
 
 # The API's finish reasons (tool_calls.finish_reason) as Anthropic's stop reasons.
 STOP_REASONS: dict[str, StopReason] = {"stop": "end_turn", "length": "max_tokens",
-                                       "tool_calls": "tool_use"}
+                                       "tool_calls": "tool_use", "content_filter": "refusal"}
 
 
 @router.post("/v1/messages", response_model=None)
@@ -68,7 +70,11 @@ async def create_message(
                               engine.tokenizer.vocab_size)
     key = await serving.admission.authenticate(secret)
     check_model(body.model, engine)
-    prompt_ids = await asyncio.to_thread(render_prompt, engine.tokenizer, body)
+    request_id = f"msg_{uuid.uuid4().hex}"
+    # NOTE: the answer is built from outputs as they come, streamed or not: during_call checks.
+    messages, guard = await guard_messages(serving, key, request_id, body.chat_messages(),
+                                           stream=True, param="messages")
+    prompt_ids = await asyncio.to_thread(render_prompt, engine.tokenizer, body, messages)
     # NOTE: clients ask for max_tokens whatever the model (Claude Code: 32,000). As Anthropic's
     # API does, a request whose max_tokens passes the context window runs up to the window and
     # ends with stop_reason "model_context_window_exceeded"; a prompt that fills it is a 400.
@@ -76,12 +82,11 @@ async def create_message(
     is_window_bound = 0 < room < body.max_tokens
     if is_window_bound:
         params.max_tokens = room
-    request_id = f"msg_{uuid.uuid4().hex}"
     ticket = await admission.admit(key, request_id, [prompt_ids], params, body.end_user,
-                                   prompt_param="messages")
+                                   prompt_param="messages", guard=guard)
     generation = await Generation.start(
         engine, serving.metrics, ticket, request.receive, [prompt_ids], ticket.admitted_params,
-        cache_salt=ticket.cache_salt,
+        cache_salt=ticket.cache_salt, guard=guard,
     )
     encoder = MessageEncoder(request_id, engine.model_name, bool(body.active_tools),
                              is_window_bound=is_window_bound)
@@ -108,10 +113,14 @@ async def unknown_messages_route(path: str) -> Response:
     raise NotFound(f"/v1/messages/{path} is not served by this server")
 
 
-def render_prompt(tokenizer: Tokenizer, body: MessagesRequest) -> list[int]:
-    """The prompt's token ids: the conversation through the chat template, then the text of a
-    final assistant message (prefill), which the answer continues."""
-    prompt_ids = render_chat(tokenizer, body.chat_messages(), tools=body.active_tools)
+def render_prompt(tokenizer: Tokenizer, body: MessagesRequest,
+                  messages: list[ChatMessage] | None = None) -> list[int]:
+    """The prompt's token ids: the conversation (`messages`, as guardrails left them; default
+    `body.chat_messages()`) through the chat template, then the text of a final assistant
+    message (prefill), which the answer continues."""
+    if messages is None:
+        messages = body.chat_messages()
+    prompt_ids = render_chat(tokenizer, messages, tools=body.active_tools)
     if body.prefill:
         prompt_ids += tokenizer.encode(body.prefill, add_special_tokens=False)
     return prompt_ids

@@ -29,6 +29,7 @@ from flintlm.api.deps import (
 )
 from flintlm.api.errors import ClientDisconnected, InvalidParam, NotFound, to_api_error
 from flintlm.api.generation import Generation, raise_if_failed
+from flintlm.api.guarding import guard_chat
 from flintlm.api.prompts import render_chat
 from flintlm.api.responses_input import chat_request, normalize_items
 from flintlm.api.responses_output import Event, ResponseBuilder
@@ -68,14 +69,16 @@ async def create_response(body: ResponsesRequest, request: Request, serving: Ser
     context = await _previous_context(serving, store, key, body.previous_response_id)
     if context:
         chat = chat_request(body, context, items)
+    response_id = f"resp_{uuid.uuid4().hex}"
+    chat, guard = await guard_chat(serving, key, response_id, chat, param="input")
     prompt_ids = await asyncio.to_thread(render_chat, engine.tokenizer, chat.messages,
                                          tools=chat.active_tools)
-    response_id = f"resp_{uuid.uuid4().hex}"
     ticket = await admission.admit(key, response_id, [prompt_ids], params, body.end_user,
-                                   cache_salt=chat.cache_salt, prompt_param="input")
+                                   cache_salt=chat.cache_salt, prompt_param="input",
+                                   guard=guard)
     generation = await Generation.start(
         engine, serving.metrics, ticket, request.receive, [prompt_ids], ticket.admitted_params,
-        priority=chat.priority, cache_salt=ticket.cache_salt)
+        priority=chat.priority, cache_salt=ticket.cache_salt, guard=guard)
     skeleton = _skeleton(response_id, engine.model_name, body)
     skeleton.store = is_stored
     builder = ResponseBuilder(skeleton,
