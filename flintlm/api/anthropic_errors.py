@@ -18,6 +18,7 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flintlm.api.errors import APIError, ClientDisconnected, to_api_error
 from flintlm.engine.request import EngineOverloadedError, InvalidRequestError
@@ -59,6 +60,10 @@ def error_response(exc: BaseException) -> JSONResponse:
 def _api_error(exc: BaseException) -> APIError:
     if isinstance(exc, RequestValidationError):
         return _validation_error(exc)
+    if isinstance(exc, StarletteHTTPException):  # FastAPI's own 4xx, e.g. a body not UTF-8
+        error = APIError(str(exc.detail), headers=dict(exc.headers or {}))
+        error.status_code = exc.status_code
+        return error
     if not isinstance(exc, APIError | InvalidRequestError | EngineOverloadedError):
         logger.error("request failed", exc_info=exc)  # a bug: the client gets a generic 500
     return to_api_error(exc)

@@ -155,20 +155,26 @@ def chat_request(body: ResponsesRequest, context: list[dict[str, Any]],
 
 _CHAT_TO_RESPONSES = [
     (re.compile(r"^messages(\[\d+\])?.*"), "input"),
-    (re.compile(r"^max_completion_tokens"), "max_output_tokens"),
+    (re.compile(r"^max_(completion_)?tokens"), "max_output_tokens"),
     (re.compile(r"^response_format(\.json_schema)?"), "text.format"),
     (re.compile(r"^tools\[(\d+)\]\.function"), r"tools[\1]"),
 ]
 
 
+def responses_param(param: str) -> str:
+    """A chat parameter's name as the Responses client wrote it (`max_tokens` ->
+    `max_output_tokens`, `response_format...` -> `text.format...`)."""
+    for pattern, replacement in _CHAT_TO_RESPONSES:
+        param = pattern.sub(replacement, param)
+    return param
+
+
 def _invalid_param(exc: ValidationError) -> InvalidParam:
     first = exc.errors()[0]
     ctx = first.get("ctx") or {}
-    param = ctx.get("param") or ".".join(
+    param = responses_param(ctx.get("param") or ".".join(
         f"[{p}]" if isinstance(p, int) else str(p) for p in first.get("loc", ())
-    ).replace(".[", "[")
-    for pattern, replacement in _CHAT_TO_RESPONSES:
-        param = pattern.sub(replacement, param)
+    ).replace(".[", "["))
     message = str(first.get("msg", "invalid request"))
     if first.get("type") != "invalid_param":
         message = f"invalid value for {param!r}: {message}"

@@ -409,3 +409,14 @@ def test_a_draining_server_is_overloaded_in_anthropics_terms(fake_server: FakeSe
     assert error.value.status_code == 529
     assert error.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
     assert error.value.response.headers.get("retry-after")
+
+
+def test_a_body_that_is_not_utf8_is_a_400_in_anthropics_envelope(fake_server: FakeServer
+                                                                 ) -> None:
+    """schemathesis found these answered 500: FastAPI's own 400 escaped the envelope."""
+    with fake_server.client() as client:
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            response = client.post(path, content=b'\xd5\xbb\x11\xff"\xfeR',
+                                   headers={"content-type": "application/json"})
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["type"] == "invalid_request_error"

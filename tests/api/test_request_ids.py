@@ -27,7 +27,7 @@ def test_a_sane_client_id_comes_back_on_every_kind_of_response(server: LiveServe
         ("POST", "/v1/chat/completions", _chat(temperature=7), 400, None),
         ("POST", "/v1/chat/completions", _chat(), 401, "wrong-key"),
         ("GET", "/v1/no-such-route", None, 404, None),
-        ("GET", "/v1/chat/completions", None, 405, None),
+        ("PUT", "/v1/chat/completions", None, 405, None),
         ("GET", "/health", None, 200, None),
         ("GET", "/metrics", None, 200, None),
     ]

@@ -10,10 +10,11 @@ client hears it is done, so a `previous_response_id` right after it finds it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -31,7 +32,7 @@ from flintlm.api.errors import ClientDisconnected, InvalidParam, NotFound, to_ap
 from flintlm.api.generation import Generation, raise_if_failed
 from flintlm.api.guarding import guard_chat
 from flintlm.api.prompts import render_chat
-from flintlm.api.responses_input import chat_request, normalize_items
+from flintlm.api.responses_input import chat_request, normalize_items, responses_param
 from flintlm.api.responses_output import Event, ResponseBuilder
 from flintlm.api.responses_protocol import (
     DeletedResponse,
@@ -40,6 +41,7 @@ from flintlm.api.responses_protocol import (
     ResponsesRequest,
 )
 from flintlm.api.streaming import SSEResponse
+from flintlm.engine.request import InvalidRequestError
 from flintlm.platform.capture import CaptureMode, effective_mode
 from flintlm.platform.keys import KeyRecord
 from flintlm.platform.response_store import ResponseStore, StoredResponse
@@ -62,7 +64,8 @@ async def create_response(body: ResponsesRequest, request: Request, serving: Ser
     # NOTE: the parameters do not depend on a previous response's items, which need the key.
     items = normalize_items(body.input)
     chat = chat_request(body, [], items)
-    params = await checked_params(chat, serving.config.limits, engine.tokenizer.vocab_size)
+    with _named_for_responses():
+        params = await checked_params(chat, serving.config.limits, engine.tokenizer.vocab_size)
     key = await serving.admission.authenticate(secret)
     check_model(body.model, engine)
     is_stored = _is_stored(serving, key, body)
@@ -73,9 +76,10 @@ async def create_response(body: ResponsesRequest, request: Request, serving: Ser
     chat, guard = await guard_chat(serving, key, response_id, chat, param="input")
     prompt_ids = await asyncio.to_thread(render_chat, engine.tokenizer, chat.messages,
                                          tools=chat.active_tools)
-    ticket = await admission.admit(key, response_id, [prompt_ids], params, body.end_user,
-                                   cache_salt=chat.cache_salt, prompt_param="input",
-                                   guard=guard)
+    with _named_for_responses():
+        ticket = await admission.admit(key, response_id, [prompt_ids], params, body.end_user,
+                                       cache_salt=chat.cache_salt, prompt_param="input",
+                                       guard=guard)
     generation = await Generation.start(
         engine, serving.metrics, ticket, request.receive, [prompt_ids], ticket.admitted_params,
         priority=chat.priority, cache_salt=ticket.cache_salt, guard=guard)
@@ -100,6 +104,16 @@ async def create_response(body: ResponsesRequest, request: Request, serving: Ser
     builder.close(results[0].finish_reason, generation.usage)
     await keep(builder.response)
     return Response(builder.response.model_dump_json(), media_type="application/json")
+
+
+@contextlib.contextmanager
+def _named_for_responses() -> Iterator[None]:
+    """Chat's checks raise with chat's parameter names; the client wrote Responses' ones."""
+    try:
+        yield
+    except (InvalidParam, InvalidRequestError) as exc:
+        exc.param = exc.param and responses_param(exc.param)
+        raise
 
 
 def _is_stored(serving: Serving, key: KeyRecord, body: ResponsesRequest) -> bool:
