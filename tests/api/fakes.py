@@ -31,7 +31,7 @@ class FakeTokenizer:
     vocab_size = 260
     eos_token_ids = frozenset({EOS})
     bos_token_id = None
-    num_calls_on_event_loop = 0  # encode and render calls that ran on the event loop's thread
+    num_calls_on_event_loop = 0  # encode, decode and render calls that ran on the event loop's thread
 
     def _note_thread(self) -> None:
         try:
@@ -45,6 +45,7 @@ class FakeTokenizer:
         return list(text.encode())
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        self._note_thread()
         return bytes(i for i in ids if i < 256).decode(errors="replace")
 
     def id_to_token(self, token_id: int) -> str:

@@ -212,12 +212,13 @@ def test_a_full_queue_is_a_503_with_retry_after_and_a_rejected_row(
 
 def test_rendering_and_tokenizing_run_off_the_event_loop(fake_server: FakeServer) -> None:
     """A huge prompt must not stall every other stream: the template and the tokenizer run on
-    worker threads, for chat, completions and /tokenize alike."""
+    worker threads, for chat, completions, /tokenize and /detokenize alike."""
     tokenizer = fake_server.engine.tokenizer
     before = tokenizer.num_calls_on_event_loop
     with fake_server.client() as client:
         for path, body in [("/v1/chat/completions", {"messages": USER, "max_tokens": 1}),
                            ("/v1/completions", {"prompt": ["x", "y"], "max_tokens": 1}),
-                           ("/tokenize", {"messages": USER}), ("/tokenize", {"prompt": "x"})]:
+                           ("/tokenize", {"messages": USER}), ("/tokenize", {"prompt": "x"}),
+                           ("/detokenize", {"tokens": [104, 105]})]:
             assert client.post(path, json=body).status_code == 200
     assert tokenizer.num_calls_on_event_loop == before

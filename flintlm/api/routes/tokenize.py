@@ -46,4 +46,6 @@ async def detokenize(body: DetokenizeRequest, engine: EngineDep, _: AuthedKey
     if bad:
         raise InvalidParam(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})",
                            param="tokens")
-    return DetokenizeResponse(prompt=engine.tokenizer.decode(body.tokens))
+    # off the event loop, as /tokenize encodes: a long id list would stall every stream
+    text = await asyncio.to_thread(engine.tokenizer.decode, body.tokens)
+    return DetokenizeResponse(prompt=text)
