@@ -31,7 +31,7 @@ class FakeTokenizer:
     vocab_size = 260
     eos_token_ids = frozenset({EOS})
     bos_token_id = None
-    num_calls_on_event_loop = 0  # encode, decode and render calls that ran on the event loop's thread
+    num_calls_on_event_loop = 0  # encode, decode and render calls run on the event loop's thread
 
     def _note_thread(self) -> None:
         try:
