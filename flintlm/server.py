@@ -49,11 +49,13 @@ from flintlm.api.routes import (
     messages,
     models,
     moderations,
+    request_log,
     responses,
     stored_completions,
     tokenize,
     usage,
 )
+from flintlm.console import live as console_live
 from flintlm.observability.logging import configure as configure_logging
 from flintlm.observability.metrics import Metrics
 
@@ -107,8 +109,9 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission,
     app.add_middleware(BodyTooLarge, max_body_bytes=config.limits.max_body_bytes)
     app.add_middleware(RequestIds)  # outermost of the app's own: its errors carry the id too
     for module in (chat, stored_completions, completions, responses, messages, moderations,
-                   models, tokenize, usage, admin, health):
+                   models, tokenize, usage, request_log, admin, health):
         app.include_router(module.router)
+    app.include_router(console_live.router)
     return app
 
 

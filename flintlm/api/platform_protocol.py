@@ -1,4 +1,5 @@
-"""Wire models of the platform's own endpoints (`/admin/keys`, `/admin/usage`, `/v1/usage`).
+"""Wire models of the platform's own endpoints (`/admin/keys`, `/admin/usage`, `/v1/usage`,
+`/admin/requests`, `/v1/usage/requests`).
 
 Kept apart from `protocol.py`, which is OpenAI's format. Times go out as ISO 8601 UTC ("...Z"),
 money as decimal strings (exact, unlike JSON numbers). A key's secret appears only in
@@ -19,7 +20,7 @@ from flintlm.platform.tables import parse_db_time
 
 if TYPE_CHECKING:
     from flintlm.platform.keys import KeyRecord, NewKey
-    from flintlm.platform.ledger import GroupBy, UsageRow
+    from flintlm.platform.ledger import EventPage, GroupBy, UsageEvent, UsageRow
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -182,3 +183,46 @@ def usage_report(window: tuple[datetime, datetime], group_by: list[GroupBy],
                  rows: list[UsageRow]) -> UsageReport:
     return UsageReport(start=iso(window[0]) or "", end=iso(window[1]) or "",
                        group_by=list(group_by), data=[UsageEntry.of(row) for row in rows])
+
+
+class RequestLogEntry(BaseModel):
+    """One ledger row: a request as it was settled (billed), whatever ended it."""
+
+    id: str  # the request id the response carried (chatcmpl-..., msg_..., ...)
+    key_id: str
+    model: str
+    status: str  # finished | aborted | failed | rejected
+    error_code: str | None
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    queue_time_s: float | None
+    ttft_s: float | None
+    total_time_s: float | None
+    cost_usd: str
+    created_at: str
+
+    @classmethod
+    def of(cls, event: UsageEvent) -> RequestLogEntry:
+        return cls(id=event.request_id, key_id=event.key_id, model=event.model,
+                   status=str(event.status), error_code=event.error_code,
+                   prompt_tokens=event.prompt_tokens, cached_tokens=event.cached_tokens,
+                   completion_tokens=event.completion_tokens, total_tokens=event.total_tokens,
+                   queue_time_s=event.queue_time_s, ttft_s=event.ttft_s,
+                   total_time_s=event.total_time_s, cost_usd=f"{event.cost_usd:f}",
+                   created_at=iso(event.created_at) or "")
+
+
+class RequestLog(BaseModel):
+    """A page of the log, newest first; pass `last_id` as `before` for the next one."""
+
+    object: Literal["list"] = "list"
+    data: list[RequestLogEntry]
+    last_id: str | None
+    has_more: bool
+
+    @classmethod
+    def of(cls, page: EventPage) -> RequestLog:
+        data = [RequestLogEntry.of(event) for event in page.events]
+        return cls(data=data, last_id=data[-1].id if data else None, has_more=page.has_more)

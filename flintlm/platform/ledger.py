@@ -7,9 +7,10 @@ Events leave the buffer only after their transaction commits; a failed write is 
 `flush()` and `close()` drain the buffer: call `close()` at shutdown (on SIGTERM).
 
 Public API:
-    UsageStatus, UsageEvent, UsageTotals, UsageRow, GroupBy
+    UsageStatus, UsageEvent, UsageTotals, UsageRow, GroupBy, EventFilter, EventPage, UnknownEvent
     Ledger(db, flush_interval_s=, max_buffered=, clock=): record(event) -> bool, flush() -> int,
-        close(), get(request_id), totals_since(key_id, start), usage(start, end, key_id=, group_by=)
+        close(), get(request_id), totals_since(key_id, start),
+        usage(start, end, key_id=, group_by=), events(selection, limit=, before=) -> EventPage
 """
 
 from __future__ import annotations
@@ -96,6 +97,27 @@ class UsageRow:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which rows `Ledger.events` lists; None means any. Times are naive UTC, `[start, end)`."""
+
+    key_id: str | None = None
+    model: str | None = None
+    status: UsageStatus | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class EventPage:
+    events: list[UsageEvent]  # newest first
+    has_more: bool
+
+
+class UnknownEvent(LookupError):
+    """`before` names no row that the listing's filter lets through."""
 
 
 class Ledger:
@@ -252,6 +274,40 @@ class Ledger:
                 cost_usd=nanos_to_usd(int(cost)),
             ))
         return rows
+
+    def events(self, selection: EventFilter, *, limit: int = 50, before: str | None = None
+               ) -> EventPage:
+        """A page of rows matching `selection`, newest first: `limit` of those older than the row
+        whose request id is `before` (the last one of the previous page). Flushes first.
+
+        Raises:
+            UnknownEvent: `before` is not a row that `selection` matches.
+        """
+        row = UsageEventRow
+        query = sa.select(row)
+        if selection.key_id is not None:
+            query = query.where(row.key_id == selection.key_id)
+        if selection.model is not None:
+            query = query.where(row.model == selection.model)
+        if selection.status is not None:
+            query = query.where(row.status == UsageStatus(selection.status).value)
+        if selection.start is not None:
+            query = query.where(row.created_at >= selection.start)
+        if selection.end is not None:
+            query = query.where(row.created_at < selection.end)
+        self.flush()
+        with self._db.session() as session:
+            if before is not None:
+                # NOTE: the cursor is looked up under the same filter, so a key cannot learn
+                # whether another key's request id exists.
+                cursor = session.execute(query.with_only_columns(row.created_at, row.id)
+                                         .where(row.request_id == before)).one_or_none()
+                if cursor is None:
+                    raise UnknownEvent(before)
+                query = query.where(sa.tuple_(row.created_at, row.id) < tuple(cursor))
+            query = query.order_by(row.created_at.desc(), row.id.desc()).limit(limit + 1)
+            found = [_to_event(result) for result in session.scalars(query)]
+        return EventPage(found[:limit], len(found) > limit)
 
     def _run(self) -> None:
         while not self._closed.is_set():
