@@ -55,7 +55,7 @@ from flintlm.api.routes import (
     tokenize,
     usage,
 )
-from flintlm.console import live as console_live
+from flintlm.console import api as console_api
 from flintlm.observability.logging import configure as configure_logging
 from flintlm.observability.metrics import Metrics
 
@@ -111,7 +111,7 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission,
     for module in (chat, stored_completions, completions, responses, messages, moderations,
                    models, tokenize, usage, request_log, admin, health):
         app.include_router(module.router)
-    app.include_router(console_live.router)
+    app.include_router(console_api.router)
     return app
 
 

@@ -94,6 +94,7 @@ class CompletionFilter:
     key_id: str | None = None
     model: str | None = None
     since: datetime | None = None  # naive UTC, inclusive
+    tenant_id: str | None = None
 
 
 class UnknownCursor(LookupError):
@@ -226,7 +227,7 @@ class CompletionStore:
                ) -> Iterator[StoredCompletion]:
         """Every live completion matching `selection`, oldest first, read in batches."""
         row = StoredCompletionRow
-        query = self._live(None)
+        query = self._live(selection.tenant_id)
         if selection.key_id is not None:
             query = query.where(row.key_id == selection.key_id)
         if selection.model is not None:

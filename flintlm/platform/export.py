@@ -46,15 +46,20 @@ class ExportOptions:
     selection: CompletionFilter = dataclasses.field(default_factory=CompletionFilter)
 
 
+def export_lines(store: CompletionStore, options: ExportOptions,
+                 redact: Redactor = keep_as_is) -> Iterator[dict[str, Any]]:
+    """The export's lines, read from the store as they are consumed."""
+    completions = (_redacted(stored, redact) for stored in store.select(options.selection))
+    if options.format is ExportFormat.PREFERENCE:
+        return preference_pairs(completions, options.min_rating)
+    return chat_examples(completions, options.min_rating)
+
+
 def export_jsonl(store: CompletionStore, path: Path, options: ExportOptions,
                  redact: Redactor = keep_as_is) -> int:
     """Write the export to `path` (whole or not at all: written aside, then renamed); returns
     the number of lines."""
-    completions = (_redacted(stored, redact) for stored in store.select(options.selection))
-    if options.format is ExportFormat.PREFERENCE:
-        lines: Iterable[dict[str, Any]] = preference_pairs(completions, options.min_rating)
-    else:
-        lines = chat_examples(completions, options.min_rating)
+    lines = export_lines(store, options, redact)
     partial = path.with_name(path.name + ".part")
     num_lines = 0
     with partial.open("w", encoding="utf-8") as out:

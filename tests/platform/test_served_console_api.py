@@ -1,9 +1,11 @@
-"""The request log and the console's live snapshot through a real server, on SQLite and
-PostgreSQL: a request made with the openai SDK is listed under the id the SDK got, a key sees
-only its own, the admin everyone's, filters and pages hold, and who may read what."""
+"""The console's APIs through a real server, on SQLite and PostgreSQL: the request log (a request
+made with the openai SDK is listed under the id the SDK got, a key sees only its own, the admin
+everyone's, filters and pages hold), the live snapshot, and the data export of a rated stored
+completion, each with who may read what."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -95,3 +97,32 @@ def test_the_live_snapshot_is_the_operators(served: PlatformServer,
         assert http.get("/console/api/live").status_code == 403
     with served.admin("wrong") as stranger:
         assert stranger.get("/console/api/live").status_code == 401
+
+
+def test_a_rated_stored_completion_exports_for_its_tenant_only(served: PlatformServer,
+                                                               made: dict[str, list[str]]) -> None:
+    alice, bob = keys(served)
+    assert alice.tenant_id != bob.tenant_id
+    # A cut-off answer is never exported: stop greedy decoding at a text it is known to write.
+    text = served.openai(alice).chat.completions.create(**CHAT).choices[0].message.content
+    assert text and text.strip()
+    answer = served.openai(alice).chat.completions.create(**CHAT, store=True,
+                                                          stop=[text.strip()[-1]])
+    assert answer.choices[0].finish_reason == "stop"
+    with served.http(alice) as http:
+        listed = http.get("/v1/chat/completions", params={"order": "desc"}).json()["data"]
+        assert [item["id"] for item in listed] == [answer.id]
+        unrated = http.get("/console/api/data/export", params={"min_rating": 1}).text
+        rated = http.post(f"/v1/chat/completions/{answer.id}",
+                          json={"metadata": {"rating": "1"}})
+        exported = http.get("/console/api/data/export", params={"min_rating": 1})
+        bad = http.get("/console/api/data/export", params={"format": "csv"})
+    assert unrated == "" and rated.status_code == 200
+    assert exported.headers["content-type"].startswith("application/jsonl")
+    lines = [json.loads(line) for line in exported.text.splitlines()]
+    assert len(lines) == 1
+    assert lines[0]["messages"][-1] == {"role": "assistant",
+                                        "content": answer.choices[0].message.content}
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "format"
+    with served.http(bob) as http:
+        assert http.get("/console/api/data/export").text == ""
