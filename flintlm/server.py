@@ -49,11 +49,15 @@ from flintlm.api.routes import (
     messages,
     models,
     moderations,
+    prices,
     responses,
     stored_completions,
     tokenize,
     usage,
 )
+from flintlm.console import routes as console_routes
+from flintlm.console.routes import ConsoleHeaders
+from flintlm.console.session import ConsoleSessions
 from flintlm.observability.logging import configure as configure_logging
 from flintlm.observability.metrics import Metrics
 
@@ -84,7 +88,8 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission,
         moderator = build_moderator(config)
     serving = ServingState(config, engine, Metrics(engine.stats, engine.model_name), admission,
                            created=int(time.time()),
-                           guardrails=build_guardrails(config, moderator))
+                           guardrails=build_guardrails(config, moderator),
+                           console_sessions=ConsoleSessions() if config.server.console else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -107,8 +112,11 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission,
     app.add_middleware(BodyTooLarge, max_body_bytes=config.limits.max_body_bytes)
     app.add_middleware(RequestIds)  # outermost of the app's own: its errors carry the id too
     for module in (chat, stored_completions, completions, responses, messages, moderations,
-                   models, tokenize, usage, admin, health):
+                   models, tokenize, usage, prices, admin, health):
         app.include_router(module.router)
+    if config.server.console:
+        app.include_router(console_routes.router)
+        app.add_middleware(ConsoleHeaders)  # outside RequestIds: its errors get the headers too
     return app
 
 
