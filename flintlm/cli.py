@@ -135,6 +135,7 @@ def serve(
     api_key: Annotated[str | None, _opt("api_key")] = None,
     drain_timeout_s: Annotated[float | None, _opt("drain_timeout_s")] = None,
     log_level: Annotated[str | None, _opt("log_level")] = None,
+    console: Annotated[bool | None, _opt("console")] = None,
     max_body_bytes: Annotated[str | None, _opt("max_body_bytes")] = None,
     max_prompts: Annotated[int | None, _opt("max_prompts")] = None,
     max_n: Annotated[int | None, _opt("max_n")] = None,

@@ -139,6 +139,9 @@ class ServerConfig:
     log_format: str = "text"
     """Log records as text lines or json (one object per line: time, level, logger, request_id,
     message)."""
+    console: bool = True
+    """Serve the web console at /console (sign in with an API key or the admin key); off with
+    --no-console."""
 
     def __post_init__(self) -> None:
         if self.log_format not in ("text", "json"):

@@ -49,6 +49,7 @@ from flintlm.api.routes import (
     messages,
     models,
     moderations,
+    prices,
     request_log,
     responses,
     stored_completions,
@@ -56,6 +57,9 @@ from flintlm.api.routes import (
     usage,
 )
 from flintlm.console import api as console_api
+from flintlm.console import routes as console_routes
+from flintlm.console.routes import ConsoleHeaders
+from flintlm.console.session import ConsoleSessions
 from flintlm.observability.logging import configure as configure_logging
 from flintlm.observability.metrics import Metrics
 
@@ -86,7 +90,8 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission,
         moderator = build_moderator(config)
     serving = ServingState(config, engine, Metrics(engine.stats, engine.model_name), admission,
                            created=int(time.time()),
-                           guardrails=build_guardrails(config, moderator))
+                           guardrails=build_guardrails(config, moderator),
+                           console_sessions=ConsoleSessions() if config.server.console else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -109,9 +114,12 @@ def build_app(config: FlintConfig, engine: AsyncEngine, admission: Admission,
     app.add_middleware(BodyTooLarge, max_body_bytes=config.limits.max_body_bytes)
     app.add_middleware(RequestIds)  # outermost of the app's own: its errors carry the id too
     for module in (chat, stored_completions, completions, responses, messages, moderations,
-                   models, tokenize, usage, request_log, admin, health):
+                   models, tokenize, usage, prices, request_log, admin, health):
         app.include_router(module.router)
-    app.include_router(console_api.router)
+    if config.server.console:
+        app.include_router(console_routes.router)
+        app.include_router(console_api.router)
+        app.add_middleware(ConsoleHeaders)  # outside RequestIds: its errors get the headers too
     return app
 
 
