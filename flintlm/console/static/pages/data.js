@@ -24,6 +24,13 @@ async function showPrompt(ctx, completionId, target) {
     el("span", { class: "role" }, message.role), el("pre", {}, message.content || ""))));
 }
 
+function metadataList(metadata) {
+  const pairs = Object.entries(metadata || {}).filter(([name]) => name !== "rating");
+  if (!pairs.length) return null;
+  return el("dl", { class: "metadata", "data-testid": "metadata" },
+            pairs.map(([name, value]) => [el("dt", {}, name), el("dd", {}, value)]));
+}
+
 function card(ctx, completion, onRated) {
   const created = new Date(completion.created * 1000).toISOString();
   const rating = completion.metadata && completion.metadata.rating;
@@ -52,6 +59,7 @@ function card(ctx, completion, onRated) {
     el("header", {}, el("span", { class: "mono" }, completion.id),
        el("span", {}, completion.model), el("span", {}, fmtTime(created)), ratingLine),
     el("pre", { class: "answer", "data-testid": "answer" }, answerOf(completion)),
+    metadataList(completion.metadata),
     details,
     el("div", { class: "actions" }, RATINGS.map(({ value, label, testid }) =>
       el("button", { type: "button", "data-testid": testid, onclick: () => rate(value),
