@@ -33,14 +33,24 @@ function frame(title, testid, total, width, height) {
   }, svg("title", {}, title));
 }
 
-function yAxis(root, maxValue, format, plotHeight) {
+/** An axis tick: short, and exact enough for the small fractions a tick can be. */
+export function tickLabel(value) {
+  if (value === 0) return "0";
+  if (Math.abs(value) >= 1000) {
+    return new Intl.NumberFormat("en-US", { notation: "compact" }).format(value);
+  }
+  if (Math.abs(value) >= 1) return String(Math.round(value * 100) / 100);
+  return String(Number(value.toPrecision(2)));
+}
+
+function yAxis(root, maxValue, unit, plotHeight) {
   const axis = svg("g", { class: "axis" });
   for (const fraction of [0, 0.5, 1]) {
     const y = MARGIN.top + plotHeight * (1 - fraction);
     axis.append(
       svg("line", { x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: y, y2: y, class: "grid" }),
       svg("text", { x: MARGIN.left - 6, y: y + 4, "text-anchor": "end" },
-          format(maxValue * fraction)));
+          `${unit}${tickLabel(maxValue * fraction)}`));
   }
   root.append(axis);
 }
@@ -68,17 +78,17 @@ function legend(series) {
  * Stacked bars, one per label.
  * @param {{title: string, testid: string, labels: string[],
  *          series: {name: string, key?: string, values: number[]}[],
- *          format?: (n: number) => string}} spec
+ *          format?: (n: number) => string, unit?: string}} spec
  * @returns {HTMLElement} a <figure> holding the <svg> and its legend
  */
-export function barChart({ title, testid, labels, series, format = String }) {
+export function barChart({ title, testid, labels, series, format = String, unit = "" }) {
   const totals = labels.map((_, i) => sum(series.map((s) => s.values[i])));
   const total = sum(series.map((s) => sum(s.values)));
   const root = frame(title, testid, total, WIDTH, HEIGHT);
   const plotWidth = WIDTH - MARGIN.left - MARGIN.right;
   const plotHeight = HEIGHT - MARGIN.top - MARGIN.bottom;
   const maxValue = niceMax(Math.max(0, ...totals));
-  yAxis(root, maxValue, format, plotHeight);
+  yAxis(root, maxValue, unit, plotHeight);
   const slot = plotWidth / Math.max(labels.length, 1);
   const barWidth = Math.max(1, slot * 0.7);
   const stackedHeights = labels.map(() => 0);
@@ -106,16 +116,16 @@ export function barChart({ title, testid, labels, series, format = String }) {
  * Lines over a shared x axis (the live page's history).
  * @param {{title: string, testid: string, labels: string[],
  *          series: {name: string, key?: string, values: (number|null)[]}[],
- *          format?: (n: number) => string}} spec
+ *          format?: (n: number) => string, unit?: string}} spec
  */
-export function lineChart({ title, testid, labels, series, format = String }) {
+export function lineChart({ title, testid, labels, series, format = String, unit = "" }) {
   const total = sum(series.map((s) => sum(s.values)));
   const root = frame(title, testid, total, WIDTH, HEIGHT);
   const plotWidth = WIDTH - MARGIN.left - MARGIN.right;
   const plotHeight = HEIGHT - MARGIN.top - MARGIN.bottom;
   const values = series.flatMap((s) => s.values).filter((v) => v !== null && v !== undefined);
   const maxValue = niceMax(Math.max(0, ...values));
-  yAxis(root, maxValue, format, plotHeight);
+  yAxis(root, maxValue, unit, plotHeight);
   const slot = plotWidth / Math.max(labels.length, 1);
   series.forEach((s, seriesIndex) => {
     const group = svg("g", { class: `line ${seriesClass(seriesIndex)}`,

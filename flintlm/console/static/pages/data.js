@@ -6,8 +6,8 @@ import { clear, el } from "../dom.js";
 import { download, errorText, field, fmtTime } from "../format.js";
 
 const PAGE_SIZE = 20;
-const RATINGS = [{ value: "1", label: "👍 good", testid: "rate-up" },
-                 { value: "-1", label: "👎 bad", testid: "rate-down" }];
+const RATINGS = [{ value: "1", label: "+1 good", testid: "rate-up" },
+                 { value: "-1", label: "−1 bad", testid: "rate-down" }];
 
 const answerOf = (completion) => (completion.choices || [])
   .map((choice) => (choice.message && choice.message.content) || "").join("\n---\n");
@@ -32,7 +32,7 @@ function metadataList(metadata) {
 }
 
 function card(ctx, completion, onRated) {
-  const created = new Date(completion.created * 1000).toISOString();
+  const created = `${new Date(completion.created * 1000).toISOString().slice(0, 19)}Z`;
   const rating = completion.metadata && completion.metadata.rating;
   const ratingLine = el("span", { class: "rating", "data-testid": "rating" },
                         rating === undefined ? "unrated" : `rated ${rating}`);

@@ -48,8 +48,8 @@ export default {
       el("div", { class: "tiles" }, Object.values(tiles).map((t) => t.node)),
       el("h3", {}, "Latency over the last minute"),
       el("table", { class: "grid-table", "data-testid": "live-latency" },
-         el("thead", {}, el("tr", {}, ["", "p50", "p90", "p99", "requests"].map(
-           (name) => el("th", {}, name)))), latency),
+         el("thead", {}, el("tr", {}, el("th", {}), ["p50", "p90", "p99", "requests"].map(
+           (name) => el("th", { class: "num" }, name)))), latency),
       chart);
 
     const history = { labels: [], computed: [], running: [], waiting: [] };

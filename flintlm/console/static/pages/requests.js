@@ -8,8 +8,8 @@ import {
 
 const STATUSES = ["", "finished", "aborted", "failed", "rejected"];
 const PAGE_SIZES = [25, 50, 100, 200];
-const COLUMNS = ["time (UTC)", "request id", "key", "model", "status", "input", "cached",
-                 "output", "TTFT", "total", "cost"];
+const COLUMNS = ["time (UTC)", "request id", "key", "model", "status"];
+const NUMBER_COLUMNS = ["input", "cached", "output", "TTFT", "total", "cost"];
 
 function row(entry, isAdmin) {
   const status = entry.error_code ? `${entry.status} (${entry.error_code})` : entry.status;
@@ -107,7 +107,9 @@ export default {
       el("h2", {}, isAdmin ? "Request log (every key)" : "Your requests"), form, status,
       el("div", { class: "table-scroll" },
          el("table", { class: "grid-table", "data-testid": "log-table" },
-            el("thead", {}, el("tr", {}, COLUMNS.map((name) => el("th", {}, name)))), body)),
+            el("thead", {}, el("tr", {}, COLUMNS.map((name) => el("th", {}, name)),
+                                 NUMBER_COLUMNS.map((name) => el("th", { class: "num" }, name)))),
+            body)),
       el("div", { class: "pager" }, newer, older));
     fromNewest();
   },

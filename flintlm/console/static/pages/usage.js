@@ -40,13 +40,15 @@ function charts(entries, groupBy) {
                  { name: "output", key: "output", values: column((r) => r.completion_tokens) },
                ] }),
     barChart({ title: `Cost (USD) by ${groupBy}`, testid: "chart-cost", labels, format: fmtUsd,
+               unit: "$",
                series: [{ name: "cost", values: column((r) => Number(r.cost_usd)) }] }),
   ];
 }
 
 function table(entries, groupBy) {
-  const head = el("tr", {}, [groupBy, "requests", "input", "cached input", "output", "total",
-                             "cost"].map((name) => el("th", {}, name)));
+  const head = el("tr", {}, el("th", {}, groupBy), ["requests", "input", "cached input",
+                             "output", "total", "cost"].map((name) => el("th", { class: "num" },
+                                                                          name)));
   const body = entries.filter((entry) => entry.row.num_requests > 0).map(({ label, row }) =>
     el("tr", {}, el("td", {}, label), el("td", { class: "num" }, fmtInt(row.num_requests)),
        el("td", { class: "num" }, fmtInt(row.prompt_tokens)),
