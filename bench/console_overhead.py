@@ -72,7 +72,7 @@ class ConsoleLoad:
     def _run(self) -> None:
         try:
             self._browser() if self.kind == "browser" else self._http()
-        except Exception as error:  # reported by running()
+        except Exception as error:  # noqa: BLE001 - re-raised by running() on the main thread
             self.error = error
             self.ready.set()
 
