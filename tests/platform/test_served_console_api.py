@@ -92,7 +92,7 @@ def test_the_live_snapshot_is_the_operators(served: PlatformServer,
     assert after["kv_blocks_total"] > 0 and 0 <= after["kv_cache_usage"] <= 1
     # NOTE: one request in the window, unless this machine took over a minute to answer it.
     assert after["ttft_s"]["count"] == 1 and after["e2e_s"]["count"] == 1
-    assert after["ttft_s"]["p50"] > 0 and after["num_running"] == 0
+    assert after["ttft_s"]["p50"] > 0
     with served.http(alice) as http:
         assert http.get("/console/api/live").status_code == 403
     with served.admin("wrong") as stranger:

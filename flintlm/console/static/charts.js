@@ -5,10 +5,12 @@
 
 import { el, svg } from "./dom.js";
 
-const WIDTH = 640;
-const HEIGHT = 220;
-const MARGIN = { top: 12, right: 12, bottom: 44, left: 64 };
-const MAX_X_LABELS = 12;
+// Near the size a chart is shown at, so its text is drawn at about the page's size.
+const WIDTH = 440;
+const HEIGHT = 200;
+const MARGIN = { top: 12, right: 8, bottom: 30, left: 72 };
+const MAX_BAR_WIDTH = 56;
+const MAX_X_LABELS = 8;
 
 /** The series colours, as classes styled in views.css (inline styles are refused by the CSP). */
 const seriesClass = (index) => `series-${index % 6}`;
@@ -90,7 +92,7 @@ export function barChart({ title, testid, labels, series, format = String, unit 
   const maxValue = niceMax(Math.max(0, ...totals));
   yAxis(root, maxValue, unit, plotHeight);
   const slot = plotWidth / Math.max(labels.length, 1);
-  const barWidth = Math.max(1, slot * 0.7);
+  const barWidth = Math.min(MAX_BAR_WIDTH, Math.max(1, slot * 0.7));
   const stackedHeights = labels.map(() => 0);
   series.forEach((s, seriesIndex) => {
     const group = svg("g", { class: seriesClass(seriesIndex), "data-series": s.key || s.name,

@@ -46,8 +46,8 @@ function charts(entries, groupBy) {
 }
 
 function table(entries, groupBy) {
-  const head = el("tr", {}, el("th", {}, groupBy), ["requests", "input", "cached input",
-                             "output", "total", "cost"].map((name) => el("th", { class: "num" },
+  const head = el("tr", {}, el("th", {}, groupBy), ["requests", "input (all)",
+                             "cached input", "output", "total", "cost"].map((name) => el("th", { class: "num" },
                                                                           name)));
   const body = entries.filter((entry) => entry.row.num_requests > 0).map(({ label, row }) =>
     el("tr", {}, el("td", {}, label), el("td", { class: "num" }, fmtInt(row.num_requests)),
