@@ -147,6 +147,13 @@ def test_admin_creates_a_key_and_revokes_it(console_server: ConsoleServer, page:
     with pytest.raises(openai.AuthenticationError, match="revoked"):
         client.chat.completions.create(
             model="default", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+
+    page.get_by_test_id("logout").click()
+    page.get_by_test_id("signin").wait_for()
+    page.reload()  # the session is gone on the server, not just hidden
+    page.get_by_test_id("signin").wait_for()
+    assert page.get_by_test_id("nav").is_hidden()
+    assert not any(console_server.admin_key in url for url in page_events.request_urls)
     assert page_events.page_errors == [] and page_events.dialogs == []
 
 
