@@ -114,6 +114,26 @@ def test_a_key_signs_in_and_streams_an_answer(console_server: ConsoleServer, pag
     assert page_events.page_errors == [] and page_events.dialogs == []
 
 
+def test_another_origin_cannot_call_the_api_with_the_session(console_server: ConsoleServer,
+                                                             page: Page) -> None:
+    key = console_server.create_key("cross-origin")
+    sign_in(page, console_server.base_url, key.secret)
+    same_origin = page.evaluate("""async () => (await fetch('/v1/usage', {
+        credentials: 'same-origin', headers: {'x-flintlm-console': '1'}})).status""")
+    assert same_origin == 200
+    other = page.context.new_page()  # same browser profile, so the cookie jar is shared
+    other.goto("about:blank")
+    outcome = other.evaluate("""async (url) => {
+        try {
+            const response = await fetch(url, {credentials: 'include',
+                                               headers: {'x-flintlm-console': '1'}});
+            return 'status ' + response.status;
+        } catch (error) { return error.name; }
+    }""", f"{console_server.base_url}/v1/usage")
+    assert outcome == "TypeError"  # the preflight the header forces is never approved
+    other.close()
+
+
 def test_admin_creates_a_key_and_revokes_it(console_server: ConsoleServer, page: Page,
                                             page_events: PageEvents) -> None:
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
