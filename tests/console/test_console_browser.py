@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import openai
@@ -43,7 +45,7 @@ def _ask(page: Page, text: str) -> None:
 
 
 def test_a_key_signs_in_and_streams_an_answer(console_server: ConsoleServer, page: Page,
-                                              page_events: PageEvents) -> None:
+                                              page_events: PageEvents, tmp_path: Path) -> None:
     key = console_server.create_key("playground")
     page.goto(f"{console_server.base_url}/console")
     page.get_by_test_id("signin").wait_for()
@@ -90,8 +92,46 @@ def test_a_key_signs_in_and_streams_an_answer(console_server: ConsoleServer, pag
                          timeout=HANG_TIMEOUT_S, env={**os.environ, "FLINTLM_API_KEY": key.secret})
     assert run.returncode == 0, run.stderr
     assert "completion_tokens=" in run.stdout  # it streamed and got the usage chunk
+    page.get_by_test_id("pg-code-tab-curl").click()
+    curl = page.get_by_test_id("pg-code").inner_text()
+    assert curl.startswith("curl ") and key.secret not in curl
+    if shutil.which("curl"):
+        run = subprocess.run(["bash", "-c", curl], capture_output=True, text=True,
+                             timeout=HANG_TIMEOUT_S,
+                             env={**os.environ, "FLINTLM_API_KEY": key.secret})
+        assert run.returncode == 0, run.stderr
+        assert '"completion_tokens"' in run.stdout and "data: [DONE]" in run.stdout
+    page.get_by_test_id("pg-code-tab-javascript").click()
+    javascript = page.get_by_test_id("pg-code").inner_text()
+    assert "process.env.FLINTLM_API_KEY" in javascript and key.secret not in javascript
+    if shutil.which("node"):  # the `openai` npm package is not here: its syntax, at least
+        script = tmp_path / "chat.mjs"
+        script.write_text(javascript)
+        check = subprocess.run(["node", "--check", str(script)], capture_output=True, text=True,
+                               timeout=HANG_TIMEOUT_S)
+        assert check.returncode == 0, check.stderr
     assert not any(key.secret in url for url in page_events.request_urls)
     assert page_events.page_errors == [] and page_events.dialogs == []
+
+
+def test_another_origin_cannot_call_the_api_with_the_session(console_server: ConsoleServer,
+                                                             page: Page) -> None:
+    key = console_server.create_key("cross-origin")
+    sign_in(page, console_server.base_url, key.secret)
+    same_origin = page.evaluate("""async () => (await fetch('/v1/usage', {
+        credentials: 'same-origin', headers: {'x-flintlm-console': '1'}})).status""")
+    assert same_origin == 200
+    other = page.context.new_page()  # same browser profile, so the cookie jar is shared
+    other.goto("about:blank")
+    outcome = other.evaluate("""async (url) => {
+        try {
+            const response = await fetch(url, {credentials: 'include',
+                                               headers: {'x-flintlm-console': '1'}});
+            return 'status ' + response.status;
+        } catch (error) { return error.name; }
+    }""", f"{console_server.base_url}/v1/usage")
+    assert outcome == "TypeError"  # the preflight the header forces is never approved
+    other.close()
 
 
 def test_admin_creates_a_key_and_revokes_it(console_server: ConsoleServer, page: Page,
@@ -127,6 +167,13 @@ def test_admin_creates_a_key_and_revokes_it(console_server: ConsoleServer, page:
     with pytest.raises(openai.AuthenticationError, match="revoked"):
         client.chat.completions.create(
             model="default", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+
+    page.get_by_test_id("logout").click()
+    page.get_by_test_id("signin").wait_for()
+    page.reload()  # the session is gone on the server, not just hidden
+    page.get_by_test_id("signin").wait_for()
+    assert page.get_by_test_id("nav").is_hidden()
+    assert not any(console_server.admin_key in url for url in page_events.request_urls)
     assert page_events.page_errors == [] and page_events.dialogs == []
 
 

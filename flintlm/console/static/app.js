@@ -117,9 +117,10 @@ async function route() {
 
 let rechecking = null;
 
-/** After a 401 from the API: has the session ended (logout elsewhere, key revoked)? */
+/** After a 401 from the API: has the session ended (logout elsewhere, key revoked), or has
+ * an open-mode server got its first key (sign-in needed from now on)? */
 function recheckSession() {
-  if (rechecking || !shell.identity || shell.identity.role === "open") return;
+  if (rechecking || !shell.identity) return;
   rechecking = whoAmI()
     .then((identity) => { if (!identity.role) showSignIn(identity.reason); })
     .catch(() => {})

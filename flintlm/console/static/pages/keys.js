@@ -169,7 +169,7 @@ async function mount(root, { api }) {
       el("td", {}, limitsSummary(key)),
       el("td", {}, key.models ? key.models.join(", ") : "all"),
       el("td", {}, isActive ? [guardrail, saveGuardrail] : (key.guardrail || "default")),
-      el("td", {}, key.created_at.replace("T", " ").replace("Z", "")),
+      el("td", { class: "when" }, key.created_at.replace("T", " ").replace("Z", "")),
       el("td", {}, isActive ? revoke : null, rowError));
   }
 

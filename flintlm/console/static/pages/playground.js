@@ -175,8 +175,8 @@ async function mount(root, { api }) {
     const code = codeFor(language, location.origin, body);
     codePanel.append(tabs,
       el("pre", { "data-testid": "pg-code" }, el("code", {}, code)),
-      el("p", { class: "hint" }, "Set FLINTLM_API_KEY to your key first; the console never " +
-         "shows or sends it again."));
+      el("p", { class: "hint" }, "Set FLINTLM_API_KEY to your key first: the console holds only a " +
+         "session cookie and cannot show the key."));
   }
 
   return () => { if (running) running.abort(); };
