@@ -129,14 +129,17 @@ static inline void tier_int8_rows(const qweights *w, int64_t first, int count,
 
 /* Interleaved layout: the AVX2 tier's one-pass tile on 512-bit vectors. A block's chunk c
  * (64 bytes: 16 weight rows x 4 values) is one vector, multiplied by every activation row's
- * broadcast quad as it arrives, so each line of the group is read once, whole; the weight
- * stream is prefetched IL_PREFETCH_BYTES ahead (the next group follows this one in memory):
- * the AVX2 tier's measured distance, not yet timed on this tier. The weight type is a
+ * broadcast quad as it arrives, so each line of the group is read once, whole; in decode steps
+ * the weight stream is prefetched IL_PREFETCH_BYTES ahead (the next group follows this one in
+ * memory): the AVX2 tier's measured distance, not yet timed on this tier. The weight type is a
  * constant in each instance, so no test of it is left in the block loop. Registers (32 zmm):
  * ROWS float accumulators + 2 x ROWS block sums + one chunk's weights, for any ROWS <= 4. */
 #ifndef IL_PREFETCH_BYTES /* a -D flag overrides it, e.g. bench/decode_matvec.py --extra-flags */
 #define IL_PREFETCH_BYTES 1024
 #endif
+/* Decode steps only: with 3-4 rows a block's dot products take longer than its bytes take to
+ * arrive, and the prefetches would only add issue slots (llvm-mca: +3-6% cycles a block). */
+#define IL_PREFETCH_ROWS 2
 
 /* Q4 block -> isum[r] = q . xq (16 int32 lanes, one per weight row). The high nibbles are not
  * shifted down: raw & 0xF0 is 16 x the nibble, so their sum is 16 x the one wanted, and an
@@ -180,17 +183,20 @@ il_block_q8(const uint8_t *qb, const int8_t *xb, int64_t k, const int rows,
     for (int r = 0; r < rows; r++) isum[r] = _mm512_add_epi32(even[r], odd[r]);
 }
 
-/* dots[r * 16 ..] for `rows` activation rows; is_q4 and rows are constants in each instance. */
+/* dots[r * 16 ..] for `rows` activation rows; is_q4 and rows are constants in each instance.
+ * The scaled sums and the offsets go to separate accumulators, so each is one FMA chain a
+ * block (one shared chain of two FMAs bounded a 1-row block at 8 cycles of latency). */
 static inline __attribute__((always_inline)) void
 il_tile(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const int rows,
         const int is_q4, float *dots) {
     const int64_t nb = g->nb, block_bytes = is_q4 ? 256 : 512;
-    __m512 acc[IL_XTILE];
-    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+    __m512 acc[IL_XTILE], acc_offsets[IL_XTILE];
+    for (int r = 0; r < rows; r++) acc[r] = acc_offsets[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *qb = g->q + b * block_bytes;
-        for (int line = 0; line < block_bytes; line += 64)
-            _mm_prefetch((const char *)(qb + IL_PREFETCH_BYTES + line), _MM_HINT_T0);
+        if (rows <= IL_PREFETCH_ROWS)
+            for (int line = 0; line < block_bytes; line += 64)
+                _mm_prefetch((const char *)(qb + IL_PREFETCH_BYTES + line), _MM_HINT_T0);
         __m512i isum[IL_XTILE];
         if (is_q4)
             il_block_q4(qb, a->xq + r0 * k + b * QBLOCK, k, rows, isum);
@@ -204,10 +210,11 @@ il_tile(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const i
             const int64_t at = (r0 + r) * nb + b;
             const __m512 scale = _mm512_mul_ps(d16, _mm512_set1_ps(a->dx[at]));
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), scale, acc[r]);
-            acc[r] = _mm512_fmadd_ps(m16, _mm512_set1_ps(a->xqsum[at]), acc[r]);
+            acc_offsets[r] = _mm512_fmadd_ps(m16, _mm512_set1_ps(a->xqsum[at]), acc_offsets[r]);
         }
     }
-    for (int r = 0; r < rows; r++) _mm512_storeu_ps(dots + r * IL_ROWS, acc[r]);
+    for (int r = 0; r < rows; r++)
+        _mm512_storeu_ps(dots + r * IL_ROWS, _mm512_add_ps(acc[r], acc_offsets[r]));
 }
 
 /* Constant row counts keep the accumulators in registers. */
