@@ -250,91 +250,92 @@ il_half_q8(const qweights *g, const qactivations *a, int64_t k, int64_t r0, cons
  * twice: the second pass ran from cache while memory idled). Registers: 2 x ROWS float
  * accumulators + 2 x ROWS block sums + the chunk's 4 (Q4 nibbles) or 2 (Q8) weight vectors. */
 #define IL_FULL_ROWS 2
+#ifndef IL_PREFETCH_BYTES /* a -D flag overrides it, e.g. bench/decode_matvec.py --extra-flags */
 #define IL_PREFETCH_BYTES 1024 /* ahead on the group's weight stream (the next group follows) */
+#endif
 
+/* One Q4 block's int32 sums q . xq, isum[h][r] for weight rows 8h..8h+7. */
 static inline __attribute__((always_inline)) void
-il_full_q4(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const int rows,
-           float *dots) {
+il_full_block_q4(const uint8_t *qb, const int8_t *xb, int64_t k, const int rows,
+                 __m256i isum[2][IL_FULL_ROWS]) {
     const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
-    __m256 acc[2][IL_FULL_ROWS];
     for (int h = 0; h < 2; h++)
-        for (int r = 0; r < rows; r++) acc[h][r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < g->nb; b++) {
-        const uint8_t *qb = g->q + b * 256;
-        for (int line = 0; line < 256; line += 64)
-            _mm_prefetch((const char *)(qb + IL_PREFETCH_BYTES + line), _MM_HINT_T0);
-        const int8_t *xb = a->xq + r0 * k + b * QBLOCK;
-        __m256i isum[2][IL_FULL_ROWS];
-        for (int h = 0; h < 2; h++)
-            for (int r = 0; r < rows; r++) isum[h][r] = _mm256_setzero_si256();
+        for (int r = 0; r < rows; r++) isum[h][r] = _mm256_setzero_si256();
 #pragma GCC unroll 1 /* see il_half_q4 */
-        for (int c = 0; c < 4; c++) {
-            __m256i lo[2], hi[2];
-            for (int h = 0; h < 2; h++) {
-                const __m256i raw = _mm256_loadu_si256((const __m256i *)(qb + 64 * c + 32 * h));
-                lo[h] = _mm256_and_si256(raw, low_nibbles);
-                hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_nibbles);
-            }
-            for (int r = 0; r < rows; r++) {
-                const int8_t *xr = xb + r * k;
-                const __m256i x_lo = _mm256_set1_epi32(*(const aliased_i32 *)(xr + 4 * c));
-                const __m256i x_hi = _mm256_set1_epi32(*(const aliased_i32 *)(xr + 16 + 4 * c));
-                for (int h = 0; h < 2; h++) {
-#ifdef __AVXVNNI__
-                    isum[h][r] = _mm256_dpbusd_avx_epi32(isum[h][r], lo[h], x_lo);
-                    isum[h][r] = _mm256_dpbusd_avx_epi32(isum[h][r], hi[h], x_hi);
-#else               /* int16 sums: see the bound at the top */
-                    isum[h][r] = _mm256_add_epi16(isum[h][r], _mm256_add_epi16(
-                        _mm256_maddubs_epi16(lo[h], x_lo), _mm256_maddubs_epi16(hi[h], x_hi)));
-#endif
-                }
-            }
-        }
+    for (int c = 0; c < 4; c++) {
+        __m256i lo[2], hi[2];
         for (int h = 0; h < 2; h++) {
-#ifndef __AVXVNNI__
-            for (int r = 0; r < rows; r++)
-                isum[h][r] = _mm256_madd_epi16(isum[h][r], _mm256_set1_epi16(1));
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(qb + 64 * c + 32 * h));
+            lo[h] = _mm256_and_si256(raw, low_nibbles);
+            hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_nibbles);
+        }
+        for (int r = 0; r < rows; r++) {
+            const int8_t *xr = xb + r * k;
+            const __m256i x_lo = _mm256_set1_epi32(*(const aliased_i32 *)(xr + 4 * c));
+            const __m256i x_hi = _mm256_set1_epi32(*(const aliased_i32 *)(xr + 16 + 4 * c));
+            for (int h = 0; h < 2; h++) {
+#ifdef __AVXVNNI__
+                isum[h][r] = _mm256_dpbusd_avx_epi32(isum[h][r], lo[h], x_lo);
+                isum[h][r] = _mm256_dpbusd_avx_epi32(isum[h][r], hi[h], x_hi);
+#else           /* int16 sums: see the bound at the top */
+                isum[h][r] = _mm256_add_epi16(isum[h][r], _mm256_add_epi16(
+                    _mm256_maddubs_epi16(lo[h], x_lo), _mm256_maddubs_epi16(hi[h], x_hi)));
 #endif
-            il_scale_block(g, a, r0, rows, h, b, isum[h], 1, acc[h]);
+            }
         }
     }
+#ifndef __AVXVNNI__
     for (int h = 0; h < 2; h++)
-        for (int r = 0; r < rows; r++) _mm256_storeu_ps(dots + r * IL_ROWS + 8 * h, acc[h][r]);
+        for (int r = 0; r < rows; r++)
+            isum[h][r] = _mm256_madd_epi16(isum[h][r], _mm256_set1_epi16(1));
+#endif
 }
 
+/* One Q8 block's int32 sums: u . xq with AVX-VNNI, else q . xq (see the top). */
 static inline __attribute__((always_inline)) void
-il_full_q8(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const int rows,
-           float *dots) {
+il_full_block_q8(const uint8_t *qb, const int8_t *xb, int64_t k, const int rows,
+                 __m256i isum[2][IL_FULL_ROWS]) {
+    for (int h = 0; h < 2; h++)
+        for (int r = 0; r < rows; r++) isum[h][r] = _mm256_setzero_si256();
+#pragma GCC unroll 1 /* see il_half_q4 */
+    for (int j = 0; j < 8; j++) {
+        __m256i u[2];
+        for (int h = 0; h < 2; h++)
+            u[h] = _mm256_loadu_si256((const __m256i *)(qb + 64 * j + 32 * h));
+        for (int r = 0; r < rows; r++) {
+            const __m256i x = _mm256_set1_epi32(*(const aliased_i32 *)(xb + r * k + 4 * j));
+            for (int h = 0; h < 2; h++) {
+#if Q8_SIGNED
+                const __m256i s = _mm256_xor_si256(u[h], _mm256_set1_epi8((char)0x80));
+                isum[h][r] = _mm256_add_epi32(isum[h][r], dot_s8_s8(s, x));
+#else
+                isum[h][r] = _mm256_dpbusd_avx_epi32(isum[h][r], u[h], x);
+#endif
+            }
+        }
+    }
+}
+
+/* The pass over the group; is_q4 and rows are constants in each instance. */
+static inline __attribute__((always_inline)) void
+il_full(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const int rows,
+        const int is_q4, float *dots) {
+    const int64_t block_bytes = is_q4 ? 256 : 512;
     __m256 acc[2][IL_FULL_ROWS];
     for (int h = 0; h < 2; h++)
         for (int r = 0; r < rows; r++) acc[h][r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < g->nb; b++) {
-        const uint8_t *qb = g->q + b * 512;
-        for (int line = 0; line < 512; line += 64)
+        const uint8_t *qb = g->q + b * block_bytes;
+        for (int line = 0; line < block_bytes; line += 64)
             _mm_prefetch((const char *)(qb + IL_PREFETCH_BYTES + line), _MM_HINT_T0);
         const int8_t *xb = a->xq + r0 * k + b * QBLOCK;
         __m256i isum[2][IL_FULL_ROWS];
+        if (is_q4)
+            il_full_block_q4(qb, xb, k, rows, isum);
+        else
+            il_full_block_q8(qb, xb, k, rows, isum);
         for (int h = 0; h < 2; h++)
-            for (int r = 0; r < rows; r++) isum[h][r] = _mm256_setzero_si256();
-#pragma GCC unroll 1 /* see il_half_q4 */
-        for (int j = 0; j < 8; j++) {
-            __m256i u[2];
-            for (int h = 0; h < 2; h++)
-                u[h] = _mm256_loadu_si256((const __m256i *)(qb + 64 * j + 32 * h));
-            for (int r = 0; r < rows; r++) {
-                const __m256i x = _mm256_set1_epi32(*(const aliased_i32 *)(xb + r * k + 4 * j));
-                for (int h = 0; h < 2; h++) {
-#if Q8_SIGNED
-                    const __m256i s = _mm256_xor_si256(u[h], _mm256_set1_epi8((char)0x80));
-                    isum[h][r] = _mm256_add_epi32(isum[h][r], dot_s8_s8(s, x));
-#else
-                    isum[h][r] = _mm256_dpbusd_avx_epi32(isum[h][r], u[h], x);
-#endif
-                }
-            }
-        }
-        for (int h = 0; h < 2; h++)
-            il_scale_block(g, a, r0, rows, h, b, isum[h], !Q8_SIGNED, acc[h]);
+            il_scale_block(g, a, r0, rows, h, b, isum[h], is_q4 || !Q8_SIGNED, acc[h]);
     }
     for (int h = 0; h < 2; h++)
         for (int r = 0; r < rows; r++) _mm256_storeu_ps(dots + r * IL_ROWS + 8 * h, acc[h][r]);
@@ -351,15 +352,15 @@ static inline void tier_il_tile(const qweights *group, const qactivations *a, in
     /* constant row counts keep the accumulators in registers */
     if (group->is_q4) {
         switch (rows) {
-            case 1: il_full_q4(group, a, k, r0, 1, dots); break;
-            case 2: il_full_q4(group, a, k, r0, 2, dots); break;
+            case 1: il_full(group, a, k, r0, 1, 1, dots); break;
+            case 2: il_full(group, a, k, r0, 2, 1, dots); break;
             case 3: IL_HALVES(q4, 3); break;
             default: IL_HALVES(q4, IL_XTILE); break;
         }
     } else {
         switch (rows) {
-            case 1: il_full_q8(group, a, k, r0, 1, dots); break;
-            case 2: il_full_q8(group, a, k, r0, 2, dots); break;
+            case 1: il_full(group, a, k, r0, 1, 0, dots); break;
+            case 2: il_full(group, a, k, r0, 2, 0, dots); break;
             case 3: IL_HALVES(q8, 3); break;
             default: IL_HALVES(q8, IL_XTILE); break;
         }

@@ -127,61 +127,114 @@ static inline void tier_int8_rows(const qweights *w, int64_t first, int count,
     }
 }
 
-/* One block of a group -> 8 vectors of unsigned bytes: w[j] lane i = values 4j..4j+3 of row i. */
-static inline __attribute__((always_inline)) void il_unpack(const uint8_t *q, int is_q4,
-                                                           __m512i w[8]) {
-    if (is_q4) {
-        const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
-        for (int c = 0; c < 4; c++) {
-            const __m512i raw = _mm512_loadu_si512(q + 64 * c);
-            w[c] = _mm512_and_si512(raw, low_nibbles);
-            w[c + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles);
+/* Interleaved layout: the AVX2 tier's one-pass tile on 512-bit vectors. A block's chunk c
+ * (64 bytes: 16 weight rows x 4 values) is one vector, multiplied by every activation row's
+ * broadcast quad as it arrives, so each line of the group is read once, whole; in decode steps
+ * the weight stream is prefetched IL_PREFETCH_BYTES ahead (the next group follows this one in
+ * memory): the AVX2 tier's measured distance, not yet timed on this tier. The weight type is a
+ * constant in each instance, so no test of it is left in the block loop. Registers (32 zmm):
+ * ROWS float accumulators + 2 x ROWS block sums + one chunk's weights, for any ROWS <= 4. */
+#ifndef IL_PREFETCH_BYTES /* a -D flag overrides it, e.g. bench/decode_matvec.py --extra-flags */
+#define IL_PREFETCH_BYTES 1024
+#endif
+/* Decode steps only: with 3-4 rows a block's dot products take longer than its bytes take to
+ * arrive, and the prefetches would only add issue slots (llvm-mca: +3-6% cycles a block). */
+#define IL_PREFETCH_ROWS 2
+
+/* Q4 block -> isum[r] = q . xq (16 int32 lanes, one per weight row). The high nibbles are not
+ * shifted down: raw & 0xF0 is 16 x the nibble, so their sum is 16 x the one wanted, and an
+ * arithmetic shift of the int32 sum by 4 is exact (|sum| <= 16 * 240 * 127 < 2^31). Low and
+ * high sums are two dependency chains per row. */
+static inline __attribute__((always_inline)) void
+il_block_q4(const uint8_t *qb, const int8_t *xb, int64_t k, const int rows,
+            __m512i isum[IL_XTILE]) {
+    const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
+    __m512i lo_sum[IL_XTILE], hi_sum[IL_XTILE];
+    for (int r = 0; r < rows; r++) lo_sum[r] = hi_sum[r] = _mm512_setzero_si512();
+    for (int c = 0; c < 4; c++) {
+        const __m512i raw = _mm512_loadu_si512(qb + 64 * c);
+        const __m512i lo = _mm512_and_si512(raw, low_nibbles);
+        const __m512i hi16 = _mm512_andnot_si512(low_nibbles, raw);
+        for (int r = 0; r < rows; r++) {
+            const aliased_i32 *quad = (const aliased_i32 *)(xb + r * k);
+            lo_sum[r] = _mm512_dpbusd_epi32(lo_sum[r], lo, _mm512_set1_epi32(quad[c]));
+            hi_sum[r] = _mm512_dpbusd_epi32(hi_sum[r], hi16, _mm512_set1_epi32(quad[4 + c]));
         }
-    } else {
-        for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512(q + 64 * j);
     }
+    for (int r = 0; r < rows; r++)
+        isum[r] = _mm512_add_epi32(lo_sum[r], _mm512_srai_epi32(hi_sum[r], 4));
 }
 
-/* acc[r] (16 weight rows) for `rows` <= IL_XTILE activation rows. The 8 dot products of a
- * block run as two chains so their latency overlaps. */
+/* Q8 block (bytes q + 128) -> isum[r] = u . xq; the offsets (m = -128 d) make it q . xq. */
+static inline __attribute__((always_inline)) void
+il_block_q8(const uint8_t *qb, const int8_t *xb, int64_t k, const int rows,
+            __m512i isum[IL_XTILE]) {
+    __m512i even[IL_XTILE], odd[IL_XTILE];
+    for (int r = 0; r < rows; r++) even[r] = odd[r] = _mm512_setzero_si512();
+    for (int j = 0; j < 8; j += 2) {
+        const __m512i u_even = _mm512_loadu_si512(qb + 64 * j);
+        const __m512i u_odd = _mm512_loadu_si512(qb + 64 * (j + 1));
+        for (int r = 0; r < rows; r++) {
+            const aliased_i32 *quad = (const aliased_i32 *)(xb + r * k);
+            even[r] = _mm512_dpbusd_epi32(even[r], u_even, _mm512_set1_epi32(quad[j]));
+            odd[r] = _mm512_dpbusd_epi32(odd[r], u_odd, _mm512_set1_epi32(quad[j + 1]));
+        }
+    }
+    for (int r = 0; r < rows; r++) isum[r] = _mm512_add_epi32(even[r], odd[r]);
+}
+
+/* dots[r * 16 ..] for `rows` activation rows; is_q4 and rows are constants in each instance.
+ * The scaled sums and the offsets go to separate accumulators, so each is one FMA chain a
+ * block (one shared chain of two FMAs bounded a 1-row block at 8 cycles of latency). */
 static inline __attribute__((always_inline)) void
 il_tile(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const int rows,
-        __m512 acc[IL_XTILE]) {
-    const int64_t nb = g->nb, block_bytes = g->is_q4 ? 256 : 512;
-    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+        const int is_q4, float *dots) {
+    const int64_t nb = g->nb, block_bytes = is_q4 ? 256 : 512;
+    __m512 acc[IL_XTILE], acc_offsets[IL_XTILE];
+    for (int r = 0; r < rows; r++) acc[r] = acc_offsets[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m512i w[8];
-        il_unpack(g->q + b * block_bytes, g->is_q4, w);
-        const __m512 d16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g->d + b * IL_ROWS)));
-        const __m512 m16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g->m + b * IL_ROWS)));
+        const uint8_t *qb = g->q + b * block_bytes;
+        if (rows <= IL_PREFETCH_ROWS)
+            for (int line = 0; line < block_bytes; line += 64)
+                _mm_prefetch((const char *)(qb + IL_PREFETCH_BYTES + line), _MM_HINT_T0);
+        __m512i isum[IL_XTILE];
+        if (is_q4)
+            il_block_q4(qb, a->xq + r0 * k + b * QBLOCK, k, rows, isum);
+        else
+            il_block_q8(qb, a->xq + r0 * k + b * QBLOCK, k, rows, isum);
+        const __m256i *d_bits = (const __m256i *)(g->d + b * IL_ROWS);
+        const __m256i *m_bits = (const __m256i *)(g->m + b * IL_ROWS);
+        const __m512 d16 = _mm512_cvtph_ps(_mm256_loadu_si256(d_bits));
+        const __m512 m16 = _mm512_cvtph_ps(_mm256_loadu_si256(m_bits));
         for (int r = 0; r < rows; r++) {
-            /* 4 values of x as one int32, broadcast as a memory operand (a broadcast from a
-             * general register measured the same) */
-            const aliased_i32 *quad = (const aliased_i32 *)(a->xq + (r0 + r) * k + b * QBLOCK);
-            __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
-            for (int j = 0; j < 8; j += 2) {
-                even = _mm512_dpbusd_epi32(even, w[j], _mm512_set1_epi32(quad[j]));
-                odd = _mm512_dpbusd_epi32(odd, w[j + 1], _mm512_set1_epi32(quad[j + 1]));
-            }
             const int64_t at = (r0 + r) * nb + b;
             const __m512 scale = _mm512_mul_ps(d16, _mm512_set1_ps(a->dx[at]));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(even, odd)), scale,
-                                     acc[r]);
-            acc[r] = _mm512_fmadd_ps(m16, _mm512_set1_ps(a->xqsum[at]), acc[r]);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), scale, acc[r]);
+            acc_offsets[r] = _mm512_fmadd_ps(m16, _mm512_set1_ps(a->xqsum[at]), acc_offsets[r]);
         }
+    }
+    for (int r = 0; r < rows; r++)
+        _mm512_storeu_ps(dots + r * IL_ROWS, _mm512_add_ps(acc[r], acc_offsets[r]));
+}
+
+/* Constant row counts keep the accumulators in registers. */
+static inline __attribute__((always_inline)) void
+il_tile_rows(const qweights *g, const qactivations *a, int64_t k, int64_t r0, int rows,
+             const int is_q4, float *dots) {
+    switch (rows) {
+        case 1: il_tile(g, a, k, r0, 1, is_q4, dots); break;
+        case 2: il_tile(g, a, k, r0, 2, is_q4, dots); break;
+        case 3: il_tile(g, a, k, r0, 3, is_q4, dots); break;
+        default: il_tile(g, a, k, r0, IL_XTILE, is_q4, dots); break;
     }
 }
 
 static inline void tier_il_tile(const qweights *group, const qactivations *a, int64_t k,
                                 int64_t r0, int rows, float dots[IL_XTILE * IL_ROWS]) {
-    __m512 acc[IL_XTILE];
-    switch (rows) { /* constant row counts keep acc in registers */
-        case 1: il_tile(group, a, k, r0, 1, acc); break;
-        case 2: il_tile(group, a, k, r0, 2, acc); break;
-        case 3: il_tile(group, a, k, r0, 3, acc); break;
-        default: il_tile(group, a, k, r0, IL_XTILE, acc); break;
-    }
-    for (int r = 0; r < rows; r++) _mm512_storeu_ps(dots + r * IL_ROWS, acc[r]);
+    if (group->is_q4)
+        il_tile_rows(group, a, k, r0, rows, 1, dots);
+    else
+        il_tile_rows(group, a, k, r0, rows, 0, dots);
 }
 
 static inline int64_t tier_argmax_row(const float *row, int64_t n) {

@@ -184,7 +184,7 @@ def quantize_activations(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0"])
-@pytest.mark.parametrize("rows", [1, 3, 4, 5, 13, 70])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 13, 70])
 def test_quant_matmul_multiplies_the_stored_weights(kernels, type_name, rows):
     """GGML blocks made by gguf's own quantizer, repacked. The exact path equals the
     dequantized weights times x; the int8 path, in the row layout and the interleaved one,
@@ -224,6 +224,31 @@ def test_quant_matmul_multiplies_the_stored_weights(kernels, type_name, rows):
         close(out_il[:, 3:], expected_int8, dtype)
         with pytest.raises(ValueError, match="int8 path only"):
             kernels.quant_matmul(x, interleaved, out_il, 0, use_int8=False)
+
+
+@pytest.mark.parametrize("is_4bit", [True, False], ids=["Q4", "Q8"])
+def test_int8_path_holds_the_largest_block_sums(kernels, is_4bit):
+    """Every weight at its largest stored value (Q4 nibble 15, Q8 byte 255) against activations
+    that quantize to +-127: the tiles' integer sums at their bounds (the AVX2 tier's int16 pair
+    sums, the AVX-512 tier's high-nibble sums kept at 16x), for 1 to 5 rows and an odd number of
+    blocks, in the row layout and the interleaved one."""
+    from flintlm.kernels.ops import QuantMatrix
+    from flintlm.models.quant import interleave
+
+    n, k = 32, 160
+    q = torch.full((n, k // 2 if is_4bit else k), 0xFF, dtype=torch.uint8)
+    d = torch.full((n, k // 32), 2.0**-7, dtype=torch.float16)
+    m = d * (-8.0 if is_4bit else -128.0)  # Q4_0's and Q8_0's offsets, exact in float16
+    weight = QuantMatrix(q, d, m, is_4bit=is_4bit)
+    dense = ((15.0 if is_4bit else 255.0) * d.double() + m.double()).repeat_interleave(32, 1)
+    for rows in range(1, 6):
+        x = torch.ones(rows, k) * torch.tensor([(-1.0) ** r for r in range(rows)])[:, None]
+        x = x.to(kernels.dtype)
+        expected = (x.double() @ dense.t()).float()
+        for matrix in (weight, interleave(weight)):
+            out = torch.zeros(rows, n, dtype=kernels.dtype)
+            kernels.quant_matmul(x, matrix, out, 0, use_int8=True)
+            close(out, expected, kernels.dtype)
 
 
 def test_interleave_keeps_matrices_not_in_groups_of_16():
