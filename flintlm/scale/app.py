@@ -23,11 +23,11 @@ from flintlm.scale.engine_deployment import EngineReplica
 from flintlm.scale.routing import ROUTER_CLASSES
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
     from ray.serve import Application
     from ray.serve.handle import DeploymentHandle
 
     from flintlm.config import FlintConfig
+    from flintlm.scale.remote_engine import InFlightGate
 
 logger = logging.getLogger("flintlm.scale")
 
@@ -48,7 +48,7 @@ class Ingress:
         from flintlm.loading.loader import load_tokenizer
         from flintlm.platform.service import Platform
         from flintlm.scale.metrics import ReplicaBoard, ReplicaCollector
-        from flintlm.scale.remote_engine import RemoteEngine, ReplicaHeader
+        from flintlm.scale.remote_engine import InFlightGate, RemoteEngine, ReplicaHeader
         from flintlm.server import build_app
 
         configure_logging(config.server.log_level, config.server.log_format)
@@ -66,9 +66,17 @@ class Ingress:
             ReplicaCollector(lambda: remote.replicas, remote.model_name))
         app.add_middleware(ReplicaHeader)
         self._app = app
+        self._gate = InFlightGate(app)
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
-        return self._app
+    def __serve_build_asgi_app__(self) -> InFlightGate:
+        return self._gate
+
+    async def drain(self, timeout_s: float) -> int:
+        """Refuse new requests (503 `server_draining`), wait up to `timeout_s` for those in
+        flight to be answered; returns how many are still in flight."""
+        self._app.state.serving.begin_drain(timeout_s)
+        await self._gate.wait_idle(timeout_s)
+        return self._gate.num_in_flight
 
 
 def build_application(config: FlintConfig) -> Application:
@@ -119,8 +127,14 @@ def serve_on_ray(config: FlintConfig) -> None:
                     scale.replicas, config.server.host, config.server.port, scale.router)
         while not stop.wait(0.5):  # a timed wait, so the signal handler gets to run
             pass
-        logger.info("draining: in-flight requests have %.0fs to finish",
-                    config.server.drain_timeout_s)
+        drain_s = config.server.drain_timeout_s
+        logger.info("draining: in-flight requests have %.0fs to finish", drain_s)
+        # NOTE: Serve's shutdown stops its proxy at once, cutting open streams; so the ingress
+        # drains first (one ingress replica: `build_application` runs one).
+        num_left = serve.get_app_handle(APP_NAME).drain.remote(drain_s).result(
+            timeout_s=drain_s + _SHUTDOWN_GRACE_S)
+        if num_left:
+            logger.warning("drain timeout: %d requests still in flight are cut off", num_left)
     finally:
         if scale.ray_address is not None:
             serve.delete(APP_NAME)  # a shared cluster: only our app

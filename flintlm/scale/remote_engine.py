@@ -47,6 +47,8 @@ logger = logging.getLogger("flintlm.scale")
 served_by: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "flintlm_served_by", default=None)
 
+# How long a request whose client went away may take to abort and settle before it is cut.
+_SETTLE_AFTER_DISCONNECT_S = 10.0
 # What a dead or unreachable replica raises at its caller.
 _REPLICA_LOST = (ray_errors.RayActorError, ray_errors.ActorUnavailableError)
 
@@ -180,6 +182,62 @@ def _engine_error(exc: ray_errors.RayTaskError) -> BaseException:
     cause = exc.cause
     engine_errors = InvalidRequestError | EngineOverloadedError | EngineDeadError
     return cause if isinstance(cause, engine_errors) else exc
+
+
+class InFlightGate:
+    """ASGI wrapper of the ingress app: counts the HTTP requests in flight (a drain waits for
+    the last byte of each to leave before Serve's proxy goes away), and turns Serve's way of
+    reporting a client that went away, cancelling the request's task, into the
+    `http.disconnect` the app watches for, as uvicorn reports it (so the request settles as
+    `client_disconnected`, not as cut by a shutdown)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.num_in_flight = 0
+        self._is_idle = asyncio.Event()
+        self._is_idle.set()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.num_in_flight += 1
+        self._is_idle.clear()
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.num_in_flight -= 1
+            if self.num_in_flight == 0:
+                self._is_idle.set()
+
+    async def _serve(self, scope: Any, receive: Any, send: Any) -> None:
+        client_gone = asyncio.Event()
+
+        async def receive_or_disconnect() -> Any:
+            message = asyncio.ensure_future(receive())
+            gone = asyncio.ensure_future(client_gone.wait())
+            await asyncio.wait((message, gone), return_when=asyncio.FIRST_COMPLETED)
+            if message.done():
+                gone.cancel()
+                return message.result()
+            message.cancel()
+            return {"type": "http.disconnect"}
+
+        app_task = asyncio.ensure_future(self.app(scope, receive_or_disconnect, send))
+        try:
+            await asyncio.shield(app_task)
+        except asyncio.CancelledError:
+            client_gone.set()  # the app aborts and settles the request, then ends
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(_SETTLE_AFTER_DISCONNECT_S):
+                    await app_task
+            app_task.cancel()
+            raise
+
+    async def wait_idle(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._is_idle.wait()
 
 
 class ReplicaHeader:

@@ -1,17 +1,18 @@
 """flintlm's prefix-aware request router on Ray Serve's request-router interface.
 
-It remembers which replica each prefix block hash (`RoutedRequest.prefix_blocks`, salted per
-tenant as the engine hashes them) was last sent to, and sends a request to the replica(s) that
-hold the longest leading run of its blocks, unless that replica is busier than the least loaded
-one by more than `imbalanced_threshold` requests; with no match, or when loads are skewed, it is
-power of two choices (Ray's default router, the baseline). The table is a bounded LRU and only
-approximates each replica's cache (a replica evicts blocks on its own); a miss costs a prefill,
-never a wrong answer.
+It remembers which replicas each prefix block hash (`RoutedRequest.prefix_blocks`, salted per
+tenant as the engine hashes them) was sent to, and sends a request to the replica(s) that hold
+the longest leading run of its blocks; a prefix seen nowhere goes to the replica(s) holding the
+fewest blocks, so tenants' prefixes spread. Either choice yields to power of two choices (Ray's
+default router, the baseline) when that replica is busier than the least loaded one by more
+than `imbalanced_threshold` requests, and when it does not accept the request (full). The table
+is a bounded LRU and only approximates each replica's cache (a replica evicts blocks on its
+own); a miss costs a prefill, never a wrong answer.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
@@ -52,7 +53,8 @@ class PrefixAffinityRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRout
                          max_tracked_blocks: int = 200_000, **_: Any) -> None:
         self._imbalanced_threshold = imbalanced_threshold
         self._max_tracked_blocks = max_tracked_blocks
-        self._owners: OrderedDict[str, set[ReplicaID]] = OrderedDict()
+        self._owners: OrderedDict[str, set[ReplicaID]] = OrderedDict()  # LRU: oldest first
+        self._num_blocks_held: Counter[ReplicaID] = Counter()
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None,
@@ -62,11 +64,12 @@ class PrefixAffinityRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRout
         request = routed_request(pending_request)
         if request is None or not request.prefix_blocks:
             return fallback
-        holders = self._longest_holders(request.prefix_blocks, candidate_replicas)
-        if not holders or self._is_overloaded(holders, candidate_replicas):
+        preferred = (self._longest_holders(request.prefix_blocks, candidate_replicas)
+                     or self._least_holding(candidate_replicas))
+        if self._is_overloaded(preferred, candidate_replicas):
             return fallback
-        # The holders first; if none of them accepts (full), the pow2 pair.
-        return [holders, *fallback]
+        # The preferred first; if none of them accepts (full), the pow2 pair.
+        return [preferred, *fallback]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
                           result: ReplicaResult) -> None:
@@ -79,14 +82,18 @@ class PrefixAffinityRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRout
                 owners = self._owners[block_hash] = set()
             else:
                 self._owners.move_to_end(block_hash)
-            owners.add(replica_id)
+            if replica_id not in owners:
+                owners.add(replica_id)
+                self._num_blocks_held[replica_id] += 1
         while len(self._owners) > self._max_tracked_blocks:
-            self._owners.popitem(last=False)
+            _, evicted_owners = self._owners.popitem(last=False)
+            self._num_blocks_held.subtract(evicted_owners)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         for owners in self._owners.values():
             owners.discard(replica_id)
+        self._num_blocks_held.pop(replica_id, None)
 
     def _longest_holders(self, prefix_blocks: list[str], candidates: list[RunningReplica]
                          ) -> list[RunningReplica]:
@@ -100,6 +107,11 @@ class PrefixAffinityRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRout
                 break
             best = holders
         return best
+
+    def _least_holding(self, candidates: list[RunningReplica]) -> list[RunningReplica]:
+        """The candidates whose tracked prefixes hold the fewest blocks."""
+        fewest = min(self._num_blocks_held[r.replica_id] for r in candidates)
+        return [r for r in candidates if self._num_blocks_held[r.replica_id] == fewest]
 
     def _is_overloaded(self, holders: list[RunningReplica],
                        candidates: list[RunningReplica]) -> bool:
