@@ -31,9 +31,13 @@ from flintlm.scale.protocol import RoutedRequest
 if TYPE_CHECKING:
     from ray.serve.request_router import ReplicaResult
 
+# NOTE: ray-prefix names the class that Ray's public `ray.serve.llm.request_router.
+# PrefixCacheAffinityRouter` subclasses without change: the public module refuses to import
+# without vLLM or SGLang installed, this one needs neither (checked on the pinned Ray 2.60.0).
 ROUTER_CLASSES = {
     "prefix": "flintlm.scale.routing.PrefixAffinityRouter",
-    "ray-prefix": "ray.serve.llm.request_router.PrefixCacheAffinityRouter",
+    "ray-prefix": ("ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router."
+                   "PrefixCacheAffinityRouter"),
     "pow2": "ray.serve._private.request_router.pow_2_router.PowerOfTwoChoicesRequestRouter",
 }
 
