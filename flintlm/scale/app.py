@@ -19,7 +19,7 @@ from ray import serve
 from ray.serve.config import HTTPOptions, RequestRouterConfig
 
 from flintlm.observability.logging import configure as configure_logging
-from flintlm.scale.engine_deployment import EngineReplica
+from flintlm.scale.engine_deployment import EngineReplica, board_name
 from flintlm.scale.routing import ROUTER_CLASSES
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class Ingress:
         platform = Platform.from_config(config.platform)
         info = await engine.info.remote()
         max_replicas = config.scale.max_replicas or config.scale.replicas
-        board = ReplicaBoard(config.platform.redis_url or "", APP_NAME)
+        board = ReplicaBoard(config.platform.redis_url or "", board_name(APP_NAME))
         remote = RemoteEngine(engine, load_tokenizer(config.model.model), info, board,
                               max_in_flight=info.max_waiting * max_replicas)
         admission = Admission(platform, model_name=remote.model_name,

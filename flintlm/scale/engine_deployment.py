@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+import ray
 from ray import serve
 
 from flintlm.scale.metrics import PUBLISH_INTERVAL_S, ReplicaBoard, ReplicaStats
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
     from flintlm.scale.protocol import RoutedRequest
 
 logger = logging.getLogger("flintlm.scale")
+
+
+def board_name(app_name: str) -> str:
+    """The replica board of `app_name` on this Ray cluster: apps of several clusters may share
+    one Redis (the replicas' keys are namespaced by the cluster's GCS address)."""
+    return f"{app_name}@{ray.get_runtime_context().gcs_address}"
 
 
 class EngineReplica:
@@ -42,7 +49,7 @@ class EngineReplica:
         self.engine = AsyncEngine.from_config(config)
         self.engine.start()
         self.block_size = config.cache.block_size
-        self.board = ReplicaBoard(config.platform.redis_url or "", app_name)  # set: FlintConfig
+        self.board = ReplicaBoard(config.platform.redis_url or "", board_name(app_name))
         self._publisher = asyncio.create_task(self._publish_forever())
         logger.info("engine replica %s ready (pid %d)", self.replica_id, os.getpid())
 

@@ -44,14 +44,19 @@ class ReplicaStats:
                    EngineStats(**data["engine"]))
 
 
-class ReplicaBoard:
-    """The replicas' stats in Redis, under `flintlm:scale:<app_name>:replica:<replica_id>`."""
+def board_prefix(name: str) -> str:
+    """The Redis key prefix of the board `name` (`engine_deployment.board_name`)."""
+    return f"flintlm:scale:{name}:replica:"
 
-    def __init__(self, redis_url: str, app_name: str) -> None:
+
+class ReplicaBoard:
+    """The replicas' stats in Redis, under `flintlm:scale:<name>:replica:<replica_id>`."""
+
+    def __init__(self, redis_url: str, name: str) -> None:
         import redis.asyncio as aioredis
 
         self._redis = aioredis.from_url(redis_url)
-        self._prefix = f"flintlm:scale:{app_name}:replica:"
+        self._prefix = board_prefix(name)
 
     async def publish(self, stats: ReplicaStats) -> None:
         await self._redis.set(self._prefix + stats.replica_id, stats.to_json(), ex=_ENTRY_TTL_S)

@@ -4,8 +4,9 @@ tokenizer, model name, stats), served by the engine replicas through a Serve han
 Each request's stream is one streaming handle call; the router picks its replica from the
 request's prefix block hashes. `abort` (client gone, guardrail, shutdown) cancels the call,
 which aborts the request on its replica and frees its KV blocks; the stream then ends with an
-ABORT output, as the local engine's does. A replica that dies ends its streams with an ERROR
-output carrying the usage delivered so far, so each request still settles exactly once.
+ABORT output, as the local engine's does. A call Serve cancels (it does when the client of the
+HTTP request went away) raises `ClientDisconnected`. A replica that dies ends its streams with
+an ERROR output carrying the usage delivered so far, so each request still settles once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ray import exceptions as ray_errors
 from ray.serve.exceptions import RequestCancelledError
 
+from flintlm.api.errors import ClientDisconnected
 from flintlm.engine.request import (
     EngineDeadError,
     EngineOverloadedError,
@@ -138,7 +140,10 @@ class RemoteEngine:
                     return
         except RequestCancelledError:
             if request_id not in self._aborted:
-                raise
+                # NOTE: Serve cancels a request's handle calls only when it cancels the request
+                # itself, which it does when the client goes away (racing the disconnect that
+                # `InFlightGate` then reports), so this is that disconnect.
+                raise ClientDisconnected from None
             is_finished = True
             yield RequestOutput(request_id, [], "", FinishReason.ABORT, usage)
         except _REPLICA_LOST as exc:

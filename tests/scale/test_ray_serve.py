@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -23,14 +24,13 @@ import httpx
 import pytest
 import redis
 
-from flintlm.scale.metrics import ReplicaStats
+from flintlm.scale.metrics import ReplicaStats, board_prefix
 from tests.conftest import HANG_TIMEOUT_S, launch_server, wait_until_ready
 from tests.platform.conftest import fresh_postgres_schema
 from tests.platform.served import LEDGER_TIMEOUT_S, IssuedKey, PlatformServer, platform_args
 
 pytest.importorskip("ray.serve", reason="the Ray tests need flintlm[ray]")
 
-BOARD_PATTERN = "flintlm:scale:flintlm:replica:*"
 # ~480 tokens: 30 full KV blocks of 16, the same text for every tenant (their salts differ).
 SYSTEM_PROMPT = " ".join(f"Rule {i}: answer politely and briefly about topic number {i}."
                          for i in range(40))
@@ -56,13 +56,15 @@ def sdk_chat(user: str, max_tokens: int) -> dict[str, Any]:
 class RayServer:
     platform: PlatformServer
     redis_url: str
+    board_name: str = ""  # "flintlm@<GCS address>", from the server's log
     tenant_replica: dict[str, str] = field(default_factory=dict)  # key id -> its replica
     tenants: dict[str, IssuedKey] = field(default_factory=dict)
 
     def board(self) -> dict[str, ReplicaStats]:
         client = redis.Redis.from_url(self.redis_url)
         try:
-            values = [client.get(k) for k in client.scan_iter(match=BOARD_PATTERN)]
+            pattern = board_prefix(self.board_name) + "*"
+            values = [client.get(k) for k in client.scan_iter(match=pattern)]
         finally:
             client.close()
         entries = [ReplicaStats.from_json(v) for v in values if v is not None]
@@ -98,6 +100,9 @@ def ray_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str
         replica_pids: set[int] = set()
         try:
             wait_until_ready(live)
+            match = re.search(r"ray cluster at (\S+)", live.log())
+            assert match is not None, live.log()[-3000:]
+            server.board_name = f"flintlm@{match.group(1)}"
             board = server.wait_for_board(lambda b: len(b) == 2, "two replicas")
             replica_pids |= {e.pid for e in board.values()}
             yield server
