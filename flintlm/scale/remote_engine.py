@@ -138,12 +138,11 @@ class RemoteEngine:
                 yield output
                 if is_finished:
                     return
-        except RequestCancelledError:
+        except (RequestCancelledError, asyncio.CancelledError):
             if request_id not in self._aborted:
-                # NOTE: Serve cancels a request's handle calls only when it cancels the request
-                # itself, which it does when the client goes away (racing the disconnect that
-                # `InFlightGate` then reports), so this is that disconnect.
-                raise ClientDisconnected from None
+                if _is_own_task_cancelled():
+                    raise
+                raise ClientDisconnected from None  # Serve cancelled the call
             is_finished = True
             yield RequestOutput(request_id, [], "", FinishReason.ABORT, usage)
         except _REPLICA_LOST as exc:
@@ -174,6 +173,18 @@ class RemoteEngine:
             except Exception:
                 logger.warning("cannot read the replica board", exc_info=True)
             await asyncio.sleep(PUBLISH_INTERVAL_S)
+
+
+def _is_own_task_cancelled() -> bool:
+    """Whether a cancellation we did not ask for is our own task's (it goes on as such) rather
+    than Serve cancelling the call, which is a client that went away.
+
+    NOTE: Serve cancels a request's handle calls when it cancels the request itself, which it
+    does when the client goes away, racing the `http.disconnect` that `InFlightGate` then
+    reports; either way the request settles as `client_disconnected`.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _note_replica(replica_id: str) -> None:
