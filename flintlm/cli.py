@@ -27,6 +27,7 @@ from flintlm.config import (
     ModelConfig,
     ModerationConfig,
     PlatformConfig,
+    ScaleConfig,
     SchedulerConfig,
     ServerConfig,
     field_docs,
@@ -62,7 +63,7 @@ app.add_typer(keys_app, name="keys")
 
 _SECTIONS = {"model": ModelConfig, "cache": CacheConfig, "scheduler": SchedulerConfig,
              "server": ServerConfig, "limits": LimitsConfig, "platform": PlatformConfig,
-             "moderation": ModerationConfig}
+             "moderation": ModerationConfig, "scale": ScaleConfig}
 _FIELD_SECTION = {f.name: (section, f) for section, cls in _SECTIONS.items()
                   for f in dataclasses.fields(cls)}
 _SIZE_FIELDS = {"kv_cache_memory", "max_kv_cache_memory", "max_body_bytes"}
@@ -163,9 +164,23 @@ def serve(
     capture: Annotated[str | None, _opt("capture")] = None,
     capture_ttl_days: Annotated[float | None, _opt("capture_ttl_days")] = None,
     guardrails_file: Annotated[str | None, _opt("guardrails_file")] = None,
+    ray: Annotated[bool | None, _opt("ray")] = None,
+    replicas: Annotated[int | None, _opt("replicas")] = None,
+    min_replicas: Annotated[int | None, _opt("min_replicas")] = None,
+    max_replicas: Annotated[int | None, _opt("max_replicas")] = None,
+    ray_address: Annotated[str | None, _opt("ray_address")] = None,
+    ray_num_cpus: Annotated[int | None, _opt("ray_num_cpus")] = None,
+    replica_num_cpus: Annotated[float | None, _opt("replica_num_cpus")] = None,
+    router: Annotated[str | None, _opt("router")] = None,
+    imbalanced_threshold: Annotated[int | None, _opt("imbalanced_threshold")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, ...)."""
     config = build_config(locals())
+    if config.scale.ray:  # NOTE: the only place that imports Ray, and only with --ray
+        from flintlm.scale.app import serve_on_ray
+
+        serve_on_ray(config)
+        return
     from flintlm.server import serve as run_server
 
     run_server(config)

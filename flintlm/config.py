@@ -246,6 +246,49 @@ class ModerationConfig:
 
 
 @dataclass(frozen=True)
+class ScaleConfig:
+    """Serving on Ray Serve (`flintlm serve --ray`); unused by the single-process server."""
+
+    ray: bool = False
+    """Serve on Ray Serve: one HTTP ingress in front of `replicas` engine replicas, each with its
+    own KV cache (needs `pip install flintlm[ray]`, --database-url and --redis-url)."""
+    replicas: int = 2
+    """Engine replicas behind the endpoint (the starting count when autoscaling)."""
+    min_replicas: int | None = None
+    """With --max-replicas: autoscale on queue length, never below this many replicas."""
+    max_replicas: int | None = None
+    """Autoscale on queue length up to this many replicas; a fixed count when unset."""
+    ray_address: str | None = None
+    """Address of a running Ray cluster (e.g. 10.0.0.1:6379); a local one is started when
+    unset."""
+    ray_num_cpus: int | None = None
+    """CPUs the local Ray cluster offers (not with --ray-address); all of them when unset."""
+    replica_num_cpus: float = 1.0
+    """CPUs Ray reserves for each engine replica (its torch threads follow it, at least 1)."""
+    router: str = "prefix"
+    """How requests pick a replica: prefix (flintlm's router: the replica holding the longest
+    run of the request's tenant-salted prefix blocks unless it is overloaded), ray-prefix
+    (Ray's PrefixCacheAffinityRouter on the same block hashes) or pow2 (power of two choices)."""
+    imbalanced_threshold: int = 4
+    """With the prefix routers: a replica more than this many requests busier than the least
+    loaded one loses its prefix affinity (the request goes to the least loaded of two)."""
+
+    def __post_init__(self) -> None:
+        if self.router not in ("prefix", "ray-prefix", "pow2"):
+            raise ValueError(f"router={self.router!r} is not one of prefix, ray-prefix, pow2")
+        if self.replicas < 1:
+            raise ValueError(f"replicas={self.replicas} must be at least 1")
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("autoscaling needs both --min-replicas and --max-replicas")
+        if self.min_replicas is not None and self.max_replicas is not None and not (
+                1 <= self.min_replicas <= self.replicas <= self.max_replicas):
+            raise ValueError(f"need 1 <= min_replicas={self.min_replicas} <= replicas="
+                             f"{self.replicas} <= max_replicas={self.max_replicas}")
+        if self.replica_num_cpus <= 0:
+            raise ValueError(f"replica_num_cpus={self.replica_num_cpus} must be positive")
+
+
+@dataclass(frozen=True)
 class FlintConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -254,6 +297,14 @@ class FlintConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+
+    def __post_init__(self) -> None:
+        # NOTE: several ingress replicas and servers must agree on keys, limits and the ledger,
+        # which only a shared database and Redis give; SQLite and in-process limits would not.
+        if self.scale.ray and not (self.platform.database_url and self.platform.redis_url):
+            raise ValueError("--ray needs a shared platform store: pass --database-url "
+                             "postgresql+psycopg://... and --redis-url redis://...")
 
     def replace(self, **sections: Any) -> FlintConfig:
         """Return a copy with whole sections replaced, e.g. `cfg.replace(cache=new_cache)`."""
