@@ -240,6 +240,8 @@ def test_bad_requests_are_400s_naming_what(served: PlatformServer, key: IssuedKe
              "temperature"),
             ({"model": "default", "max_tokens": 4, "messages": QUESTION,
               "tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0]"),
+            ({"model": "default", "max_tokens": 4, "messages": QUESTION, "tools": -97252},
+             "tools"),  # not a list: was a 500 (schemathesis)
             ({"model": "default", "max_tokens": 4, "messages": QUESTION,
               "thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
             ({"model": "default", "max_tokens": 4, "messages": QUESTION, "tools": [WEATHER],
