@@ -1,8 +1,10 @@
 """Shared fixtures: a real `flintlm serve` subprocess on a free loopback port, on the embedded
 default model in float32 on CPU so greedy decoding is deterministic.
 
-`server` is module-scoped (one process per test module); `start_server()` gives tests that must
-own their process (signals, restarts) one of their own.
+`server` is session-scoped: one process shared by every module that asks for it, so its tests
+must not depend on a fresh server (compare counters before and after, find their own requests by
+id). `start_server()` gives tests that must own their process (signals, restarts, other flags) one
+of their own.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def start_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_K
     return wait_until_ready(launch_server(log_dir, *extra_args, api_key=api_key))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live = start_server(tmp_path_factory.mktemp("server"))
     yield live

@@ -162,7 +162,9 @@ class MessagesRequest(BaseModel):
     def _refuse_server_tools(cls, data: Any) -> Any:
         # NOTE: before parsing, so a tool without input_schema is named by its type, not as a
         # missing field of a custom tool.
-        for i, tool in enumerate(data.get("tools") or [] if isinstance(data, dict) else []):
+        tools = data.get("tools") if isinstance(data, dict) else None
+        # Anything but a list is left to the field's own check (a 400 naming `tools`).
+        for i, tool in enumerate(tools if isinstance(tools, list) else []):
             if isinstance(tool, dict) and tool.get("type") not in (None, "custom"):
                 raise invalid(f"tools[{i}].type", f"tool type {tool['type']!r} is not supported "
                               "by this server; only custom tools with an input_schema")

@@ -36,13 +36,17 @@ ADD = {"name": "add", "description": "Add two integers",
            "a": {"type": "integer", "minimum": -1000, "maximum": 1000},
            "b": {"type": "integer", "minimum": -1000, "maximum": 1000}}}}
 SCHEMAS = {tool["name"]: tool["input_schema"] for tool in (WEATHER, ADD)}
+# The served context window: room for every request here, and small, so that a message that runs
+# to the window's end (as a client asking past it gets) is a short prefill.
+MAX_MODEL_LEN = 512
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformServer]:
     path = tmp_path_factory.mktemp("store") / "flintlm.db"
     store_url = sa.URL.create("sqlite+pysqlite", database=str(path)).render_as_string()
-    with platform_servers(tmp_path_factory.mktemp("messages"), store_url) as [server]:
+    with platform_servers(tmp_path_factory.mktemp("messages"), store_url,
+                          "--max-model-len", str(MAX_MODEL_LEN)) as [server]:
         yield server
 
 
@@ -236,6 +240,8 @@ def test_bad_requests_are_400s_naming_what(served: PlatformServer, key: IssuedKe
              "temperature"),
             ({"model": "default", "max_tokens": 4, "messages": QUESTION,
               "tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0]"),
+            ({"model": "default", "max_tokens": 4, "messages": QUESTION, "tools": -97252},
+             "tools"),  # not a list: was a 500 (schemathesis)
             ({"model": "default", "max_tokens": 4, "messages": QUESTION,
               "thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
             ({"model": "default", "max_tokens": 4, "messages": QUESTION, "tools": [WEATHER],
@@ -336,13 +342,15 @@ def test_max_tokens_past_the_context_window_runs_to_the_window(served: PlatformS
                                                                key: IssuedKey) -> None:
     """Clients ask for more than a small model's window (Claude Code: 32,000 tokens)."""
     def prompt(num_words: int) -> list[dict[str, Any]]:
-        return [{"role": "user", "content": "Repeat: " + " ".join(["stone"] * num_words)}]
+        # Continued from the assistant's own start, a repetition greedy decoding keeps going.
+        return [{"role": "user", "content": "Repeat: " + " ".join(["stone"] * num_words)},
+                {"role": "assistant", "content": "stone stone stone"}]
 
     num_room = 4
-    low, high = 1, 4096  # the longest prompt that leaves num_room tokens of the 2,048 or more
+    low, high = 1, 2 * MAX_MODEL_LEN  # the longest prompt that leaves num_room tokens or more
     while low < high:
         middle = (low + high + 1) // 2
-        if _count(served, key, messages=prompt(middle)) + num_room <= 2048:
+        if _count(served, key, messages=prompt(middle)) + num_room <= MAX_MODEL_LEN:
             low = middle
         else:
             high = middle - 1
@@ -350,9 +358,9 @@ def test_max_tokens_past_the_context_window_runs_to_the_window(served: PlatformS
     message = _create(served, key, messages=prompt(low), max_tokens=32000)
     assert message.stop_reason == "model_context_window_exceeded", message
     assert _total_input(message.usage) == num_prompt
-    assert num_prompt + message.usage.output_tokens == 2048
+    assert num_prompt + message.usage.output_tokens == MAX_MODEL_LEN
     with pytest.raises(anthropic.BadRequestError):  # a prompt that fills the window
-        _create(served, key, messages=prompt(4096))
+        _create(served, key, messages=prompt(2 * MAX_MODEL_LEN))
 
 
 def test_output_config_format_is_a_json_schema_constraint(served: PlatformServer,

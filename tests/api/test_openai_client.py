@@ -27,6 +27,14 @@ def _kv_blocks_used(server: LiveServer) -> float:
     return float(match.group(1))
 
 
+def _num_finished(server: LiveServer, finish_reason: str) -> float:
+    """Engine requests ended for `finish_reason` so far (the server is shared: compare counts)."""
+    text = httpx.get(f"{server.url}/metrics").text
+    pattern = rf'^flintlm_requests_total\{{[^}}]*finish_reason="{finish_reason}"[^}}]*\}} (\S+)$'
+    match = re.search(pattern, text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
 def test_models_lists_the_served_model(server: LiveServer) -> None:
     client = server.openai()
     assert [m.id for m in client.models.list().data] == ["default"]
@@ -193,6 +201,7 @@ async def test_32_concurrent_streams(server: LiveServer) -> None:
 
 def test_disconnect_mid_stream_frees_kv_blocks(server: LiveServer) -> None:
     baseline = _kv_blocks_used(server)
+    num_disconnects = _num_finished(server, "disconnect")
     body = {"prompt": "Write a long story.", "max_tokens": 1500, "stream": True,
             "ignore_eos": True}
     with server.http() as http, http.stream("POST", "/v1/completions", json=body) as response:
@@ -210,7 +219,9 @@ def test_disconnect_mid_stream_frees_kv_blocks(server: LiveServer) -> None:
     while _kv_blocks_used(server) > baseline and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _kv_blocks_used(server) == baseline
-    assert 'finish_reason="disconnect"' in httpx.get(f"{server.url}/metrics").text
+    while _num_finished(server, "disconnect") <= num_disconnects and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _num_finished(server, "disconnect") == num_disconnects + 1
 
 
 def test_tokenize_roundtrip(server: LiveServer) -> None:

@@ -1,5 +1,6 @@
 """SIGTERM drains: the port stays open, /health and new requests get 503 with Retry-After,
-in-flight requests finish, the ledger is flushed, the process exits 0."""
+in-flight requests (a stream mid-decode, a body still arriving) finish, the ledger is flushed,
+the process exits 0. One server per drain: each test ends its own process."""
 
 from __future__ import annotations
 
@@ -14,43 +15,23 @@ import httpx
 
 from tests.conftest import HANG_TIMEOUT_S, LiveServer, database_path, start_server
 
+NUM_STREAMED = 48  # the stream in flight at SIGTERM: long enough to still be decoding
 
-def test_sigterm_drains_an_in_flight_request(tmp_path: Path) -> None:
-    # The server exits as soon as the request is done, so a drain this long costs nothing on a
-    # fast machine and leaves a slow one all the time its 48 tokens take.
-    server = start_server(tmp_path, "--drain-timeout-s", str(HANG_TIMEOUT_S / 2))
-    result: dict[str, object] = {}
-    first_chunk = threading.Event()
 
-    def stream() -> None:
-        client = server.openai()
-        chunks = client.completions.create(model="default", prompt="Count:", max_tokens=48,
-                                           temperature=0, stream=True,
-                                           stream_options={"include_usage": True},
-                                           extra_body={"ignore_eos": True})
-        for chunk in chunks:
-            first_chunk.set()
-            if chunk.choices and chunk.choices[0].finish_reason:
-                result["finish_reason"] = chunk.choices[0].finish_reason
-            if chunk.usage:
-                result["completion_tokens"] = chunk.usage.completion_tokens
-
-    thread = threading.Thread(target=stream)
-    thread.start()
-    try:
-        assert first_chunk.wait(HANG_TIMEOUT_S)  # the request is in flight: SIGTERM now
-        server.process.send_signal(signal.SIGTERM)
-        thread.join(HANG_TIMEOUT_S)
-        exit_code = server.stop()
-    finally:
-        server.stop(signal.SIGKILL)
-    assert result == {"finish_reason": "length", "completion_tokens": 48}, server.log()
-    assert exit_code == 0, server.log()
-    try:
-        refused = httpx.get(f"{server.url}/health", timeout=2).status_code
-    except httpx.ConnectError:
-        refused = None
-    assert refused is None
+def _stream_completion(server: LiveServer, result: dict[str, object],
+                       first_chunk: threading.Event) -> None:
+    """A streamed completion of NUM_STREAMED tokens; `result` gets its id, finish and usage."""
+    chunks = server.openai().completions.create(
+        model="default", prompt="Count:", max_tokens=NUM_STREAMED, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        extra_headers={"x-request-id": "in-flight-stream"})
+    for chunk in chunks:
+        first_chunk.set()
+        result["id"] = chunk.id
+        if chunk.choices and chunk.choices[0].finish_reason:
+            result["finish_reason"] = chunk.choices[0].finish_reason
+        if chunk.usage:
+            result["completion_tokens"] = chunk.usage.completion_tokens
 
 
 def _start_slow_upload(server: LiveServer, body: bytes, request_id: str) -> socket.socket:
@@ -80,20 +61,29 @@ def _finish_upload(connection: socket.socket, body: bytes) -> tuple[str, dict[st
 def test_draining_keeps_the_port_answering_503_until_in_flight_requests_finish(
     tmp_path: Path
 ) -> None:
+    """SIGTERM with a stream mid-decode and a body still arriving: both finish in full."""
+    # The server exits as soon as both are done, so a drain this long costs nothing on a fast
+    # machine and leaves a slow one all the time the stream's tokens take.
     server = start_server(tmp_path, "--drain-timeout-s", str(HANG_TIMEOUT_S / 2))
     body = json.dumps({"model": "default", "prompt": "Count:", "max_tokens": 8,
                        "temperature": 0, "ignore_eos": True}).encode()
+    streamed: dict[str, object] = {}
+    first_chunk = threading.Event()
+    stream = threading.Thread(target=_stream_completion, args=(server, streamed, first_chunk))
     try:
         upload = _start_slow_upload(server, body, "in-flight-upload")
         with server.http() as client:
             # Answered only after the server read the upload's head (same loop, earlier bytes).
             assert client.get("/health").status_code == 200
+            stream.start()
+            assert first_chunk.wait(HANG_TIMEOUT_S)  # the stream is decoding: SIGTERM now
             server.process.send_signal(signal.SIGTERM)
             refused = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1},
                                   headers={"x-request-id": "after-sigterm"})
             health = client.get("/health")
             live = client.get("/health/live")
         status, headers, completion = _finish_upload(upload, body)
+        stream.join(HANG_TIMEOUT_S)
         exit_code = server.stop()
     finally:
         server.stop(signal.SIGKILL)
@@ -107,11 +97,20 @@ def test_draining_keeps_the_port_answering_503_until_in_flight_requests_finish(
     assert status == "HTTP/1.1 200 OK", (status, completion, log)
     assert headers["x-request-id"] == "in-flight-upload"
     assert completion["usage"]["completion_tokens"] == 8
+    assert (streamed.get("finish_reason"), streamed.get("completion_tokens")) == (
+        "length", NUM_STREAMED), log
     assert exit_code == 0, log
-    with sqlite3.connect(database_path(server)) as db:  # flushed before the exit: exactly one
+    try:
+        after_exit = httpx.get(f"{server.url}/health", timeout=2).status_code
+    except httpx.ConnectError:
+        after_exit = None
+    assert after_exit is None
+    with sqlite3.connect(database_path(server)) as db:  # flushed before the exit: both rows
         rows = db.execute("SELECT request_id, http_request_id, status, completion_tokens "
                           "FROM usage_events").fetchall()
-    assert rows == [(completion["id"], "in-flight-upload", "finished", 8)]
+    assert sorted(rows) == sorted([(completion["id"], "in-flight-upload", "finished", 8),
+                                   (streamed["id"], "in-flight-stream", "finished",
+                                    NUM_STREAMED)])
 
 
 def test_a_drain_that_times_out_ends_the_requests_left_and_exits_0(tmp_path: Path) -> None:

@@ -8,6 +8,10 @@ from flintlm.engine.request import InvalidRequestError
 from tests.reference import REFERENCE_PATHS
 
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+# Long enough that every request is still decoding while the long prompts prefill in chunks
+# beside it, and that 8 of them overflow the preemption test's KV budget; each of the batch
+# invariance test's 16 lone runs costs one step per token.
+BATCH_GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
 MIXED_PROMPTS = [
     "Hi",
@@ -38,19 +42,19 @@ def llm():
 
 
 def test_batch_invariance_with_chunked_prefill(llm):
-    alone = [llm.generate([p], GREEDY)[0].token_ids for p in MIXED_PROMPTS]
-    batched = [r.token_ids for r in llm.generate(MIXED_PROMPTS, GREEDY)]
+    alone = [llm.generate([p], BATCH_GREEDY)[0].token_ids for p in MIXED_PROMPTS]
+    batched = [r.token_ids for r in llm.generate(MIXED_PROMPTS, BATCH_GREEDY)]
     assert batched == alone
 
 
 def test_preemption_keeps_outputs_identical(llm):
     prompts = MIXED_PROMPTS[:8]
-    expected = [r.token_ids for r in llm.generate(prompts, GREEDY)]
+    expected = [r.token_ids for r in llm.generate(prompts, BATCH_GREEDY)]
     # room for ~2 sequences' worth of blocks: the batch of 8 must preempt and recompute
     tight = LLM("default", dtype="float32", kv_cache_memory="12MiB", max_num_batched_tokens=48,
                 enable_prefix_caching=False, **REFERENCE_PATHS)
     assert tight.engine.runner.kv_layout.num_tokens < 8 * 100
-    results = [r.token_ids for r in tight.generate(prompts, GREEDY)]
+    results = [r.token_ids for r in tight.generate(prompts, BATCH_GREEDY)]
     assert tight.engine.stats().num_preemptions > 0
     assert results == expected
     assert tight.engine.block_manager.num_used_blocks == 0

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from flintlm.platform.db import Database
 from flintlm.platform.limit_store import LimitStore, MemoryLimitStore, RedisLimitStore
 from flintlm.platform.tables import Base
-from tests.conftest import start_server
+from tests.conftest import LiveServer
 from tests.platform.served import seconds_per_chat
 
 POSTGRES_URLS = [
@@ -170,11 +170,8 @@ def limit_store(request: pytest.FixtureRequest) -> LimitStore:
 
 
 @pytest.fixture(scope="session")
-def chat_seconds(tmp_path_factory: pytest.TempPathFactory) -> float:
-    """How long one short chat (`served.CHAT`) takes here, timed on a server of its own before
-    the served tests start theirs, which size their rate windows and drains from it."""
-    live = start_server(tmp_path_factory.mktemp("timing"))
-    try:
-        return seconds_per_chat(live.openai())
-    finally:
-        live.stop()
+def chat_seconds(server: LiveServer) -> float:
+    """How long one short chat (`served.CHAT`) takes here, timed on the session's idle plain
+    server (no start of its own) before the served tests start theirs, which size their rate
+    windows and drains from it."""
+    return seconds_per_chat(server.openai())

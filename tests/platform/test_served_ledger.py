@@ -23,7 +23,7 @@ from tests.conftest import HANG_TIMEOUT_S
 from tests.platform.served import IssuedKey, PlatformServer, platform_servers
 
 NUM_PER_KEY = 100
-MAX_TOKENS = 4
+MAX_TOKENS = 1  # the cheapest request that still has a usage to settle
 ABORT_MAX_TOKENS = 64  # long enough to be cut off after the first chunk
 LIMITED_RPM = 20
 SHORT_TOKENS, LONG_TOKENS = 16, 1500  # the SIGTERM test's requests: finished, and cut off
