@@ -188,8 +188,11 @@ def main() -> None:
             str(gguf), serve_args, Path(data_dir)) as server:
         api_key = issue_key(server.base_url, admin_key)
         for run in range(args.runs):
-            for mode in ("bare", "console"):  # interleaved, so drift hits both alike
-                flat = one_run(args, server.base_url, admin_key, api_key, vocab_size, seed=1 + run,
+            for index, mode in enumerate(("bare", "console")):  # interleaved: drift hits both
+                # Fresh prompts for every run: a run repeating the one before it would be served
+                # from the prefix cache (the first version of this script measured exactly that).
+                flat = one_run(args, server.base_url, admin_key, api_key, vocab_size,
+                               seed=1 + 2 * run + index,
                                console=None if mode == "bare" else args.console)
                 results[mode].append(flat)
                 print(f"run {run + 1} {mode}: {flat['output_throughput']:.1f} output tok/s, "

@@ -38,12 +38,17 @@ logger = logging.getLogger(__name__)
 STEP_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUANTIZED_PATHS = ("int8", "exact")
 DENSE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-CACHE_FORMAT = 1  # bump when what is measured changes: cached tables are then measured again
+# bump when what is measured changes: cached tables are then measured again (2: tables measured
+# on a busy machine are no longer kept, so those kept by 1 may be such tables)
+CACHE_FORMAT = 2
 _COPY_BYTES = 64 << 20  # per path: well beyond a last-level cache, so weights stream from DRAM
 _MEMORY_BOUND_ROWS = 16  # up to here a step streams its weights; above, one copy is compute-bound
 _SINGLE_THREAD_ROWS = 8  # one thread is tried up to here only (it never won above, measured)
 _LOGIT_ROWS = 64  # sampled rows: one per sequence, so large steps (prefill) sample few
 _REPEATS = 2
+# All threads >2x slower than one on the same small step: a bandwidth-bound step never does that
+# on a quiet machine; OpenMP's threads collapse when another program holds a core (measured: 10x).
+_COLLAPSE_RATIO = 2.0
 _LONG_S = 0.2
 
 
@@ -112,6 +117,16 @@ class DispatchTable:
     def activations(self) -> str:
         """int8 or exact: the one quantized path the table chose from (exact when none)."""
         return "int8" if any(c.path == "int8" for c in self.choices) else "exact"
+
+    @property
+    def was_contended(self) -> bool:
+        """Whether another program held the cores while this was measured: in most pairs of
+        one-thread and all-thread timings of a step, all threads were >2x slower than one."""
+        single = {(t.step_size, t.path, t.dtype): t.ms for t in self.timings if t.num_threads == 1}
+        pairs = [(single[key], t.ms) for t in self.timings if t.num_threads > 1
+                 and (key := (t.step_size, t.path, t.dtype)) in single]
+        collapsed = sum(many > _COLLAPSE_RATIO * one for one, many in pairs)
+        return bool(pairs) and 2 * collapsed >= len(pairs)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -363,6 +378,10 @@ def load_or_calibrate(shapes: ModelShapes, dtype: str | None = None,
     logger.info("measuring the fastest kernels for this CPU and model (once per machine)")
     table = calibrate(shapes, dtype, activations)
     logger.info("calibration took %.1f s: %s", table.seconds, describe_choices(table))
+    if table.was_contended:  # kept, it would slow every later start (single-threaded decode)
+        logger.warning("the CPU was busy during the kernel calibration (threads collapsed): its "
+                       "table serves this run only and is measured again at the next start")
+        return table
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_suffix(f".{os.getpid()}.tmp")
     scratch.write_text(json.dumps(table.to_json(), indent=1))
