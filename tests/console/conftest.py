@@ -77,9 +77,11 @@ def _missing_browser() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    """Headless Chromium, one for the whole session."""
+    """Headless Chromium, one for tests/console and its subfolders. Not the session: Playwright's
+    sync API keeps an event loop running on the main thread while it is open, and every later
+    test that calls asyncio.run() would fail ("cannot be called from a running event loop")."""
     reason = _missing_browser()
     if reason is not None:
         if os.environ.get("FLINTLM_REQUIRE_BROWSER") == "1":
