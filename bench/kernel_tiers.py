@@ -22,6 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from flintlm.kernels import isa, native
+from flintlm.kernels.abi import WeightKind
 from flintlm.kernels.ops import CpuKernels, QuantMatrix
 from flintlm.models.quant import interleave
 
@@ -37,7 +38,7 @@ def q4_1(n: int, k: int) -> tuple[QuantMatrix, torch.Tensor]:
     values = torch.stack([q & 15, q >> 4], 1).view(n, 2, k // 32, 16)  # [n, lo/hi, block, 16]
     values = values.permute(0, 2, 1, 3).reshape(n, k // 32, 32).float()
     dense = values * d.float()[..., None] + m.float()[..., None]
-    return QuantMatrix(q, d, m, is_4bit=True), dense.view(n, k)
+    return QuantMatrix(q, d, m, WeightKind.Q4_1), dense.view(n, k)
 
 
 def torch_variants(dense: torch.Tensor, rows: int) -> dict[str, Callable[[], object]]:

@@ -10,9 +10,10 @@ structure's size and field offsets (as its compiler laid them out) must equal ct
 from __future__ import annotations
 
 import ctypes
+import enum
 from dataclasses import dataclass
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 
 LIMITS = {  # name: (value, what it bounds)
     "MAX_GROUP": (16, "query heads per KV head"),
@@ -25,6 +26,16 @@ LIMITS = {  # name: (value, what it bounds)
 
 def limit(name: str) -> int:
     return LIMITS[name][0]
+
+
+class WeightKind(enum.IntEnum):
+    """How a quantized matrix's blocks decode, w = d q + m per block (quant_matmul.c), passed
+    to the kernels as `weight_kind` (C: WEIGHT_<name>). Where m is a fixed multiple of d, a
+    tile may fold it into its integer sums, d (q - c) . x, and never read m."""
+
+    Q8_0 = 0  # one byte a value, q + 128; m = -128 d
+    Q4_1 = 1  # two 4-bit values a byte; m as stored
+    Q4_0 = 2  # two 4-bit values a byte; m = -8 d
 
 
 _SCALARS = {"int": ctypes.c_int, "int64_t": ctypes.c_int64, "float": ctypes.c_float}
@@ -41,7 +52,7 @@ def _ctype(c_type: str, structs: dict[str, type[ctypes.Structure]]) -> object:
 _STRUCT_FIELDS: dict[str, list[tuple[str, str]]] = {  # C name: [(C type, field)]
     "decode_matrix": [("const uint8_t *", "q"), ("const uint16_t *", "d"),
                       ("const uint16_t *", "m"), ("int64_t", "out_features"),
-                      ("int", "is_4bit"), ("int", "is_interleaved")],
+                      ("int", "weight_kind"), ("int", "is_interleaved")],
     "decode_layer": [("const void *", "input_norm"), ("const void *", "post_attention_norm"),
                      ("decode_matrix", "qkv"), ("decode_matrix", "o"),
                      ("decode_matrix", "gate_up"), ("decode_matrix", "down"),
@@ -108,7 +119,7 @@ KERNELS = (
         ("const T *", "gate_up"), ("T *", "out"), ("int64_t", "num_tokens"), ("int", "size"))),
     Kernel("quant_matmul", (
         ("const T *", "x"), ("int64_t", "rows"), ("int64_t", "k"), ("const uint8_t *", "q"),
-        ("const uint16_t *", "d"), ("const uint16_t *", "m"), ("int", "is_q4"),
+        ("const uint16_t *", "d"), ("const uint16_t *", "m"), ("int", "weight_kind"),
         ("int", "is_interleaved"), ("int64_t", "n"), ("T *", "y"), ("int64_t", "y_stride"),
         ("int64_t", "col0"), ("int", "use_int8")), returns_status=True),
     Kernel("decode_step", (
@@ -121,9 +132,9 @@ KERNELS = (
 # -- the C rendering and the load-time check -----------------------------------------------------
 
 def layout() -> list[int]:
-    """What the library must report: the ABI version, each limit, then per structure its size
-    and each field's offset, in declaration order."""
-    values = [ABI_VERSION, *(value for value, _ in LIMITS.values())]
+    """What the library must report: the ABI version, each limit, each weight kind's value,
+    then per structure its size and each field's offset, in declaration order."""
+    values = [ABI_VERSION, *(value for value, _ in LIMITS.values()), *map(int, WeightKind)]
     for name, fields in _STRUCT_FIELDS.items():
         struct = STRUCTS[name]
         values += [ctypes.sizeof(struct), *(getattr(struct, f).offset for _, f in fields)]
@@ -136,6 +147,7 @@ def header() -> str:
              "#ifndef FLINTLM_ABI_H", "#define FLINTLM_ABI_H", "#include <stddef.h>",
              "#include <stdint.h>", "", f"#define FLINTLM_ABI_VERSION {ABI_VERSION}"]
     lines += [f"#define {name} {value}  /* {why} */" for name, (value, why) in LIMITS.items()]
+    lines += [f"#define WEIGHT_{kind.name} {int(kind)}" for kind in WeightKind]
     for name, fields in _STRUCT_FIELDS.items():
         lines += ["", "typedef struct {"]
         lines += [f"    {c_type}{'' if c_type.endswith('*') else ' '}{field};"
@@ -149,7 +161,7 @@ def header() -> str:
         result = "int" if kernel.returns_status else "void"
         lines.append(f"    {result} {kernel.name}_##SUFFIX({params}); \\")
     lines.append("")
-    entries = ["FLINTLM_ABI_VERSION", *LIMITS]
+    entries = ["FLINTLM_ABI_VERSION", *LIMITS, *(f"WEIGHT_{kind.name}" for kind in WeightKind)]
     for name, fields in _STRUCT_FIELDS.items():
         entries += [f"sizeof({name})", *(f"offsetof({name}, {f})" for _, f in fields)]
     lines += ["/* The library reports this at load (abi.py `layout()`), as compiled */",

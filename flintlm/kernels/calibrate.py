@@ -31,6 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from flintlm.kernels import isa
+from flintlm.kernels.abi import WeightKind
 from flintlm.kernels.ops import CpuKernels, QuantMatrix
 
 logger = logging.getLogger(__name__)
@@ -145,12 +146,12 @@ def _random_quant(out_features: int, in_features: int, weight_type: str,
                   interleaved: bool) -> QuantMatrix:
     from flintlm.models.quant import interleave
 
-    is_4bit = weight_type != "Q8_0"
-    width = in_features // 2 if is_4bit else in_features
+    kind = WeightKind[weight_type]
+    width = in_features // 2 if kind != WeightKind.Q8_0 else in_features
     q = torch.full((out_features, width), 0x5A, dtype=torch.uint8)  # values do not change speed
     d = torch.full((out_features, in_features // 32), 0.01, dtype=torch.float16)
-    m = torch.full_like(d, -0.08)
-    matrix = QuantMatrix(q, d, m, is_4bit=is_4bit)
+    m = d * (-128.0 if kind == WeightKind.Q8_0 else -8.0)
+    matrix = QuantMatrix(q, d, m, kind)
     return interleave(matrix) if interleaved else matrix
 
 

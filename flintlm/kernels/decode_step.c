@@ -15,8 +15,8 @@
 #define MATMUL(SUFFIX, x, k, matrix, out, width)                                                 \
     do {                                                                                         \
         if (quant_matmul_##SUFFIX(x, rows, k, (matrix).q, (matrix).d, (matrix).m,                \
-                                  (matrix).is_4bit, (matrix).is_interleaved, width, out, width,  \
-                                  0, b->use_int8))                                               \
+                                  (matrix).weight_kind, (matrix).is_interleaved, width, out,    \
+                                  width, 0, b->use_int8))                                        \
             return 1;                                                                            \
     } while (0)
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 import torch
 
 from flintlm.kernels import native
-from flintlm.kernels.abi import limit
+from flintlm.kernels.abi import WeightKind, limit
 
 logger = logging.getLogger(__name__)
 
 KERNEL_MODES = ("auto", "native", "torch")
 _QBLOCK = limit("QBLOCK")
 _MAX_K = limit("QBLOCK") * limit("MAX_QBLOCKS")  # K a quantized matmul takes
+_FIXED_OFFSET = {WeightKind.Q8_0: -128.0, WeightKind.Q4_0: -8.0}  # m / d where m is not stored
 
 
 @dataclass(frozen=True)
@@ -30,16 +31,27 @@ class QuantMatrix:
     Row layout: q [N, K / 2] uint8 (4-bit: two values a byte) or [N, K] uint8 (q + 128), d and m
     [N, K / 32]. Interleaved (the int8 path's, `is_interleaved`): the same bytes regrouped by 16
     rows, q [N / 16, K / 32, 256 or 512], d and m [N / 16, K / 32, 16].
+
+    Invariant: for Q4_0 and Q8_0, m is exactly -8 d and -128 d (the tiles that fold the offset
+    never read m, so another m would give another result per tier): checked here.
     """
 
     q: torch.Tensor
     d: torch.Tensor  # float16
     m: torch.Tensor  # float16
-    is_4bit: bool
+    kind: WeightKind
     is_interleaved: bool = False
 
     def __post_init__(self) -> None:
         _require_contiguous(self.q, self.d, self.m)
+        fixed = _FIXED_OFFSET.get(self.kind)
+        if fixed is not None and not torch.equal(self.m, self.d * fixed):
+            raise ValueError(f"a {self.kind.name} QuantMatrix needs m = {fixed:g} d exactly; "
+                             "store other offsets as Q4_1")
+
+    @property
+    def is_4bit(self) -> bool:
+        return self.kind != WeightKind.Q8_0
 
     @functools.cached_property
     def pointers(self) -> tuple[int, int, int]:
@@ -213,7 +225,7 @@ class CpuKernels:
         if weight.is_interleaved and not use_int8:
             raise ValueError("an interleaved QuantMatrix is read by the int8 path only")
         q, d, m = weight.pointers
-        status = self._quant_matmul(x.data_ptr(), rows, k, q, d, m, int(weight.is_4bit),
+        status = self._quant_matmul(x.data_ptr(), rows, k, q, d, m, int(weight.kind),
                                     int(weight.is_interleaved), weight.out_features,
                                     out.data_ptr(), out.stride(0), col0, int(use_int8))
         _raise_if_unallocated(status, "quant_matmul")

@@ -8,7 +8,8 @@
  *     its low and element j + 16 in its high nibble, as GGML stores it); Q8 types one byte a
  *     weight, stored as q + 128 (unsigned)
  *   d [N, K/32] float16 scale, m [N, K/32] float16 offset:  w = d * q + m
- *     (Q4_1: m as stored; Q4_0: q - 8 folded into m = -8 d; Q8_0: m = -128 d)
+ *     (Q4_1: m as stored; Q4_0: m = -8 d; Q8_0: m = -128 d; `weight_kind` says which, and
+ *     tiles may fold the last two's fixed offsets instead of reading m, see tier.h)
  * or, for the int8 path, interleaved (models/quant.py `interleave`; N a multiple of 16):
  *   q [N/16][K/32][C][16][4] bytes: weight rows in groups of 16, each group's blocks in K order;
  *     chunk c of a block holds, for each of the 16 rows, 4 consecutive values: Q4 types C = 4,
@@ -31,7 +32,8 @@ static void qdot_exact(const qweights *w, int64_t first, int count, const qactiv
         const int64_t row = first + i;
         float d[MAX_QBLOCKS];
         tier_f16_row(w->d + row * nb, d, nb);
-        out[i] = tier_qdot_exact_row(w->q + row * w->row_q_bytes, d, a->xf + r * k, nb, w->is_q4)
+        out[i] = tier_qdot_exact_row(w->q + row * w->row_q_bytes, d, a->xf + r * k, nb,
+                                     kind_is_q4(w->kind))
                  + offset_dot(w->m + row * nb, a->xsum + r * nb, nb);
     }
 }
@@ -90,12 +92,14 @@ int quant_int8_has_dot(void) { return TIER_HAS_INT8_DOT; }
  * (n a multiple of 16) needs use_int8. The row layout is read MAX_QROWS rows at a time.       \
  * Returns 0, or 1 where the activations' buffer could not be allocated (y then unwritten). */ \
 int quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,              \
-                           const uint16_t *d, const uint16_t *m, int is_q4, int is_interleaved, \
-                           int64_t n, T *y, int64_t y_stride, int64_t col0, int use_int8) {     \
+                           const uint16_t *d, const uint16_t *m, int weight_kind,              \
+                           int is_interleaved, int64_t n, T *y, int64_t y_stride, int64_t col0, \
+                           int use_int8) {                                                     \
+    const int is_q4 = kind_is_q4(weight_kind);                                                  \
     if (!is_interleaved && rows > MAX_QROWS) {                                                  \
         for (int64_t r0 = 0; r0 < rows; r0 += MAX_QROWS)                                        \
             if (quant_matmul_##SUFFIX(x + r0 * k, rows - r0 < MAX_QROWS ? rows - r0 : MAX_QROWS, \
-                                      k, q, d, m, is_q4, 0, n, y + r0 * y_stride, y_stride,     \
+                                      k, q, d, m, weight_kind, 0, n, y + r0 * y_stride, y_stride, \
                                       col0, use_int8))                                          \
                 return 1;                                                                       \
         return 0;                                                                               \
@@ -104,7 +108,7 @@ int quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,
     if (!alloc_activations(&a, rows, k)) return 1;                                              \
     for (int64_t i = 0; i < rows * k; i++) a.xf[i] = LOAD(x[i]);                                \
     block_stats(&a, rows, k, use_int8);                                                         \
-    const qweights w = {q, d, m, is_q4 ? k / 2 : k, k / QBLOCK, is_q4};                         \
+    const qweights w = {q, d, m, is_q4 ? k / 2 : k, k / QBLOCK, weight_kind};                   \
     if (is_interleaved) {                                                                       \
         QMATMUL_INTERLEAVED(T, STORE);                                                          \
     } else {                                                                                    \
@@ -128,7 +132,7 @@ int quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,
     for (int64_t g = 0; g < n / IL_ROWS; g++) {                                                 \
         const int64_t nb = w.nb, group_bytes = nb * (is_q4 ? 256 : 512);                        \
         const qweights group = {q + g * group_bytes, d + g * nb * IL_ROWS,                      \
-                                m + g * nb * IL_ROWS, 0, nb, is_q4};                             \
+                                m + g * nb * IL_ROWS, 0, nb, weight_kind};                       \
         float dots[IL_XTILE * IL_ROWS];                                                         \
         for (int64_t r0 = 0; r0 < rows; r0 += IL_XTILE) {                                       \
             const int tile_rows = rows - r0 < IL_XTILE ? (int)(rows - r0) : IL_XTILE;           \

@@ -18,9 +18,11 @@
  *   TIER_HAS_INT8_DOT  1 where the int8 path runs on integer dot-product instructions and so
  *                      beats the exact path; 0 where it is portable C (still correct).
  * and these primitives. "Block" = 32 consecutive values along K; weights w = d q + m per
- * block, q as stored (Q4: 0..15, Q8: q + 128 in 0..255; Q8's m is always -128 d); the two
- * weight layouts, row and interleaved, are drawn in quant_matmul.c. Integer sums must be
- * exact; float sums may come in any order.
+ * block, q as stored (Q4: 0..15, Q8: q + 128 in 0..255); the weight kind (WEIGHT_*, abi.h)
+ * says which: Q4_1 reads m, while Q4_0's m is always -8 d and Q8_0's -128 d, so a tile may
+ * fold those into its sums (d (q - c) . x) instead of reading m. The two weight layouts, row
+ * and interleaved, are drawn in quant_matmul.c. Integer sums must be exact; float sums may
+ * come in any order.
  *
  *   void tier_f16_row(const uint16_t *src, float *dst, int64_t n)
  *       dst[i] = IEEE half src[i] as float, exactly (subnormals, inf and NaN included).
@@ -84,8 +86,14 @@ typedef struct {
     const uint16_t *d; /* float16 scales */
     const uint16_t *m; /* float16 offsets */
     int64_t row_q_bytes, nb;
-    int is_q4;
+    int kind;          /* WEIGHT_* (abi.h) */
 } qweights;
+
+/* Q4_0 and Q4_1 hold two 4-bit values a byte, Q8_0 one value a byte. */
+static inline int kind_is_q4(int kind) { return kind != WEIGHT_Q8_0; }
+
+/* c in the fixed offset m = -c d of Q4_0 (8) and Q8_0 (128). */
+static inline float kind_centre(int kind) { return kind == WEIGHT_Q4_0 ? 8.0f : 128.0f; }
 
 /* Prepared activations: float copy, per-block sums (exact path), and the int8 form. */
 typedef struct {

@@ -11,9 +11,10 @@
  *     q * xq per byte (|q| <= 128: pairs <= 32512), widened to int32 per chunk. The sum is then
  *     q . xq = u . xq - 128 sum(xq), and since Q8's m = -128 d,
  *       d dx (u . xq) + m xqsum = d dx (u . xq - 128 sum(xq)) = d dx (q . xq),
- *     so the offset term is dropped: the same value as the AVX-512 tier's, exactly.
+ *     so the offset term is dropped: the product the AVX-512 tier computes, up to float rounding.
  * With AVX-VNNI (__AVXVNNI__: Alder Lake and later, Zen 5) vpdpbusd does u8 x s8 -> int32 with
- * no saturation, and both types take the AVX-512 tier's math unchanged (offsets included). */
+ * no saturation, and every kind takes the AVX-512 tier's math unchanged (Q4_0's and Q8_0's
+ * fixed offsets folded into the sums, Q4_1's read). */
 #ifndef FLINTLM_KERNELS_TIER_AVX2_H
 #define FLINTLM_KERNELS_TIER_AVX2_H
 
@@ -139,136 +140,96 @@ static inline float int8_row_dot(const uint8_t *q, const float *d, const int8_t 
 static inline void tier_int8_rows(const qweights *w, int64_t first, int count,
                                   const qactivations *a, int64_t rows, int64_t k, float *out) {
     const int64_t nb = w->nb;
-    const int has_offsets = w->is_q4 || !Q8_SIGNED;
+    const int is_q4 = kind_is_q4(w->kind), has_offsets = is_q4 || !Q8_SIGNED;
     for (int i = 0; i < count; i++) {
         const int64_t row = first + i;
         float d[MAX_QBLOCKS];
         tier_f16_row(w->d + row * nb, d, nb);
         for (int64_t r = 0; r < rows; r++) {
             float total = int8_row_dot(w->q + row * w->row_q_bytes, d, a->xq + r * k,
-                                       a->dx + r * nb, nb, w->is_q4);
+                                       a->dx + r * nb, nb, is_q4);
             if (has_offsets) total += offset_dot(w->m + row * nb, a->xqsum + r * nb, nb);
             out[i * rows + r] = total;
         }
     }
 }
 
-/* Interleaved layout, one half of a group (8 weight rows: bytes 32 h .. 32 h + 32 of each
- * 64-byte chunk) against `rows` activation rows, into dots[r * 16 + 8 h ..]. Per block, chunk
- * j of the half is one vector (lane i = values 4j..4j+3 of row i), multiplied by every
- * activation row's broadcast quad before the next is loaded, so only one chunk's weights are
- * live: 4 float accumulators + 4 block sums + weights + broadcast fit the 16 registers. One
- * function per weight type, so no test of the type is left inside the loops. */
-static inline __attribute__((always_inline)) void
-il_scale_block(const qweights *g, const qactivations *a, int64_t r0, const int rows, int h,
-               int64_t b, const __m256i isum[IL_XTILE], int has_offsets, __m256 acc[IL_XTILE]) {
-    const int64_t nb = g->nb;
-    const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g->d + b * IL_ROWS + 8 * h)));
-    const __m256 m8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g->m + b * IL_ROWS + 8 * h)));
-    for (int r = 0; r < rows; r++) {
-        const int64_t at = (r0 + r) * nb + b;
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]),
-                                 _mm256_mul_ps(d8, _mm256_set1_ps(a->dx[at])), acc[r]);
-        if (has_offsets) acc[r] = _mm256_fmadd_ps(m8, _mm256_set1_ps(a->xqsum[at]), acc[r]);
-    }
+/* ---- Interleaved layout: one pass over a group's blocks, each 64-byte chunk read once as two
+ * vectors (weight rows 0-7 and 8-15: h = 0, 1), so the group's bytes stream from memory once
+ * and every line is used whole as it arrives. (Two passes of 8 rows each read every line
+ * twice, the second from cache while memory idled: measured slower at every row count.) Per
+ * block, isum[h][r] holds the int32 sums of weight rows 8h..8h+7 with activation row r; the
+ * block's scales then add them into float accumulators. How the offsets enter (tier.h): */
+enum {
+    OFFSETS_NONE,   /* Q8 signed sums are q . xq already (see the top) */
+    OFFSETS_FOLDED, /* Q4_0, Q8_0 on AVX-VNNI: m = -c d, so d (dx isum - c xqsum); m unread */
+    OFFSETS_READ,   /* Q4_1: d dx isum + m xqsum */
+};
+
+static inline int il_offsets(int kind) {
+    if (kind == WEIGHT_Q4_1) return OFFSETS_READ;
+    return kind == WEIGHT_Q8_0 && Q8_SIGNED ? OFFSETS_NONE : OFFSETS_FOLDED;
 }
 
-static inline __attribute__((always_inline)) void
-il_half_q4(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const int rows,
-           int h, float *dots) {
-    const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
-    __m256 acc[IL_XTILE];
-    for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < g->nb; b++) {
-        const uint8_t *qb = g->q + b * 256 + 32 * h;
-        const int8_t *xb = a->xq + r0 * k + b * QBLOCK;
-        __m256i isum[IL_XTILE];
-        for (int r = 0; r < rows; r++) isum[r] = _mm256_setzero_si256();
-        /* NOTE: unrolled, gcc's reassociation computed all 32 products before summing them and
-         * spilled them to the stack (measured ~1.6x slower at 4 rows) */
-#pragma GCC unroll 1
-        for (int c = 0; c < 4; c++) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(qb + 64 * c));
-            const __m256i lo = _mm256_and_si256(raw, low_nibbles);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_nibbles);
-            for (int r = 0; r < rows; r++) {
-                const __m256i x_lo = _mm256_set1_epi32(*(const aliased_i32 *)(xb + r * k + 4 * c));
-                const __m256i x_hi = _mm256_set1_epi32(*(const aliased_i32 *)(xb + r * k + 16 + 4 * c));
-#ifdef __AVXVNNI__
-                isum[r] = _mm256_dpbusd_avx_epi32(isum[r], lo, x_lo);
-                isum[r] = _mm256_dpbusd_avx_epi32(isum[r], hi, x_hi);
-#else           /* int16 sums: see the bound at the top */
-                isum[r] = _mm256_add_epi16(isum[r], _mm256_maddubs_epi16(lo, x_lo));
-                isum[r] = _mm256_add_epi16(isum[r], _mm256_maddubs_epi16(hi, x_hi));
-#endif
-            }
-        }
-#ifndef __AVXVNNI__
-        for (int r = 0; r < rows; r++) isum[r] = _mm256_madd_epi16(isum[r], _mm256_set1_epi16(1));
-#endif
-        il_scale_block(g, a, r0, rows, h, b, isum, 1, acc);
-    }
-    for (int r = 0; r < rows; r++) _mm256_storeu_ps(dots + r * IL_ROWS + 8 * h, acc[r]);
-}
-
-static inline __attribute__((always_inline)) void
-il_half_q8(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const int rows,
-           int h, float *dots) {
-    __m256 acc[IL_XTILE];
-    for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < g->nb; b++) {
-        const uint8_t *qb = g->q + b * 512 + 32 * h;
-        const int8_t *xb = a->xq + r0 * k + b * QBLOCK;
-        __m256i isum[IL_XTILE];
-        for (int r = 0; r < rows; r++) isum[r] = _mm256_setzero_si256();
-#pragma GCC unroll 1 /* see il_half_q4 */
-        for (int j = 0; j < 8; j++) {
-            const __m256i u = _mm256_loadu_si256((const __m256i *)(qb + 64 * j));
-#if Q8_SIGNED
-            const __m256i s = _mm256_xor_si256(u, _mm256_set1_epi8((char)0x80));
-            const __m256i s_abs = _mm256_sign_epi8(s, s);
-            for (int r = 0; r < rows; r++) {
-                const __m256i x = _mm256_sign_epi8(
-                    _mm256_set1_epi32(*(const aliased_i32 *)(xb + r * k + 4 * j)), s);
-                isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(s_abs, x), _mm256_set1_epi16(1)));
-            }
-#else
-            for (int r = 0; r < rows; r++)
-                isum[r] = _mm256_dpbusd_avx_epi32(
-                    isum[r], u, _mm256_set1_epi32(*(const aliased_i32 *)(xb + r * k + 4 * j)));
-#endif
-        }
-        il_scale_block(g, a, r0, rows, h, b, isum, !Q8_SIGNED, acc);
-    }
-    for (int r = 0; r < rows; r++) _mm256_storeu_ps(dots + r * IL_ROWS + 8 * h, acc[r]);
-}
-
-/* Decode steps (1-2 activation rows): all 16 weight rows in one pass over the group, each
- * 64-byte chunk read once as two vectors (rows 0-7, 8-15), so the group's bytes stream from
- * memory once and every line is used whole as it arrives (the halves above read each line
- * twice: the second pass ran from cache while memory idled). Registers: 2 x ROWS float
- * accumulators + 2 x ROWS block sums + the chunk's 4 (Q4 nibbles) or 2 (Q8) weight vectors. */
-#define IL_FULL_ROWS 2
 #ifndef IL_PREFETCH_BYTES /* a -D flag overrides it, e.g. bench/decode_matvec.py --extra-flags */
 #define IL_PREFETCH_BYTES 1024 /* ahead on the group's weight stream (the next group follows) */
 #endif
+
+/* A block's weight scales (d, m: its 16 float16 values of each), per half: d, and m where
+ * read. */
+static inline __attribute__((always_inline)) void
+il_weight_scales(const uint16_t *d, const uint16_t *m, const int kind, __m256 d8[2],
+                 __m256 m8[2]) {
+    for (int h = 0; h < 2; h++) {
+        d8[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + 8 * h)));
+        m8[h] = il_offsets(kind) == OFFSETS_READ
+                    ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + 8 * h))) : d8[h];
+    }
+}
+
+/* acc + the block's value for one activation row (its block's *dx, *xqsum) and one half: its
+ * sums isum, weight scales d8, m8. Folded: one FMA inside the other (dx isum - c xqsum rounded
+ * once, then scaled by d). */
+static inline __attribute__((always_inline)) __m256
+il_scaled(__m256 acc, __m256i isum, __m256 d8, __m256 m8, const float *dx, const float *xqsum,
+          const int kind) {
+    const int offsets = il_offsets(kind);
+    const __m256 sum = _mm256_cvtepi32_ps(isum), dx8 = _mm256_set1_ps(*dx);
+    if (offsets == OFFSETS_FOLDED) {
+        const __m256 offset = _mm256_set1_ps(-kind_centre(kind) * *xqsum);
+        return _mm256_fmadd_ps(d8, _mm256_fmadd_ps(sum, dx8, offset), acc);
+    }
+    acc = _mm256_fmadd_ps(sum, _mm256_mul_ps(d8, dx8), acc);
+    return offsets == OFFSETS_READ ? _mm256_fmadd_ps(m8, _mm256_set1_ps(*xqsum), acc) : acc;
+}
+
+/* A Q4 chunk's weights, both halves, as low and high nibbles. */
+static inline __attribute__((always_inline)) void
+il_nibbles(const uint8_t *chunk, __m256i lo[2], __m256i hi[2]) {
+    const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
+    for (int h = 0; h < 2; h++) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i *)(chunk + 32 * h));
+        lo[h] = _mm256_and_si256(raw, low_nibbles);
+        hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_nibbles);
+    }
+}
+
+/* Decode steps (1-2 activation rows): float accumulators in registers. Registers: 2 x ROWS
+ * accumulators + 2 x ROWS block sums + the chunk's 4 (Q4 nibbles) or 2 (Q8) weight vectors. */
+#define IL_FULL_ROWS 2
 
 /* One Q4 block's int32 sums q . xq, isum[h][r] for weight rows 8h..8h+7. */
 static inline __attribute__((always_inline)) void
 il_full_block_q4(const uint8_t *qb, const int8_t *xb, int64_t k, const int rows,
                  __m256i isum[2][IL_FULL_ROWS]) {
-    const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
     for (int h = 0; h < 2; h++)
         for (int r = 0; r < rows; r++) isum[h][r] = _mm256_setzero_si256();
-#pragma GCC unroll 1 /* see il_half_q4 */
+    /* NOTE: unrolled, gcc's reassociation computed all the block's products before summing
+     * them and spilled them to the stack (measured ~1.6x slower at 4 rows) */
+#pragma GCC unroll 1
     for (int c = 0; c < 4; c++) {
         __m256i lo[2], hi[2];
-        for (int h = 0; h < 2; h++) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(qb + 64 * c + 32 * h));
-            lo[h] = _mm256_and_si256(raw, low_nibbles);
-            hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_nibbles);
-        }
+        il_nibbles(qb + 64 * c, lo, hi);
         for (int r = 0; r < rows; r++) {
             const int8_t *xr = xb + r * k;
             const __m256i x_lo = _mm256_set1_epi32(*(const aliased_i32 *)(xr + 4 * c));
@@ -297,7 +258,7 @@ il_full_block_q8(const uint8_t *qb, const int8_t *xb, int64_t k, const int rows,
                  __m256i isum[2][IL_FULL_ROWS]) {
     for (int h = 0; h < 2; h++)
         for (int r = 0; r < rows; r++) isum[h][r] = _mm256_setzero_si256();
-#pragma GCC unroll 1 /* see il_half_q4 */
+#pragma GCC unroll 1 /* see il_full_block_q4 */
     for (int j = 0; j < 8; j++) {
         __m256i u[2];
         for (int h = 0; h < 2; h++)
@@ -316,11 +277,11 @@ il_full_block_q8(const uint8_t *qb, const int8_t *xb, int64_t k, const int rows,
     }
 }
 
-/* The pass over the group; is_q4 and rows are constants in each instance. */
+/* kind and rows are constants in each instance. */
 static inline __attribute__((always_inline)) void
 il_full(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const int rows,
-        const int is_q4, float *dots) {
-    const int64_t block_bytes = is_q4 ? 256 : 512;
+        const int kind, float *dots) {
+    const int64_t block_bytes = kind_is_q4(kind) ? 256 : 512;
     __m256 acc[2][IL_FULL_ROWS];
     for (int h = 0; h < 2; h++)
         for (int r = 0; r < rows; r++) acc[h][r] = _mm256_setzero_ps();
@@ -330,40 +291,164 @@ il_full(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const i
             _mm_prefetch((const char *)(qb + IL_PREFETCH_BYTES + line), _MM_HINT_T0);
         const int8_t *xb = a->xq + r0 * k + b * QBLOCK;
         __m256i isum[2][IL_FULL_ROWS];
-        if (is_q4)
+        if (kind_is_q4(kind))
             il_full_block_q4(qb, xb, k, rows, isum);
         else
             il_full_block_q8(qb, xb, k, rows, isum);
-        for (int h = 0; h < 2; h++)
-            il_scale_block(g, a, r0, rows, h, b, isum[h], is_q4 || !Q8_SIGNED, acc[h]);
+        __m256 d8[2], m8[2];
+        il_weight_scales(g->d + b * IL_ROWS, g->m + b * IL_ROWS, kind, d8, m8);
+        for (int r = 0; r < rows; r++) {
+            const int64_t at = (r0 + r) * g->nb + b;
+            for (int h = 0; h < 2; h++)
+                acc[h][r] = il_scaled(acc[h][r], isum[h][r], d8[h], m8[h], a->dx + at,
+                                      a->xqsum + at, kind);
+        }
     }
     for (int h = 0; h < 2; h++)
         for (int r = 0; r < rows; r++) _mm256_storeu_ps(dots + r * IL_ROWS + 8 * h, acc[h][r]);
 }
 
-#define IL_HALVES(KIND, ROWS)                                                                     \
-    do {                                                                                          \
-        il_half_##KIND(group, a, k, r0, ROWS, 0, dots);                                           \
-        il_half_##KIND(group, a, k, r0, ROWS, 1, dots);                                           \
-    } while (0)
+/* Batched steps (3-4 activation rows): the block's 2 x ROWS sums, the chunk's weights (4
+ * vectors), a broadcast, a product and a constant take the 16 registers, so the float
+ * accumulators live in `dots` (L1): a load and a store each a block, against the block's 64
+ * vpmaddubsw (Q4, 4 rows). Each product is added as it comes, one broadcast live at a time;
+ * vpaddw wraps, so the int16 sums are exact in any order as long as the block's total stays
+ * within the bound at the top, which it does (8 products a lane, as in il_full_block_q4). */
+
+/* v as computed here, in a register: gcc may not reassociate the sums across it. NOTE: left
+ * free, gcc paired the products before adding them (2 broadcasts and 2 products live) and
+ * spilled 5 of the 8 sums to the stack at 4 rows, rolled or not (bench/tile_loops.py). */
+static inline __attribute__((always_inline)) __m256i il_pinned(__m256i v) {
+    __asm__("" : "+x"(v));
+    return v;
+}
+
+static inline __attribute__((always_inline)) void
+il_wide_block_q4(const uint8_t *qb, const int8_t *xb, int64_t k, const int rows,
+                 __m256i isum[2][IL_XTILE]) {
+    for (int h = 0; h < 2; h++)
+        for (int r = 0; r < rows; r++) isum[h][r] = _mm256_setzero_si256();
+#pragma GCC unroll 4 /* pinned sums: unrolled without spills, ~8% faster than rolled */
+    for (int c = 0; c < 4; c++) {
+        __m256i lo[2], hi[2];
+        il_nibbles(qb + 64 * c, lo, hi);
+        for (int r = 0; r < rows; r++) {
+            const aliased_i32 *quads = (const aliased_i32 *)(xb + r * k);
+            const __m256i x_lo = _mm256_set1_epi32(quads[c]);
+            for (int h = 0; h < 2; h++)
+#ifdef __AVXVNNI__
+                isum[h][r] = _mm256_dpbusd_avx_epi32(isum[h][r], lo[h], x_lo);
+#else
+                isum[h][r] = il_pinned(_mm256_add_epi16(isum[h][r],
+                                                        _mm256_maddubs_epi16(lo[h], x_lo)));
+#endif
+            const __m256i x_hi = _mm256_set1_epi32(quads[4 + c]);
+            for (int h = 0; h < 2; h++)
+#ifdef __AVXVNNI__
+                isum[h][r] = _mm256_dpbusd_avx_epi32(isum[h][r], hi[h], x_hi);
+#else
+                isum[h][r] = il_pinned(_mm256_add_epi16(isum[h][r],
+                                                        _mm256_maddubs_epi16(hi[h], x_hi)));
+#endif
+        }
+    }
+#ifndef __AVXVNNI__
+    for (int h = 0; h < 2; h++)
+        for (int r = 0; r < rows; r++)
+            isum[h][r] = _mm256_madd_epi16(isum[h][r], _mm256_set1_epi16(1));
+#endif
+}
+
+/* Q8: without VNNI, the chunk's signed weights and their magnitudes (4 vectors) are shared by
+ * the rows; each product is widened to int32 at once (Q8 pairs reach 32512, see the top). */
+static inline __attribute__((always_inline)) void
+il_wide_block_q8(const uint8_t *qb, const int8_t *xb, int64_t k, const int rows,
+                 __m256i isum[2][IL_XTILE]) {
+    for (int h = 0; h < 2; h++)
+        for (int r = 0; r < rows; r++) isum[h][r] = _mm256_setzero_si256();
+#pragma GCC unroll 1 /* see il_full_block_q4 */
+    for (int j = 0; j < 8; j++) {
+        __m256i u[2];
+        for (int h = 0; h < 2; h++)
+            u[h] = _mm256_loadu_si256((const __m256i *)(qb + 64 * j + 32 * h));
+#if Q8_SIGNED
+        __m256i s[2], s_abs[2];
+        for (int h = 0; h < 2; h++) {
+            s[h] = _mm256_xor_si256(u[h], _mm256_set1_epi8((char)0x80));
+            s_abs[h] = _mm256_sign_epi8(s[h], s[h]);
+        }
+#endif
+        for (int r = 0; r < rows; r++) {
+            const __m256i x = _mm256_set1_epi32(*(const aliased_i32 *)(xb + r * k + 4 * j));
+            for (int h = 0; h < 2; h++)
+#if Q8_SIGNED
+                isum[h][r] = il_pinned(_mm256_add_epi32(isum[h][r], _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(s_abs[h], _mm256_sign_epi8(x, s[h])),
+                    _mm256_set1_epi16(1))));
+#else
+                isum[h][r] = _mm256_dpbusd_avx_epi32(isum[h][r], u[h], x);
+#endif
+        }
+    }
+}
+
+/* Only the first tile over a group (r0 = 0) streams it from memory: later tiles find it in
+ * cache, and prefetching there would only take issue slots. NOTE: the fields of g and a are
+ * copied first: the vector stores into dots may alias anything (as _mm256_storeu_ps is
+ * declared), and gcc reloaded every field after each store. */
+static inline __attribute__((always_inline)) void
+il_wide(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const int rows,
+        const int kind, float *dots) {
+    const int64_t nb = g->nb, block_bytes = kind_is_q4(kind) ? 256 : 512;
+    const uint8_t *q = g->q;
+    const uint16_t *d = g->d, *m = g->m;
+    const int8_t *xq = a->xq + r0 * k;
+    const float *dx = a->dx + r0 * nb, *xqsum = a->xqsum + r0 * nb;
+    for (int i = 0; i < rows * IL_ROWS; i++) dots[i] = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *qb = q + b * block_bytes;
+        if (r0 == 0)
+            for (int line = 0; line < block_bytes; line += 64)
+                _mm_prefetch((const char *)(qb + IL_PREFETCH_BYTES + line), _MM_HINT_T0);
+        __m256i isum[2][IL_XTILE];
+        if (kind_is_q4(kind))
+            il_wide_block_q4(qb, xq + b * QBLOCK, k, rows, isum);
+        else
+            il_wide_block_q8(qb, xq + b * QBLOCK, k, rows, isum);
+        __m256 d8[2], m8[2];
+        il_weight_scales(d + b * IL_ROWS, m + b * IL_ROWS, kind, d8, m8);
+        for (int r = 0; r < rows; r++) { /* both halves stored last: dx is read once a row */
+            float *acc = dots + r * IL_ROWS;
+            const float *dx_rb = dx + r * nb + b, *xqsum_rb = xqsum + r * nb + b;
+            const __m256 acc0 = il_scaled(_mm256_loadu_ps(acc), isum[0][r], d8[0], m8[0], dx_rb,
+                                          xqsum_rb, kind);
+            const __m256 acc1 = il_scaled(_mm256_loadu_ps(acc + 8), isum[1][r], d8[1], m8[1],
+                                          dx_rb, xqsum_rb, kind);
+            _mm256_storeu_ps(acc, acc0);
+            _mm256_storeu_ps(acc + 8, acc1);
+        }
+    }
+}
+
+/* Constant row counts and kinds keep the sums in registers and the kind's tests out of the
+ * loops. */
+static inline __attribute__((always_inline)) void
+il_tile_rows(const qweights *g, const qactivations *a, int64_t k, int64_t r0, int rows,
+             const int kind, float *dots) {
+    switch (rows) {
+        case 1: il_full(g, a, k, r0, 1, kind, dots); break;
+        case 2: il_full(g, a, k, r0, 2, kind, dots); break;
+        case 3: il_wide(g, a, k, r0, 3, kind, dots); break;
+        default: il_wide(g, a, k, r0, IL_XTILE, kind, dots); break;
+    }
+}
 
 static inline void tier_il_tile(const qweights *group, const qactivations *a, int64_t k,
                                 int64_t r0, int rows, float dots[IL_XTILE * IL_ROWS]) {
-    /* constant row counts keep the accumulators in registers */
-    if (group->is_q4) {
-        switch (rows) {
-            case 1: il_full(group, a, k, r0, 1, 1, dots); break;
-            case 2: il_full(group, a, k, r0, 2, 1, dots); break;
-            case 3: IL_HALVES(q4, 3); break;
-            default: IL_HALVES(q4, IL_XTILE); break;
-        }
-    } else {
-        switch (rows) {
-            case 1: il_full(group, a, k, r0, 1, 0, dots); break;
-            case 2: il_full(group, a, k, r0, 2, 0, dots); break;
-            case 3: IL_HALVES(q8, 3); break;
-            default: IL_HALVES(q8, IL_XTILE); break;
-        }
+    switch (group->kind) {
+        case WEIGHT_Q8_0: il_tile_rows(group, a, k, r0, rows, WEIGHT_Q8_0, dots); break;
+        case WEIGHT_Q4_1: il_tile_rows(group, a, k, r0, rows, WEIGHT_Q4_1, dots); break;
+        default: il_tile_rows(group, a, k, r0, rows, WEIGHT_Q4_0, dots); break;
     }
 }
 

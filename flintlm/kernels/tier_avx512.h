@@ -75,7 +75,7 @@ int8_rows_tile(const qweights *w, int64_t first, const int count, const qactivat
             const uint8_t *q = w->q + row * w->row_q_bytes;
             /* the next group's rows follow these in memory: fetch them while this one runs */
             _mm_prefetch((const char *)(q + QROW_GROUP * w->row_q_bytes + b * 16), _MM_HINT_T0);
-            if (w->is_q4) {
+            if (kind_is_q4(w->kind)) {
                 /* [A bytes | B bytes] -> [A low | A high | B low | B high] nibbles */
                 const __m512i raw = _mm512_castsi256_si512(
                     _mm256_maskz_loadu_epi8(is_pair ? 0xFFFFFFFFu : 0xFFFFu, q + b * 16));
@@ -139,7 +139,9 @@ static inline void tier_int8_rows(const qweights *w, int64_t first, int count,
 #endif
 /* Decode steps only: with 3-4 rows a block's dot products take longer than its bytes take to
  * arrive, and the prefetches would only add issue slots (llvm-mca: +3-6% cycles a block). */
+#ifndef IL_PREFETCH_ROWS /* a -D flag overrides it, as IL_PREFETCH_BYTES */
 #define IL_PREFETCH_ROWS 2
+#endif
 
 /* Q4 block -> isum[r] = q . xq (16 int32 lanes, one per weight row). The high nibbles are not
  * shifted down: raw & 0xF0 is 16 x the nibble, so their sum is 16 x the one wanted, and an
@@ -183,12 +185,16 @@ il_block_q8(const uint8_t *qb, const int8_t *xb, int64_t k, const int rows,
     for (int r = 0; r < rows; r++) isum[r] = _mm512_add_epi32(even[r], odd[r]);
 }
 
-/* dots[r * 16 ..] for `rows` activation rows; is_q4 and rows are constants in each instance.
- * The scaled sums and the offsets go to separate accumulators, so each is one FMA chain a
- * block (one shared chain of two FMAs bounded a 1-row block at 8 cycles of latency). */
+/* dots[r * 16 ..] for `rows` activation rows; kind and rows are constants in each instance.
+ * Q4_0's and Q8_0's offsets are fixed (m = -c d, tier.h), so they fold into the block's value:
+ * d (dx isum - c xqsum), one FMA inside the other, m never read. Q4_1's go to a separate
+ * accumulator, so each is one FMA chain a block (one shared chain of two FMAs bounded a 1-row
+ * block at 8 cycles of latency); the folded form's inner FMA is off the chain. */
 static inline __attribute__((always_inline)) void
 il_tile(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const int rows,
-        const int is_q4, float *dots) {
+        const int kind, float *dots) {
+    const int is_q4 = kind_is_q4(kind), reads_m = kind == WEIGHT_Q4_1;
+    const float fold = -kind_centre(kind);
     const int64_t nb = g->nb, block_bytes = is_q4 ? 256 : 512;
     __m512 acc[IL_XTILE], acc_offsets[IL_XTILE];
     for (int r = 0; r < rows; r++) acc[r] = acc_offsets[r] = _mm512_setzero_ps();
@@ -205,12 +211,18 @@ il_tile(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const i
         const __m256i *d_bits = (const __m256i *)(g->d + b * IL_ROWS);
         const __m256i *m_bits = (const __m256i *)(g->m + b * IL_ROWS);
         const __m512 d16 = _mm512_cvtph_ps(_mm256_loadu_si256(d_bits));
-        const __m512 m16 = _mm512_cvtph_ps(_mm256_loadu_si256(m_bits));
+        const __m512 m16 = reads_m ? _mm512_cvtph_ps(_mm256_loadu_si256(m_bits)) : d16;
         for (int r = 0; r < rows; r++) {
             const int64_t at = (r0 + r) * nb + b;
-            const __m512 scale = _mm512_mul_ps(d16, _mm512_set1_ps(a->dx[at]));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), scale, acc[r]);
-            acc_offsets[r] = _mm512_fmadd_ps(m16, _mm512_set1_ps(a->xqsum[at]), acc_offsets[r]);
+            const __m512 sum = _mm512_cvtepi32_ps(isum[r]), dx = _mm512_set1_ps(a->dx[at]);
+            if (reads_m) {
+                acc[r] = _mm512_fmadd_ps(sum, _mm512_mul_ps(d16, dx), acc[r]);
+                acc_offsets[r] = _mm512_fmadd_ps(m16, _mm512_set1_ps(a->xqsum[at]),
+                                                 acc_offsets[r]);
+            } else {
+                const __m512 offset = _mm512_set1_ps(fold * a->xqsum[at]);
+                acc[r] = _mm512_fmadd_ps(d16, _mm512_fmadd_ps(sum, dx, offset), acc[r]);
+            }
         }
     }
     for (int r = 0; r < rows; r++)
@@ -220,21 +232,22 @@ il_tile(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const i
 /* Constant row counts keep the accumulators in registers. */
 static inline __attribute__((always_inline)) void
 il_tile_rows(const qweights *g, const qactivations *a, int64_t k, int64_t r0, int rows,
-             const int is_q4, float *dots) {
+             const int kind, float *dots) {
     switch (rows) {
-        case 1: il_tile(g, a, k, r0, 1, is_q4, dots); break;
-        case 2: il_tile(g, a, k, r0, 2, is_q4, dots); break;
-        case 3: il_tile(g, a, k, r0, 3, is_q4, dots); break;
-        default: il_tile(g, a, k, r0, IL_XTILE, is_q4, dots); break;
+        case 1: il_tile(g, a, k, r0, 1, kind, dots); break;
+        case 2: il_tile(g, a, k, r0, 2, kind, dots); break;
+        case 3: il_tile(g, a, k, r0, 3, kind, dots); break;
+        default: il_tile(g, a, k, r0, IL_XTILE, kind, dots); break;
     }
 }
 
 static inline void tier_il_tile(const qweights *group, const qactivations *a, int64_t k,
                                 int64_t r0, int rows, float dots[IL_XTILE * IL_ROWS]) {
-    if (group->is_q4)
-        il_tile_rows(group, a, k, r0, rows, 1, dots);
-    else
-        il_tile_rows(group, a, k, r0, rows, 0, dots);
+    switch (group->kind) {
+        case WEIGHT_Q8_0: il_tile_rows(group, a, k, r0, rows, WEIGHT_Q8_0, dots); break;
+        case WEIGHT_Q4_1: il_tile_rows(group, a, k, r0, rows, WEIGHT_Q4_1, dots); break;
+        default: il_tile_rows(group, a, k, r0, rows, WEIGHT_Q4_0, dots); break;
+    }
 }
 
 static inline int64_t tier_argmax_row(const float *row, int64_t n) {

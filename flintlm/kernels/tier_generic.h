@@ -74,7 +74,8 @@ static inline int32_t generic_block_dot(const uint8_t *q, const int8_t *xq, int 
 
 static inline void tier_int8_rows(const qweights *w, int64_t first, int count,
                                   const qactivations *a, int64_t rows, int64_t k, float *out) {
-    const int64_t nb = w->nb, block_bytes = w->is_q4 ? 16 : 32;
+    const int is_q4 = kind_is_q4(w->kind);
+    const int64_t nb = w->nb, block_bytes = is_q4 ? 16 : 32;
     for (int i = 0; i < count; i++) {
         const int64_t row = first + i;
         float d[MAX_QBLOCKS];
@@ -84,7 +85,7 @@ static inline void tier_int8_rows(const qweights *w, int64_t first, int count,
             for (int64_t b = 0; b < nb; b++)
                 total += d[b] * a->dx[r * nb + b]
                          * (float)generic_block_dot(w->q + row * w->row_q_bytes + b * block_bytes,
-                                                    a->xq + r * k + b * QBLOCK, w->is_q4);
+                                                    a->xq + r * k + b * QBLOCK, is_q4);
             out[i * rows + r] = total + offset_dot(w->m + row * nb, a->xqsum + r * nb, nb);
         }
     }
@@ -109,14 +110,15 @@ static inline void generic_il_unpack(const uint8_t *q, int is_q4, int16_t w[IL_R
 
 static inline void tier_il_tile(const qweights *group, const qactivations *a, int64_t k,
                                 int64_t r0, int rows, float dots[IL_XTILE * IL_ROWS]) {
-    const int64_t nb = group->nb, block_bytes = group->is_q4 ? 256 : 512;
+    const int is_q4 = kind_is_q4(group->kind);
+    const int64_t nb = group->nb, block_bytes = is_q4 ? 256 : 512;
     for (int i = 0; i < rows * IL_ROWS; i++) dots[i] = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
         float d[IL_ROWS], m[IL_ROWS];
         tier_f16_row(group->d + b * IL_ROWS, d, IL_ROWS);
         tier_f16_row(group->m + b * IL_ROWS, m, IL_ROWS);
         int16_t w[IL_ROWS][QBLOCK];
-        generic_il_unpack(group->q + b * block_bytes, group->is_q4, w);
+        generic_il_unpack(group->q + b * block_bytes, is_q4, w);
         for (int r = 0; r < rows; r++) {
             const int8_t *xb = a->xq + (r0 + r) * k + b * QBLOCK;
             int32_t sums[IL_ROWS];

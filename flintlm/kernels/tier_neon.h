@@ -134,7 +134,8 @@ static inline void neon_row_block(const uint8_t *q, int is_q4, int8x16_t w[2]) {
 static inline __attribute__((always_inline)) void
 neon_int8_rows_tile(const qweights *w, int64_t first, const int count, const qactivations *a,
                     int64_t r0, const int rows, int64_t k, int64_t out_rows, float *out) {
-    const int64_t nb = w->nb, block_bytes = w->is_q4 ? 16 : 32;
+    const int is_q4 = kind_is_q4(w->kind);
+    const int64_t nb = w->nb, block_bytes = is_q4 ? 16 : 32;
     float32x4_t acc[QROW_GROUP][2];
     float d[QROW_GROUP][MAX_QBLOCKS];
     for (int i = 0; i < count; i++) {
@@ -144,7 +145,7 @@ neon_int8_rows_tile(const qweights *w, int64_t first, const int count, const qac
     for (int64_t b = 0; b < nb; b++) {
         int8x16_t wv[QROW_GROUP][2];
         for (int i = 0; i < count; i++)
-            neon_row_block(w->q + (first + i) * w->row_q_bytes + b * block_bytes, w->is_q4, wv[i]);
+            neon_row_block(w->q + (first + i) * w->row_q_bytes + b * block_bytes, is_q4, wv[i]);
         for (int r = 0; r < rows; r++) {
             const int8_t *xb = a->xq + (r0 + r) * k + b * QBLOCK;
             const int8x16_t x_lo = vld1q_s8(xb), x_hi = vld1q_s8(xb + 16);
@@ -158,8 +159,8 @@ neon_int8_rows_tile(const qweights *w, int64_t first, const int count, const qac
     }
     for (int i = 0; i < count; i++)
         for (int r = 0; r < rows; r++) {
-            const float offsets = w->is_q4 ? offset_dot(w->m + (first + i) * nb,
-                                                         a->xqsum + (r0 + r) * nb, nb) : 0.0f;
+            const float offsets = is_q4 ? offset_dot(w->m + (first + i) * nb,
+                                                     a->xqsum + (r0 + r) * nb, nb) : 0.0f;
             out[i * out_rows + r0 + r] = vaddvq_f32(acc[i][r]) + offsets;
         }
 }
@@ -227,7 +228,8 @@ neon_il_unpack(const uint8_t *block, int quad, int is_q4, int8x16_t w[8]) {
 static inline __attribute__((always_inline)) void
 neon_il_tile(const qweights *group, const qactivations *a, int64_t k, int64_t r0,
              const int rows, float32x4_t acc[IL_XTILE][4]) {
-    const int64_t nb = group->nb, block_bytes = group->is_q4 ? 256 : 512;
+    const int is_q4 = kind_is_q4(group->kind);
+    const int64_t nb = group->nb, block_bytes = is_q4 ? 256 : 512;
     for (int r = 0; r < rows; r++)
         for (int quad = 0; quad < 4; quad++) acc[r][quad] = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nb; b++) {
@@ -239,7 +241,7 @@ neon_il_tile(const qweights *group, const qactivations *a, int64_t k, int64_t r0
         }
         for (int quad = 0; quad < 4; quad++) {
             int8x16_t w[8];
-            neon_il_unpack(block, quad, group->is_q4, w);
+            neon_il_unpack(block, quad, is_q4, w);
             const float32x4_t d = neon_f16x4(group->d + b * IL_ROWS + 4 * quad);
             const float32x4_t m = neon_f16x4(group->m + b * IL_ROWS + 4 * quad);
             for (int r = 0; r < rows; r++) {
@@ -247,7 +249,7 @@ neon_il_tile(const qweights *group, const qactivations *a, int64_t k, int64_t r0
                 const int32x4_t sums = neon_quad_block(w, x_lo[r], x_hi[r]);
                 acc[r][quad] = vfmaq_f32(acc[r][quad], vcvtq_f32_s32(sums),
                                          vmulq_n_f32(d, a->dx[at]));
-                if (group->is_q4) acc[r][quad] = vfmaq_n_f32(acc[r][quad], m, a->xqsum[at]);
+                if (is_q4) acc[r][quad] = vfmaq_n_f32(acc[r][quad], m, a->xqsum[at]);
             }
         }
     }

@@ -77,7 +77,7 @@ class FastDecode:
             for name, matrix in zip(("qkv", "o", "gate_up", "down"), matrices, strict=True):
                 q, d, m = matrix.pointers
                 setattr(entry, name, DecodeMatrix(q, d, m, matrix.out_features,
-                                                  int(matrix.is_4bit), int(matrix.is_interleaved)))
+                                                  int(matrix.kind), int(matrix.is_interleaved)))
             entry.input_norm = layer.input_layernorm.weight.data_ptr()
             entry.post_attention_norm = layer.post_attention_layernorm.weight.data_ptr()
             entry.k_cache, entry.v_cache = k_cache.data_ptr(), v_cache.data_ptr()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from flintlm.kernels.abi import WeightKind
 from flintlm.kernels.ops import QuantMatrix
 
 if TYPE_CHECKING:
@@ -55,8 +56,7 @@ def repack(weight: QuantizedWeight) -> QuantMatrix | None:
         m = -128.0 * d
     if not torch.isfinite(m).all():  # -8 d or -128 d beyond float16's range
         return None
-    return QuantMatrix(values.contiguous(), d.contiguous(), m.contiguous(),
-                       is_4bit=kind != "Q8_0")
+    return QuantMatrix(values.contiguous(), d.contiguous(), m.contiguous(), WeightKind[kind])
 
 
 def interleave(matrix: QuantMatrix) -> QuantMatrix:
@@ -75,7 +75,7 @@ def interleave(matrix: QuantMatrix) -> QuantMatrix:
         return scales.view(n // 16, 16, num_blocks).transpose(1, 2).reshape(n // 16, -1)
 
     return QuantMatrix(q.contiguous(), by_group(matrix.d).contiguous(),
-                       by_group(matrix.m).contiguous(), matrix.is_4bit, is_interleaved=True)
+                       by_group(matrix.m).contiguous(), matrix.kind, is_interleaved=True)
 
 
 logger = logging.getLogger(__name__)
@@ -144,10 +144,10 @@ class SmallBatchQuantLogits(nn.Module):
 def _stacked(matrices: list[QuantMatrix]) -> list[QuantMatrix]:
     """Parts of one type stacked into one matrix (fused q/k/v, gate/up): one kernel call, one
     parallel region per step instead of one per part (each costs ~10-20 us, measured)."""
-    if len(matrices) == 1 or len({m.is_4bit for m in matrices}) != 1:
+    if len(matrices) == 1 or len({m.kind for m in matrices}) != 1:
         return matrices
     return [QuantMatrix(torch.cat([m.q for m in matrices]), torch.cat([m.d for m in matrices]),
-                        torch.cat([m.m for m in matrices]), matrices[0].is_4bit)]
+                        torch.cat([m.m for m in matrices]), matrices[0].kind)]
 
 
 def keep_quantized(model: LlamaForCausalLM, quantized: dict[str, QuantizedWeight],

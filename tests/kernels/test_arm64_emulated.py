@@ -90,7 +90,8 @@ def test_quant_matmul_multiplies_the_stored_weights(emulator, type_name):
             x = torch.randn(rows, k).to(dtype)
             for matrix, use_int8 in layouts:
                 scalars = dict(dtype=code, rows=rows, k=k, n=n, y_width=n + col0, col0=col0,
-                               is_q4=int(matrix.is_4bit), is_interleaved=int(matrix.is_interleaved),
+                               weight_kind=int(matrix.kind),
+                               is_interleaved=int(matrix.is_interleaved),
                                use_int8=int(use_int8))
                 cases.append(Case("quant_matmul", scalars,
                                   dict(x=x, q=matrix.q, d=matrix.d, m=matrix.m)))

@@ -11,6 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from flintlm.kernels import isa, native
+from flintlm.kernels.abi import WeightKind
 from flintlm.kernels.ops import CpuKernels
 from flintlm.models.layers import RMSNorm, RotaryEmbedding
 
@@ -184,13 +185,14 @@ def quantize_activations(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0"])
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 13, 70])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 13, 70])
 def test_quant_matmul_multiplies_the_stored_weights(kernels, type_name, rows):
     """GGML blocks made by gguf's own quantizer, repacked. The exact path equals the
     dequantized weights times x; the int8 path, in the row layout and the interleaved one,
     equals the dequantized weights times the int8-quantized x (both up to float32 summation
     order and the output's rounding). Output columns land at col0; more rows than a pass takes
-    come in passes; odd block counts and K up to 2080 are covered."""
+    come in passes (interleaved: tiles of 4 rows, then 1-3: 5, 7 and 13 rows run both the
+    3-4-row tiles and the decode ones); odd block counts and K up to 2080 are covered."""
     from gguf import GGMLQuantizationType, quants
 
     from flintlm.loading.checkpoint import QuantizedWeight
@@ -226,22 +228,24 @@ def test_quant_matmul_multiplies_the_stored_weights(kernels, type_name, rows):
             kernels.quant_matmul(x, interleaved, out_il, 0, use_int8=False)
 
 
-@pytest.mark.parametrize("is_4bit", [True, False], ids=["Q4", "Q8"])
-def test_int8_path_holds_the_largest_block_sums(kernels, is_4bit):
+@pytest.mark.parametrize("kind", list(WeightKind), ids=lambda kind: kind.name)
+def test_int8_path_holds_the_largest_block_sums(kernels, kind):
     """Every weight at its largest stored value (Q4 nibble 15, Q8 byte 255) against activations
     that quantize to +-127: the tiles' integer sums at their bounds (the AVX2 tier's int16 pair
-    sums, the AVX-512 tier's high-nibble sums kept at 16x), for 1 to 5 rows and an odd number of
-    blocks, in the row layout and the interleaved one."""
+    sums, the AVX-512 tier's high-nibble sums kept at 16x), for 1 to 7 rows (the 3-4-row tiles
+    and the decode ones) and an odd number of blocks, in the row layout and the interleaved
+    one; Q4_0's offsets folded into the sums, Q4_1's (the same values) read."""
     from flintlm.kernels.ops import QuantMatrix
     from flintlm.models.quant import interleave
 
     n, k = 32, 160
+    is_4bit = kind != WeightKind.Q8_0
     q = torch.full((n, k // 2 if is_4bit else k), 0xFF, dtype=torch.uint8)
     d = torch.full((n, k // 32), 2.0**-7, dtype=torch.float16)
     m = d * (-8.0 if is_4bit else -128.0)  # Q4_0's and Q8_0's offsets, exact in float16
-    weight = QuantMatrix(q, d, m, is_4bit=is_4bit)
+    weight = QuantMatrix(q, d, m, kind)
     dense = ((15.0 if is_4bit else 255.0) * d.double() + m.double()).repeat_interleave(32, 1)
-    for rows in range(1, 6):
+    for rows in range(1, 8):
         x = torch.ones(rows, k) * torch.tensor([(-1.0) ** r for r in range(rows)])[:, None]
         x = x.to(kernels.dtype)
         expected = (x.double() @ dense.t()).float()
@@ -257,8 +261,23 @@ def test_interleave_keeps_matrices_not_in_groups_of_16():
 
     weight = QuantMatrix(torch.zeros(24, 16, dtype=torch.uint8),
                          torch.ones(24, 1, dtype=torch.float16),
-                         torch.zeros(24, 1, dtype=torch.float16), is_4bit=True)
+                         torch.zeros(24, 1, dtype=torch.float16), WeightKind.Q4_1)
     assert interleave(weight) is weight
+
+
+@pytest.mark.parametrize("kind", [WeightKind.Q4_0, WeightKind.Q8_0], ids=lambda kind: kind.name)
+def test_a_fixed_offset_kind_refuses_other_offsets(kind):
+    """Tiles fold Q4_0's and Q8_0's offsets (-8 d, -128 d) and never read m: a matrix of those
+    kinds whose m says otherwise would give another result per tier, so it is refused."""
+    from flintlm.kernels.ops import QuantMatrix
+
+    width = 16 if kind == WeightKind.Q4_0 else 32
+    d = torch.full((16, 1), 0.5, dtype=torch.float16)
+    q = torch.zeros(16, width, dtype=torch.uint8)
+    fixed = -8.0 if kind == WeightKind.Q4_0 else -128.0
+    QuantMatrix(q, d, d * fixed, kind)  # accepted
+    with pytest.raises(ValueError, match="Q4_1"):
+        QuantMatrix(q, d, d * fixed + 1.0, kind)
 
 
 @pytest.mark.parametrize("vocab", [7, 33, 49152, 49155])
@@ -280,13 +299,14 @@ def test_a_kernel_that_cannot_allocate_raises_memory_error():
     script = """
 import resource, torch
 from flintlm.kernels import native
+from flintlm.kernels.abi import WeightKind
 from flintlm.kernels.ops import CpuKernels, QuantMatrix
 from flintlm.models.quant import interleave
 kernels = CpuKernels(native.load(), torch.bfloat16)
 k = 32768
 weight = interleave(QuantMatrix(torch.zeros(16, k // 2, dtype=torch.uint8),
                                 torch.ones(16, k // 32, dtype=torch.float16),
-                                torch.zeros(16, k // 32, dtype=torch.float16), is_4bit=True))
+                                torch.zeros(16, k // 32, dtype=torch.float16), WeightKind.Q4_1))
 x = torch.zeros(2048, k, dtype=torch.bfloat16)  # the buffer needs 2048 * k * 5 bytes = 320 MiB
 out = torch.empty(2048, 16, dtype=torch.bfloat16)
 size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()

@@ -106,13 +106,14 @@ static void run_quant_matmul(const test_case *c) {
     const void *x = input(c, "x");
     const uint8_t *q = input(c, "q");
     const uint16_t *d = input(c, "d"), *m = input(c, "m");
-    const int is_q4 = (int)integer(c, "is_q4"), is_interleaved = (int)integer(c, "is_interleaved");
+    const int weight_kind = (int)integer(c, "weight_kind");
+    const int is_interleaved = (int)integer(c, "is_interleaved");
     const int use_int8 = (int)integer(c, "use_int8");
     const size_t bytes = (size_t)(rows * width) * element_size(c);
     void *y = output_buffer(c, bytes);
     const int status = integer(c, "dtype")
-        ? quant_matmul_bf16(x, rows, k, q, d, m, is_q4, is_interleaved, n, y, width, col0, use_int8)
-        : quant_matmul_f32(x, rows, k, q, d, m, is_q4, is_interleaved, n, y, width, col0, use_int8);
+        ? quant_matmul_bf16(x, rows, k, q, d, m, weight_kind, is_interleaved, n, y, width, col0, use_int8)
+        : quant_matmul_f32(x, rows, k, q, d, m, weight_kind, is_interleaved, n, y, width, col0, use_int8);
     if (status != 0) fail(c, "kernel reported status", "quant_matmul");
     output(c, "y", y, bytes);
 }
