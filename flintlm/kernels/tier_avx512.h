@@ -129,18 +129,17 @@ static inline void tier_int8_rows(const qweights *w, int64_t first, int count,
 
 /* Interleaved layout: the AVX2 tier's one-pass tile on 512-bit vectors. A block's chunk c
  * (64 bytes: 16 weight rows x 4 values) is one vector, multiplied by every activation row's
- * broadcast quad as it arrives, so each line of the group is read once, whole; in decode steps
- * the weight stream is prefetched IL_PREFETCH_BYTES ahead (the next group follows this one in
- * memory): the AVX2 tier's measured distance, not yet timed on this tier. The weight type is a
- * constant in each instance, so no test of it is left in the block loop. Registers (32 zmm):
- * ROWS float accumulators + 2 x ROWS block sums + one chunk's weights, for any ROWS <= 4. */
+ * broadcast quad as it arrives, so each line of the group is read once, whole; the first tile
+ * over a group (r0 = 0: every decode step's, and a batch's first) streams it from memory, so
+ * it prefetches IL_PREFETCH_BYTES ahead (the next group follows this one in memory: the AVX2
+ * tier's measured distance); later tiles find the group in cache. NOTE: 3-4-row tiles once
+ * skipped the prefetch (llvm-mca: +3-6% cycles a block), but measured with it, 1 thread:
+ * 3-4 rows +25%, 16 rows +10-20% on the 1B gate_up and down (bench/decode_matvec.py
+ * --layer). The weight kind is a constant in each instance, so no test of it is left in the
+ * block loop. Registers (32 zmm): ROWS float accumulators + 2 x ROWS block sums + one
+ * chunk's weights, for any ROWS <= 4. */
 #ifndef IL_PREFETCH_BYTES /* a -D flag overrides it, e.g. bench/decode_matvec.py --extra-flags */
 #define IL_PREFETCH_BYTES 1024
-#endif
-/* Decode steps only: with 3-4 rows a block's dot products take longer than its bytes take to
- * arrive, and the prefetches would only add issue slots (llvm-mca: +3-6% cycles a block). */
-#ifndef IL_PREFETCH_ROWS /* a -D flag overrides it, as IL_PREFETCH_BYTES */
-#define IL_PREFETCH_ROWS 2
 #endif
 
 /* Q4 block -> isum[r] = q . xq (16 int32 lanes, one per weight row). The high nibbles are not
@@ -200,7 +199,7 @@ il_tile(const qweights *g, const qactivations *a, int64_t k, int64_t r0, const i
     for (int r = 0; r < rows; r++) acc[r] = acc_offsets[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *qb = g->q + b * block_bytes;
-        if (rows <= IL_PREFETCH_ROWS)
+        if (r0 == 0)
             for (int line = 0; line < block_bytes; line += 64)
                 _mm_prefetch((const char *)(qb + IL_PREFETCH_BYTES + line), _MM_HINT_T0);
         __m512i isum[IL_XTILE];
