@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flintlm.config import ModelConfig
-from flintlm.engine.cpu_dispatch import fold_dispatch
+from flintlm.engine.cpu_dispatch import fold_dispatch, needs_dense_matrices
 from flintlm.kernels import calibrate, isa
 from flintlm.kernels.calibrate import DispatchTable, ModelShapes, StepChoice
 
@@ -78,6 +78,28 @@ def test_auto_settings_are_folded_in_and_explicit_ones_kept():
                                      quantized_activations="exact"), table, 512)
     assert (kept.dtype, kept.quantized_max_tokens, kept.quantized_activations) == \
         ("bfloat16", 8, "exact")
+
+
+def test_dense_matrices_are_read_only_where_a_step_can_use_them():
+    """The loader skips the dense copies only where every step up to the scheduler's budget
+    takes a quantized path (by the measured table, or explicit settings without one)."""
+    if calibrate.CpuKernels.create(torch.device("cpu"), torch.float32) is None:
+        pytest.skip("no C compiler: every step is dense")
+    all_int8 = DispatchTable("avx2", "float32", (StepChoice(4, "int8", 1, 1.0),
+                                                 StepChoice(64, "int8", 2, 2.0)))
+    assert not needs_dense_matrices(fold_dispatch(ModelConfig(), all_int8, 512), all_int8, 512)
+    dense_between = DispatchTable("avx2", "float32", (StepChoice(4, "int8", 1, 1.0),
+                                                      StepChoice(16, "dense", 2, 2.0),
+                                                      StepChoice(64, "int8", 2, 3.0)))
+    assert needs_dense_matrices(fold_dispatch(ModelConfig(), dense_between, 512),
+                                dense_between, 512)
+    capped = ModelConfig(quantized_max_tokens=256)  # an explicit cap below the step budget
+    assert needs_dense_matrices(fold_dispatch(capped, all_int8, 512), all_int8, 512)
+    assert not needs_dense_matrices(fold_dispatch(capped, all_int8, 256), all_int8, 256)
+    explicit = ModelConfig(dtype="float32", quantized_max_tokens=64, quantized_activations="exact")
+    assert not needs_dense_matrices(explicit, None, 64)
+    assert needs_dense_matrices(explicit, None, 65)
+    assert needs_dense_matrices(ModelConfig(quantized_max_tokens=512, kernels="torch"), None, 8)
 
 
 def test_the_engine_follows_the_table():
