@@ -48,8 +48,8 @@ class ModelConfig:
     quantized_max_tokens: int | None = None
     """With the CPU kernels, steps of at most this many tokens multiply a GGUF's Q4_0/Q4_1/Q8_0
     weights as stored and run every layer in one native call; larger steps (prefill) use the
-    dense weights; 0 always does. Unset: the largest step size at which that was measured
-    faster on this machine."""
+    dense weights (not made at all where no step the scheduler can issue is larger); 0 always
+    does. Unset: the largest step size at which that was measured faster on this machine."""
     quantized_activations: str = "auto"
     """How quantized steps multiply: int8 (activations quantized per block of 32, as llama.cpp;
     fastest), exact (float activations: the dense path's product, for reference numerics) or

@@ -1,8 +1,8 @@
 """`flintlm info`: what this machine offers flintlm and what flintlm chose on it.
 
 The CPU's features, the instruction-set tier the kernels are built for (and whether it was
-forced), torch's own CPU capability, and the measured dispatch table for a model (calibrated
-now if it is not cached yet).
+forced), torch's own CPU capability and who capped it, and the measured dispatch table for a
+model (calibrated now if it is not cached yet).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def collect(model: str, with_table: bool = True, refresh: bool = False) -> dict[
         "tiers": {"supported": list(isa.supported_tiers()), "selected": isa.selected_tier(),
                   "forced": isa.forced_tier()},
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_caps": {name: {"value": value, "set_by": set_by}
+                       for name, (value, set_by) in isa.torch_caps().items()},
         "kernels": None if library is None else {
             "library": str(library.path), "tier": library.tier,
             "int8_dot_products": library.has_int8_dot},
@@ -54,6 +56,9 @@ def render(report: dict[str, Any], with_timings: bool) -> str:
         f"(CPU capability {report['torch_cpu_capability']})",
         f"CPU: {cpu['model'] or 'unknown'} ({cpu['machine']}, {cpu['cores']} threads)",
         f"features: {' '.join(cpu['features']) or 'none of note'}",
+        "torch caps: " + (", ".join(f"{name}={cap['value']} (set by {cap['set_by']})"
+                                    for name, cap in report["torch_caps"].items())
+                          or "none (torch and oneDNN use the best this CPU has)"),
         f"tiers this CPU runs: {', '.join(tiers['supported'])}; kernels built for: "
         f"{tiers['selected']}{forced}",
         "kernels: " + ("not available (no C compiler?): torch paths only" if kernels is None

@@ -17,12 +17,11 @@ from starlette.datastructures import State
 
 from flintlm.api.admission import Admission, Ticket
 from flintlm.api.errors import ModelNotFound, ServiceUnavailable
-from flintlm.console.session import CONSOLE_HEADER, COOKIE_NAME
+from flintlm.api.session_cookie import CONSOLE_HEADER, COOKIE_NAME, SessionLookup
 from flintlm.platform.keys import KeyRecord
 
 if TYPE_CHECKING:
     from flintlm.config import FlintConfig
-    from flintlm.console.session import ConsoleSessions
     from flintlm.engine.async_engine import AsyncEngine
     from flintlm.engine.request import SamplingParams
     from flintlm.observability.metrics import Metrics
@@ -65,7 +64,7 @@ class ServingState:
     admission: Admission
     created: int
     guardrails: Guardrails
-    console_sessions: ConsoleSessions | None = None  # None: the console is off
+    console_sessions: SessionLookup | None = None  # None: the console is off
     is_draining: bool = False
     drain_deadline_s: float | None = None
 
@@ -112,7 +111,7 @@ def bearer_secret(authorization: str | None) -> str | None:
 def credentials(request: Request, authorization: Annotated[str | None, Header()] = None,
                 x_api_key: Annotated[str | None, Header()] = None) -> str | None:
     """The secret of `Authorization: Bearer <key>` or, as Anthropic's clients send it,
-    `x-api-key`; else that of the web console's session (`console/session.py`), which counts
+    `x-api-key`; else that of the web console's session (`api/session_cookie.py`), which counts
     only on a request that sends neither and carries `x-flintlm-console: 1`; else None."""
     if authorization is not None or x_api_key is not None:
         return bearer_secret(authorization) or x_api_key

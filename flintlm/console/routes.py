@@ -18,14 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flintlm.api.deps import Serving, ServingState
 from flintlm.api.errors import AuthenticationFailed, InvalidParam, NotFound
-from flintlm.console.session import (
-    CONSOLE_HEADER,
-    COOKIE_NAME,
-    IDLE_TIMEOUT_S,
-    ConsoleSessions,
-    Role,
-    Session,
-)
+from flintlm.api.session_cookie import CONSOLE_HEADER, COOKIE_NAME
+from flintlm.console.session import IDLE_TIMEOUT_S, ConsoleSessions, Role, Session
 from flintlm.platform.keys import ANONYMOUS_KEY_ID
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -116,11 +110,12 @@ ConsoleHeader = Annotated[str | None, Header(alias=CONSOLE_HEADER)]
 
 
 def _sessions(serving: ServingState, console_header: str | None) -> ConsoleSessions:
-    if console_header != "1":  # a cross-site form cannot send it (see session.CONSOLE_HEADER)
+    if console_header != "1":  # a cross-site form cannot send it (see api/session_cookie.py)
         raise InvalidParam(f"send the header '{CONSOLE_HEADER}: 1'", param=CONSOLE_HEADER,
                            code="console_header_required")
-    assert serving.console_sessions is not None, "the console routes exist only with sessions"
-    return serving.console_sessions
+    sessions = serving.console_sessions
+    assert isinstance(sessions, ConsoleSessions), "the console routes exist only with its sessions"
+    return sessions
 
 
 @router.post("/session")

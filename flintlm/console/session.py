@@ -4,7 +4,8 @@ this process's memory only.
 NOTE: the session keeps the secret itself, not a verdict about it: every API call made through a
 session re-authenticates that secret exactly as an `Authorization` header would be, so a key
 revoked (or expired) after sign-in stops working for its sessions at once. The secret never
-leaves the server again; the browser holds only the id, in an HttpOnly cookie.
+leaves the server again; the browser holds only the id, in an HttpOnly cookie (its name and
+the header that must come with it: api/session_cookie.py).
 """
 
 from __future__ import annotations
@@ -17,11 +18,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-COOKIE_NAME = "flintlm_console"
-# The request header without which the session cookie is ignored: a custom header makes a
-# cross-site request preflighted, which this server never approves, so another site's form or
-# fetch cannot ride on the cookie.
-CONSOLE_HEADER = "x-flintlm-console"
 IDLE_TIMEOUT_S = 12 * 3600.0
 MAX_SESSIONS = 10_000  # beyond this the least recently used session ends
 

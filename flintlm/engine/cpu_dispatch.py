@@ -3,7 +3,8 @@
 What the configuration leaves to "auto" (the compute dtype, how many tokens a step may have to
 take the quantized path, int8 or exact activations) is decided by `kernels/calibrate.py`'s
 table for this machine and model shapes; explicit settings are kept and constrain the
-measurement. The dtype must be known before the weights are read, hence this runs first.
+measurement. The dtype must be known before the weights are read, hence this runs first; so
+must whether the weights need dense copies at all (`needs_dense_matrices`).
 """
 
 from __future__ import annotations
@@ -68,3 +69,27 @@ def fold_dispatch(config: ModelConfig, table: DispatchTable | None,
                               else config.quantized_max_tokens),
         quantized_activations=(table.activations if config.quantized_activations == "auto"
                                else config.quantized_activations))
+
+
+def needs_dense_matrices(config: ModelConfig, table: DispatchTable | None,
+                         max_num_batched_tokens: int) -> bool:
+    """Whether the layer matrices must be read dense besides their GGUF blocks: yes unless
+    every step the scheduler can issue (1 to `max_num_batched_tokens` tokens) takes a quantized
+    path, by the rule the runner follows (`QuantizedSteps` on the folded `config`), on kernels
+    this machine has. Without them a 1B model's weights take about half the memory."""
+    from flintlm.engine.model_runner import (
+        DEFAULT_QUANTIZED_MAX_TOKENS,
+        resolve_device,
+        resolve_dtype,
+    )
+    from flintlm.kernels.ops import CpuKernels
+    from flintlm.models.quant import QuantizedSteps
+
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    if CpuKernels.create(device, dtype, config.kernels) is None:
+        return True
+    max_tokens = config.quantized_max_tokens
+    steps = QuantizedSteps(DEFAULT_QUANTIZED_MAX_TOKENS if max_tokens is None else max_tokens,
+                           table)
+    return not all(steps(n) for n in range(1, max_num_batched_tokens + 1))

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flintlm.engine.cpu_dispatch import fold_dispatch, measured_dispatch
+from flintlm.engine.cpu_dispatch import fold_dispatch, measured_dispatch, needs_dense_matrices
 from flintlm.engine.detokenizer import IncrementalDetokenizer
 from flintlm.engine.faults import FaultInjector
 from flintlm.engine.kv_blocks import BlockManager
@@ -136,15 +136,17 @@ class Engine:
         config = config.replace(model=fold_dispatch(
             config.model, dispatch, config.scheduler.max_num_batched_tokens))
         dtype = resolve_dtype(config.model.dtype, device)
+        dense = needs_dense_matrices(config.model, dispatch,
+                                     config.scheduler.max_num_batched_tokens)
         with _loading_allocations():
             if not progress:
-                engine = cls(config, load_checkpoint(config.model.model, dtype), dispatch,
-                             faults)
+                engine = cls(config, load_checkpoint(config.model.model, dtype, dense),
+                             dispatch, faults)
             else:
                 from tqdm import tqdm
 
                 with tqdm(total=2, desc="Loading model", unit="step") as bar:
-                    checkpoint = load_checkpoint(config.model.model, dtype)
+                    checkpoint = load_checkpoint(config.model.model, dtype, dense)
                     bar.update(1)
                     engine = cls(config, checkpoint, dispatch, faults)
                     bar.update(1)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from flintlm.engine.request import Request
     from flintlm.kernels.calibrate import DispatchTable
     from flintlm.loading import LoadedCheckpoint
+    from flintlm.models.llama import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -93,38 +94,36 @@ class ModelRunner:
         self.arch = checkpoint.arch
         self.block_size = cache_config.block_size
         self.kernels = self._load_kernels(model_config.kernels)
-        with torch.device("meta"):
-            model = model_class_for(self.arch)(self.arch, max_positions=max_model_len,
-                                               kernels=self.kernels)
-        # NOTE: weights are cast one by one and the model only moved, never cast as a whole:
-        # the rotary cos/sin tables must stay float32. The runner takes the dense tensors over
-        # (the checkpoint's dict is emptied), so the parts of the fused q/k/v and gate/up
-        # matrices are freed once the model holds its own: ~200 MB less at peak here.
-        weights = {name: w.to(self.dtype) for name, w in checkpoint.weights.items()}
-        checkpoint.weights.clear()
-        model.load_weights(weights)
-        del weights
-        self.model = model.to(device=self.device).eval()
-        self.compute_logits: Callable[[torch.Tensor], torch.Tensor] = self.model.compute_logits
-        if can_pack(self.device, self.dtype):
-            self.compute_logits = PackedLogits(self.model.output_weight)
-            num_packed = pack_linears(self.model.layers)
-            logger.info("packed %d linear layers and the output projection for oneDNN",
-                        num_packed)
         max_rows = model_config.quantized_max_tokens
         if max_rows is None:
             max_rows = DEFAULT_QUANTIZED_MAX_TOKENS
         self.dispatch = dispatch if self.device.type == "cpu" else None
         steps = QuantizedSteps(max_rows, self.dispatch)
-        if self.kernels is not None and max_rows and checkpoint.quantized:
+        uses_blocks = self.kernels is not None and max_rows > 0 and bool(checkpoint.quantized)
+        model, blocks_only = self._read_model(checkpoint, max_model_len, uses_blocks)
+        self.compute_logits: Callable[[torch.Tensor], torch.Tensor] = model.compute_logits
+        is_packed = can_pack(self.device, self.dtype)
+        output_name = ("model.embed_tokens.weight" if self.arch.tie_word_embeddings
+                       else "lm_head.weight")
+        # NOTE: no packed logits where every step reads them from blocks: a copy nobody reads
+        packs_logits = is_packed and not (blocks_only and output_name in checkpoint.quantized)
+        if packs_logits:
+            self.compute_logits = PackedLogits(model.output_weight)
+        if self.kernels is not None and uses_blocks:
             use_int8 = self._int8_activations(model_config.quantized_activations)
-            num_kept = keep_quantized(self.model, checkpoint.quantized, self.kernels, steps,
+            num_kept = keep_quantized(model, checkpoint.quantized, self.kernels, steps,
                                       use_int8)
-            self.compute_logits = quantized_logits(self.compute_logits, checkpoint.quantized,
-                                                   self.arch.tie_word_embeddings, self.kernels,
-                                                   steps, use_int8)
+            self.compute_logits = quantized_logits(model, self.compute_logits,
+                                                   checkpoint.quantized, self.kernels, steps,
+                                                   use_int8)
             logger.info("steps of <= %d tokens read %d linear layers as GGUF-quantized (%s "
-                        "activations)", max_rows, num_kept, "int8" if use_int8 else "float")
+                        "activations)%s", max_rows, num_kept, "int8" if use_int8 else "float",
+                        "; no dense copies were made" if blocks_only else "")
+        if is_packed:  # the dense layers left: all of them unless read as blocks only
+            num_packed = pack_linears(model.layers)
+            logger.info("packed %d linear layers%s for oneDNN", num_packed,
+                        " and the output projection" if packs_logits else "")
+        self.model = model.to(device=self.device).eval()
         self.kv_layout = self._plan_kv_cache(cache_config)
         self.kv_caches = self._allocate_kv_cache(self.kv_layout.num_blocks)
         self.fast_decode = FastDecode.build(self.model, self.kv_caches, self.kernels, steps)
@@ -133,6 +132,29 @@ class ModelRunner:
         self.sampler = Sampler(self.arch.vocab_size, self.device, seed=model_config.seed,
                                kernels=self.kernels)
         self.single_thread_max_tokens = 0  # see limit_threads_for_small_steps
+
+    def _read_model(self, checkpoint: LoadedCheckpoint, max_positions: int,
+                    uses_blocks: bool) -> tuple[LlamaForCausalLM, set[str]]:
+        """The model holding the checkpoint's dense weights in `self.dtype`, and the names of
+        the matrices a blocks-only checkpoint holds as GGUF blocks alone. Those stay unmade (on
+        meta) for `keep_quantized` to serve from the blocks, or, where this runner cannot use
+        blocks (no kernels), are dequantized now."""
+        with torch.device("meta"):
+            model = model_class_for(self.arch)(self.arch, max_positions=max_positions,
+                                               kernels=self.kernels)
+        # NOTE: weights are cast one by one and the model only moved, never cast as a whole:
+        # the rotary cos/sin tables must stay float32. The runner takes the dense tensors over
+        # (the checkpoint's dict is emptied), so the parts of the fused q/k/v and gate/up
+        # matrices are freed once the model holds its own: ~200 MB less at peak here.
+        weights = {name: w.to(self.dtype) for name, w in checkpoint.weights.items()}
+        checkpoint.weights.clear()
+        blocks_only = {name for name in checkpoint.quantized if name not in weights}
+        for name in blocks_only:
+            blocks = checkpoint.quantized[name]
+            weights[name] = (torch.empty(blocks.shape, dtype=self.dtype, device="meta")
+                             if uses_blocks else blocks.dequantize(self.dtype))
+        model.load_weights(weights)
+        return model, blocks_only if uses_blocks else set()
 
     def _int8_activations(self, mode: str) -> bool:
         """int8 or exact products for the quantized steps (every kernel tier has both); "auto"

@@ -7,7 +7,9 @@ Tiers, best first on their architecture (llama.cpp's ggml-cpu builds the same ki
   generic  portable C, vectorised by the compiler for the architecture's baseline
 `FLINTLM_CPU_ISA` forces a tier the CPU can execute (so an AVX-512 machine can build, test and
 time the AVX2 code); set before torch is imported, it caps torch's own kernels and oneDNN to
-the same tier, so a forced run is an honest stand-in for such a machine.
+the same tier, so a forced run is an honest stand-in for such a machine. The caps flintlm set
+are recorded in FLINTLM_TORCH_CAPS_APPLIED, so a child process started with another tier (or
+none) replaces them, while caps the user set are always kept.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ _TORCH_CAPS = {
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2_VNNI"},
     "generic": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
 }
+CAP_NAMES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+_CAPS_APPLIED = "torch_caps_applied"  # FLINTLM_TORCH_CAPS_APPLIED="NAME=value,NAME=value"
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,32 @@ def has_flag(name: str) -> bool:
 
 def cap_torch_to_forced_tier() -> None:
     """Under FLINTLM_CPU_ISA, cap torch's and oneDNN's instruction sets to the same tier (only
-    effective before torch is imported; variables the user set are kept)."""
-    tier = forced_tier()
-    for name, value in _TORCH_CAPS.get(tier or "", {}).items():
-        os.environ.setdefault(name, value)
+    effective before torch is imported). Caps the user set are kept; caps a flintlm parent set
+    for its own tier (inherited with its environment, still at the value it recorded) are
+    replaced by this tier's, or removed when no tier is forced."""
+    caps = _TORCH_CAPS.get(forced_tier() or "", {})
+    for name, value in _applied_caps().items():
+        if os.environ.get(name) == value:
+            del os.environ[name]
+    applied: dict[str, str] = {}
+    for name, value in caps.items():
+        if name not in os.environ:
+            os.environ[name] = value
+            applied[name] = value
+    env.store(_CAPS_APPLIED, ",".join(f"{name}={value}" for name, value in applied.items())
+              or None)
+
+
+def torch_caps() -> dict[str, tuple[str, str]]:
+    """The caps on torch's and oneDNN's instruction sets in this process's environment:
+    name -> (value, "flintlm" where flintlm set it for FLINTLM_CPU_ISA, else "user")."""
+    applied = _applied_caps()
+    return {name: (os.environ[name], "flintlm" if applied.get(name) == os.environ[name]
+                   else "user")
+            for name in CAP_NAMES if name in os.environ}
+
+
+def _applied_caps() -> dict[str, str]:
+    text = env.lookup(_CAPS_APPLIED) or ""
+    pairs = (item.partition("=") for item in text.split(",") if item)
+    return {name: value for name, _, value in pairs if name in CAP_NAMES}

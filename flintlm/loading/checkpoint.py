@@ -35,6 +35,24 @@ class QuantizedWeight:
     type_name: str  # GGML type: Q4_0, Q4_1 or Q8_0
     blocks: torch.Tensor  # [out_features, in_features / 32 * bytes per block] uint8
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """[out_features, in_features] of the weight the blocks hold."""
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[self.type_name]]
+        rows, row_bytes = self.blocks.shape
+        return rows, row_bytes // type_size * block_size
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        """The dense weight, exactly as the loader dequantizes it."""
+        from gguf import GGMLQuantizationType
+
+        from flintlm.loading.dequant import dequantize
+
+        return dequantize(self.blocks.reshape(-1), GGMLQuantizationType[self.type_name],
+                          self.shape, dtype)
+
 
 @dataclass
 class LoadedCheckpoint:
@@ -42,7 +60,9 @@ class LoadedCheckpoint:
 
     Invariants: `weights` holds exactly `expected_weight_names(arch)`, each shaped as HF's
     `nn.Linear` ([out_features, in_features]) or 1-D for norms and biases, on CPU, in the dtype
-    that was asked for. `lm_head.weight` is absent when `arch.tie_word_embeddings`.
+    that was asked for. `lm_head.weight` is absent when `arch.tie_word_embeddings`. Read with
+    `dense_matrices=False`, the matrices the kernels multiply as stored may be only in
+    `quantized` (never the embedding, which is looked up).
     """
 
     arch: ModelArch

@@ -54,10 +54,15 @@ _LAYER_NAMES = {
 }
 _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _ROPE_FREQS = "rope_freqs.weight"
+_EMBEDDING = "model.embed_tokens.weight"
 
 
-def load_gguf(path: str, dtype: torch.dtype) -> LoadedCheckpoint:
-    """Read `path` into dense `dtype` weights; `ModelLoadError` names what is wrong with it."""
+def load_gguf(path: str, dtype: torch.dtype, dense_matrices: bool = True) -> LoadedCheckpoint:
+    """Read `path` into dense `dtype` weights; `ModelLoadError` names what is wrong with it.
+
+    `dense_matrices=False` (every step multiplies the blocks as stored): where every layer
+    matrix is in a block type the kernels read, those matrices and the output head's are kept
+    as blocks only, not dequantized too."""
     gguf = GGUFFile(path)
     arch = _arch_from_metadata(gguf)
     names = {info.name: _hf_name(path, info.name) for info in gguf.tensors.values()}
@@ -69,21 +74,31 @@ def load_gguf(path: str, dtype: torch.dtype) -> LoadedCheckpoint:
     # llama.cpp permutes q/k rows for its RoPE kernel in the llama architecture only.
     rope_heads = {"q_proj": arch.num_heads, "k_proj": arch.num_kv_heads}
     is_permuted = gguf.metadata["general.architecture"] == "llama"
+    blocks_only = not dense_matrices and _layer_matrices_kept(gguf)
     weights, quantized = {}, {}
     for name, hf_name in names.items():
         info = gguf.tensors[name]
-        weight = _dense(gguf, info, dtype)
         blocks = _blocks(gguf, info) if info.ggml_type in BLOCK_TYPES_KEPT else None
-        projection = hf_name.split(".")[-2]
-        if is_permuted and projection in rope_heads:
-            weight = _unpermute_rope_rows(weight, rope_heads[projection])
-            blocks = None if blocks is None else _unpermute_rope_rows(blocks,
-                                                                      rope_heads[projection])
-        weights[hf_name] = weight
+        # NOTE: the embedding stays dense: it is looked up by row, never multiplied.
+        is_skipped = blocks_only and blocks is not None and hf_name != _EMBEDDING
+        weight = None if is_skipped else _dense(gguf, info, dtype)
+        heads = rope_heads.get(hf_name.split(".")[-2]) if is_permuted else None
+        if heads is not None:
+            weight = None if weight is None else _unpermute_rope_rows(weight, heads)
+            blocks = None if blocks is None else _unpermute_rope_rows(blocks, heads)
+        if weight is not None:
+            weights[hf_name] = weight
         if blocks is not None:
             quantized[hf_name] = QuantizedWeight(info.ggml_type.name, blocks)
     return LoadedCheckpoint(arch=arch, weights=weights, tokenizer=tokenizer, source=path,
                             quantized=quantized)
+
+
+def _layer_matrices_kept(gguf: GGUFFile) -> bool:
+    """Whether every decoder-layer matrix is in a block type the kernels read: only then can
+    each fused layer (q/k/v, gate/up) be served from blocks alone."""
+    return all(info.ggml_type in BLOCK_TYPES_KEPT for name, info in gguf.tensors.items()
+               if name.startswith("blk.") and len(info.shape) == 2)
 
 
 def _blocks(gguf: GGUFFile, info: GGUFTensorInfo) -> torch.Tensor | None:

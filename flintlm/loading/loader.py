@@ -40,8 +40,12 @@ def resolve_model_path(model: str) -> str:
     raise ModelLoadError(path, "no such file or folder (models are loaded from local files only)")
 
 
-def load_checkpoint(model: str, dtype: torch.dtype) -> LoadedCheckpoint:
-    """Resolve `model` and read its config, weights (as `dtype`, on CPU) and tokenizer."""
+def load_checkpoint(model: str, dtype: torch.dtype,
+                    dense_matrices: bool = True) -> LoadedCheckpoint:
+    """Resolve `model` and read its config, weights (as `dtype`, on CPU) and tokenizer.
+
+    `dense_matrices=False`: a GGUF's layer matrices the kernels multiply as stored are kept as
+    blocks only (see `load_gguf`); for engines whose every step takes the quantized path."""
     if str(dtype).removeprefix("torch.") not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype {dtype} is not one of {', '.join(SUPPORTED_DTYPES)}")
     path = resolve_model_path(model)
@@ -50,14 +54,15 @@ def load_checkpoint(model: str, dtype: torch.dtype) -> LoadedCheckpoint:
     from flintlm.loading.gguf import load_gguf
     from flintlm.loading.safetensors import load_safetensors_folder
 
-    load = load_gguf if path.endswith(".gguf") else load_safetensors_folder
     # NOTE: loading is memory-bound elementwise work (dequantize, cast) where intra-op threads
     # gain little and, on an oversubscribed host, cost 10x: the embedded model dequantizes in
     # 0.3 s on one thread and took 1-11 s on two of two busy cores.
     num_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return load(path, dtype)
+        if path.endswith(".gguf"):
+            return load_gguf(path, dtype, dense_matrices)
+        return load_safetensors_folder(path, dtype)
     finally:
         torch.set_num_threads(num_threads)
 

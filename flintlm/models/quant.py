@@ -7,7 +7,9 @@ weights with flintlm's CPU kernel, and hands larger ones (prefill, big batches) 
 layer it wraps, whose matmuls are compute-bound and faster on AMX. The model file never knows.
 
 Each GGML matrix is repacked once into the kernel's layout (`QuantMatrix`: the 4- or 8-bit
-values, float32 scale and offset per block of 32), which holds exactly the same weights.
+values, float32 scale and offset per block of 32), which holds exactly the same weights. Where
+every step takes the quantized path, the loader makes no dense copy at all (a blocks-only
+checkpoint); `DequantizedLinear` then stands in for the dense layer, made only if ever called.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from flintlm.kernels.abi import WeightKind
 from flintlm.kernels.ops import QuantMatrix
@@ -78,7 +81,59 @@ def interleave(matrix: QuantMatrix) -> QuantMatrix:
                        by_group(matrix.m).contiguous(), matrix.kind, is_interleaved=True)
 
 
+def dequantize_matrix(matrix: QuantMatrix) -> torch.Tensor:
+    """The float32 weight [N, K] a `QuantMatrix` holds (undoing `interleave` and `repack`): bit
+    for bit what the loader dequantizes from the GGUF blocks, as d * q + m is exact in float32
+    for 4- and 8-bit q and float16 d and m."""
+    q, d, m, n = matrix.q, matrix.d, matrix.m, matrix.out_features
+    if matrix.is_interleaved:
+        num_blocks = d.shape[1] // 16
+        chunks = 4 if matrix.is_4bit else 8
+        q = (q.view(n // 16, num_blocks, chunks, 16, 4)
+             .permute(0, 3, 1, 2, 4).reshape(n, -1))  # [N, K / 32 * bytes per block]
+
+        def by_row(scales: torch.Tensor) -> torch.Tensor:  # [groups, blocks * 16] -> [n, blocks]
+            return scales.view(n // 16, num_blocks, 16).transpose(1, 2).reshape(n, num_blocks)
+
+        d, m = by_row(d), by_row(m)
+    values = q.view(n, d.shape[1], -1)  # [N, K / 32, 16 or 32 bytes]
+    if matrix.is_4bit:  # byte j holds value j in its low nibble and value j + 16 in its high one
+        values = torch.cat([values & 0x0F, values >> 4], dim=-1)
+    weight = values.float().mul_(d.float().unsqueeze(-1)).add_(m.float().unsqueeze(-1))
+    return weight.view(n, -1)
+
+
 logger = logging.getLogger(__name__)
+
+
+class DequantizedLinear(nn.Module):
+    """The dense layer a blocks-only checkpoint never made: y = x W.T + b with W dequantized
+    from the kernel matrices `parts` (stacked in row order) the first time a step needs it, and
+    kept from then on. Steps the quantized path takes never touch it."""
+
+    def __init__(self, parts: list[QuantMatrix], bias: torch.Tensor | None, dtype: torch.dtype):
+        super().__init__()
+        self.parts = parts
+        self.bias = bias
+        self.dtype = dtype
+        self.out_features = sum(part.out_features for part in parts)
+        self.in_features = parts[0].d.numel() // parts[0].out_features * 32
+        self._weight: torch.Tensor | None = None
+
+    @property
+    def is_materialized(self) -> bool:
+        return self._weight is not None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        if self._weight is None:
+            logger.warning("a step took the dense path of a layer read as GGUF blocks only: "
+                           "dequantizing its %d x %d weight", self.out_features, self.in_features)
+            self._weight = torch.cat([dequantize_matrix(p) for p in self.parts]).to(self.dtype)
+        return self._weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
 
 
 @dataclass(frozen=True)
@@ -150,44 +205,83 @@ def _stacked(matrices: list[QuantMatrix]) -> list[QuantMatrix]:
                         torch.cat([m.m for m in matrices]), matrices[0].kind)]
 
 
+def _kernel_matrices(parts: list[QuantizedWeight | None],
+                     use_int8: bool) -> list[QuantMatrix] | None:
+    """A layer's GGML parts in the kernels' layout, or None where one is missing, of a type the
+    kernels do not read, or cannot be repacked."""
+    kept = [p for p in parts if p is not None and p.type_name in KEPT_TYPES]
+    if len(kept) != len(parts):
+        return None
+    repacked = [repack(p) for p in kept]
+    matrices = [m for m in repacked if m is not None]
+    if len(matrices) != len(repacked):
+        return None
+    matrices = _stacked(matrices)
+    return [interleave(m) for m in matrices] if use_int8 else matrices
+
+
+def _is_unmade(module: nn.Module) -> bool:
+    """A linear layer whose weight a blocks-only checkpoint did not provide (left on meta)."""
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.is_meta
+
+
+def _make_from_blocks(module: nn.Module, parts: list[QuantizedWeight | None],
+                      dtype: torch.dtype) -> None:
+    """Give an unmade layer its dense weight now, from the GGUF blocks (blocks the kernels
+    cannot take: an offset beyond float16, never seen in a real file)."""
+    blocks = [p for p in parts if p is not None]
+    if len(blocks) != len(parts):
+        raise RuntimeError("a layer has neither a dense weight nor blocks for all its parts")
+    module.weight = nn.Parameter(torch.cat([p.dequantize(dtype) for p in blocks]),
+                                 requires_grad=False)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child_name = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child_name, module)
+
+
 def keep_quantized(model: LlamaForCausalLM, quantized: dict[str, QuantizedWeight],
                    kernels: CpuKernels, steps: QuantizedSteps, use_int8: bool) -> int:
     """Wrap each linear layer of `model` whose checkpoint matrices are all in `quantized` (and of
     a type the kernel reads) in a `SmallBatchQuantLinear`; returns how many were wrapped.
-    `use_int8`: int8 activations (the interleaved layout) rather than the exact float product."""
+    `use_int8`: int8 activations (the interleaved layout) rather than the exact float product.
+    A layer left unmade by a blocks-only checkpoint gets a `DequantizedLinear` as its dense
+    path (or, where its blocks cannot be repacked, its dense weight now)."""
     num_wrapped = 0
     for module_name, sources in model.linear_sources().items():
-        parts = [quantized.get(name + ".weight") for name in sources]
-        kept = [p for p in parts if p is not None and p.type_name in KEPT_TYPES]
-        if len(kept) != len(parts):
-            continue
-        repacked = [repack(p) for p in kept]
-        matrices = [m for m in repacked if m is not None]
-        if len(matrices) != len(repacked):
-            continue
-        matrices = _stacked(matrices)
-        if use_int8:
-            matrices = [interleave(m) for m in matrices]
         dense = model.get_submodule(module_name)
+        parts = [quantized.get(name + ".weight") for name in sources]
+        matrices = _kernel_matrices(parts, use_int8)
+        if matrices is None:
+            if _is_unmade(dense):
+                _make_from_blocks(dense, parts, kernels.dtype)
+            continue
         bias = getattr(dense, "bias", None)
-        parent_name, _, child_name = module_name.rpartition(".")
-        wrapped = SmallBatchQuantLinear(dense, matrices,
-                                        None if bias is None else bias.detach(), kernels,
-                                        steps, use_int8)
-        setattr(model.get_submodule(parent_name), child_name, wrapped)
+        bias = None if bias is None else bias.detach()
+        if _is_unmade(dense):
+            dense = DequantizedLinear(matrices, bias, kernels.dtype)
+        _replace(model, module_name, SmallBatchQuantLinear(dense, matrices, bias, kernels, steps,
+                                                           use_int8))
         num_wrapped += 1
     return num_wrapped
 
 
-def quantized_logits(dense: Callable[[torch.Tensor], torch.Tensor],
-                     quantized: dict[str, QuantizedWeight], tied: bool, kernels: CpuKernels,
+def quantized_logits(model: LlamaForCausalLM, dense: Callable[[torch.Tensor], torch.Tensor],
+                     quantized: dict[str, QuantizedWeight], kernels: CpuKernels,
                      steps: QuantizedSteps,
                      use_int8: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The output projection with small batches read from its GGML blocks, when stored so."""
+    """The output projection `dense` with small batches read from its GGML blocks, when stored
+    so; an lm_head left unmade by a blocks-only checkpoint is made as in `keep_quantized`."""
+    tied = model.arch.tie_word_embeddings
     weight = quantized.get("model.embed_tokens.weight" if tied else "lm_head.weight")
-    matrix = repack(weight) if weight is not None and weight.type_name in KEPT_TYPES else None
-    if matrix is None:
+    matrices = _kernel_matrices([weight], use_int8)
+    is_head_unmade = not tied and _is_unmade(model.lm_head)
+    if matrices is None:
+        if is_head_unmade:
+            _make_from_blocks(model.lm_head, [weight], kernels.dtype)
         return dense
-    if use_int8:
-        matrix = interleave(matrix)
-    return SmallBatchQuantLogits(dense, matrix, kernels, steps, use_int8)
+    if is_head_unmade:  # the dense logits read model.lm_head.weight, made only if ever needed
+        _replace(model, "lm_head", DequantizedLinear(matrices, None, kernels.dtype))
+    return SmallBatchQuantLogits(dense, matrices[0], kernels, steps, use_int8)

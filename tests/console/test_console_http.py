@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from flintlm.console.session import CONSOLE_HEADER, COOKIE_NAME
+from flintlm.api.session_cookie import CONSOLE_HEADER, COOKIE_NAME
 from tests.conftest import HANG_TIMEOUT_S, start_server
 
 from .conftest import ConsoleServer

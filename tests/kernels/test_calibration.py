@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flintlm.config import ModelConfig
-from flintlm.engine.cpu_dispatch import fold_dispatch
+from flintlm.engine.cpu_dispatch import fold_dispatch, needs_dense_matrices
 from flintlm.kernels import calibrate, isa
 from flintlm.kernels.calibrate import DispatchTable, ModelShapes, StepChoice
 
@@ -48,6 +48,10 @@ def test_a_fixed_dtype_or_activation_constrains_the_measurement():
 
 def test_the_table_is_cached_per_machine_and_shapes(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    # NOTE: a quiet machine, as far as the cache can tell, however busy this one is: a table
+    # measured on a busy one is never cached, which test_a_table_measured_on_a_busy_machine_...
+    # checks, not this test.
+    monkeypatch.setattr(DispatchTable, "was_contended", False)
     first = calibrate.load_or_calibrate(TINY, dtype="float32")
     files = list(tmp_path.rglob("*.json"))
     assert len(files) == 1
@@ -78,6 +82,28 @@ def test_auto_settings_are_folded_in_and_explicit_ones_kept():
                                      quantized_activations="exact"), table, 512)
     assert (kept.dtype, kept.quantized_max_tokens, kept.quantized_activations) == \
         ("bfloat16", 8, "exact")
+
+
+def test_dense_matrices_are_read_only_where_a_step_can_use_them():
+    """The loader skips the dense copies only where every step up to the scheduler's budget
+    takes a quantized path (by the measured table, or explicit settings without one)."""
+    if calibrate.CpuKernels.create(torch.device("cpu"), torch.float32) is None:
+        pytest.skip("no C compiler: every step is dense")
+    all_int8 = DispatchTable("avx2", "float32", (StepChoice(4, "int8", 1, 1.0),
+                                                 StepChoice(64, "int8", 2, 2.0)))
+    assert not needs_dense_matrices(fold_dispatch(ModelConfig(), all_int8, 512), all_int8, 512)
+    dense_between = DispatchTable("avx2", "float32", (StepChoice(4, "int8", 1, 1.0),
+                                                      StepChoice(16, "dense", 2, 2.0),
+                                                      StepChoice(64, "int8", 2, 3.0)))
+    assert needs_dense_matrices(fold_dispatch(ModelConfig(), dense_between, 512),
+                                dense_between, 512)
+    capped = ModelConfig(quantized_max_tokens=256)  # an explicit cap below the step budget
+    assert needs_dense_matrices(fold_dispatch(capped, all_int8, 512), all_int8, 512)
+    assert not needs_dense_matrices(fold_dispatch(capped, all_int8, 256), all_int8, 256)
+    explicit = ModelConfig(dtype="float32", quantized_max_tokens=64, quantized_activations="exact")
+    assert not needs_dense_matrices(explicit, None, 64)
+    assert needs_dense_matrices(explicit, None, 65)
+    assert needs_dense_matrices(ModelConfig(quantized_max_tokens=512, kernels="torch"), None, 8)
 
 
 def test_the_engine_follows_the_table():
@@ -139,7 +165,65 @@ def test_a_forced_tier_caps_the_kernels_and_torch():
     report = json.loads(result.stdout)
     assert report["tiers"] == {**report["tiers"], "selected": "avx2", "forced": "avx2"}
     assert report["torch_cpu_capability"] == "AVX2"
+    assert report["torch_caps"] == {"ATEN_CPU_CAPABILITY": {"value": "avx2", "set_by": "flintlm"},
+                                    "ONEDNN_MAX_CPU_ISA": {"value": "AVX2_VNNI",
+                                                           "set_by": "flintlm"}}
     assert report["kernels"] is None or report["kernels"]["tier"] == "avx2"
+
+
+def _isolate_caps(monkeypatch, **values: str) -> None:
+    """This test's values for the cap variables and FLINTLM_TORCH_CAPS_APPLIED (the others
+    unset); monkeypatch restores all of them afterwards."""
+    for name in (*isa.CAP_NAMES, "FLINTLM_TORCH_CAPS_APPLIED", "FLINTLM_CPU_ISA"):
+        if name in values:
+            monkeypatch.setenv(name, values[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+
+
+GENERIC_CAPS = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                "FLINTLM_TORCH_CAPS_APPLIED": "ATEN_CPU_CAPABILITY=default,"
+                                              "ONEDNN_MAX_CPU_ISA=SSE41"}
+
+
+@pytest.mark.skipif("avx2" not in isa.supported_tiers(), reason="needs an AVX2 CPU")
+def test_caps_a_flintlm_parent_set_are_replaced_and_the_users_kept(monkeypatch):
+    # what a child of a FLINTLM_CPU_ISA=generic process inherits, now forced to avx2
+    _isolate_caps(monkeypatch, **GENERIC_CAPS, FLINTLM_CPU_ISA="avx2")
+    isa.cap_torch_to_forced_tier()
+    assert isa.torch_caps() == {"ATEN_CPU_CAPABILITY": ("avx2", "flintlm"),
+                                "ONEDNN_MAX_CPU_ISA": ("AVX2_VNNI", "flintlm")}
+    # the same child with no tier forced: flintlm's caps are gone, not the parent's kept
+    _isolate_caps(monkeypatch, **GENERIC_CAPS)
+    isa.cap_torch_to_forced_tier()
+    assert isa.torch_caps() == {} and "FLINTLM_TORCH_CAPS_APPLIED" not in os.environ
+    # a cap the user set (or changed after flintlm set it) is the user's and stays
+    _isolate_caps(monkeypatch, **{**GENERIC_CAPS, "ONEDNN_MAX_CPU_ISA": "AVX2"},
+                  FLINTLM_CPU_ISA="avx2")
+    isa.cap_torch_to_forced_tier()
+    assert isa.torch_caps() == {"ATEN_CPU_CAPABILITY": ("avx2", "flintlm"),
+                                "ONEDNN_MAX_CPU_ISA": ("AVX2", "user")}
+    _isolate_caps(monkeypatch, ATEN_CPU_CAPABILITY="default")
+    isa.cap_torch_to_forced_tier()
+    assert isa.torch_caps() == {"ATEN_CPU_CAPABILITY": ("default", "user")}
+
+
+@pytest.mark.skipif("avx2" not in isa.supported_tiers(), reason="needs an AVX2 CPU")
+def test_a_child_forced_to_another_tier_is_capped_to_its_own():
+    """A process forced to generic (as the suite under FLINTLM_CPU_ISA=generic) starts
+    `flintlm info` forced to avx2: torch in the child runs AVX2, not the parent's default."""
+    parent = ("import subprocess, sys, os, flintlm; sys.exit(subprocess.run([sys.executable, "
+              "'-m', 'flintlm', 'info', '--json', '--no-table'], "
+              "env={**os.environ, 'FLINTLM_CPU_ISA': 'avx2'}).returncode)")
+    environ = {k: v for k, v in os.environ.items()
+               if k not in (*isa.CAP_NAMES, "FLINTLM_TORCH_CAPS_APPLIED")}
+    result = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True,
+                            env={**environ, "FLINTLM_CPU_ISA": "generic"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["torch_cpu_capability"] == "AVX2"
+    assert report["torch_caps"]["ATEN_CPU_CAPABILITY"] == {"value": "avx2", "set_by": "flintlm"}
+    assert report["tiers"]["forced"] == "avx2"
 
 
 def test_an_unknown_or_impossible_tier_is_refused():

@@ -77,6 +77,18 @@ def test_weights_come_in_the_requested_dtype(embedded: LoadedCheckpoint) -> None
         assert torch.equal(weight, embedded.weights[name].to(torch.bfloat16)), name
 
 
+def test_blocks_only_reading_leaves_out_the_dense_matrices(embedded: LoadedCheckpoint) -> None:
+    lean = load_checkpoint("default", torch.float32, dense_matrices=False)
+    # the embedding is looked up by row, so it is read dense whatever its blocks
+    blocks_only = set(embedded.quantized) - {"model.embed_tokens.weight"}
+    assert any(".layers." in name for name in blocks_only)
+    assert set(lean.weights) == set(embedded.weights) - blocks_only
+    assert set(lean.quantized) == set(embedded.quantized)
+    for name, weight in lean.quantized.items():
+        assert weight.shape == embedded.weights[name].shape
+        assert torch.equal(weight.dequantize(torch.float32), embedded.weights[name]), name
+
+
 # --- dequantization of each type ---------------------------------------------------------
 
 
