@@ -1,5 +1,6 @@
 """API test fixtures: an in-process server around `FakeEngine` (fast, inspectable), on a real
-platform (SQLite in a temporary folder) with the shared `--api-key` FAKE_KEY."""
+platform (SQLite in a temporary folder) with the shared `--api-key` FAKE_KEY; and one real
+platform server for the modules that need no server flags of their own (`platform_server`)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,13 @@ from flintlm.platform.ledger import UsageStatus
 from flintlm.platform.service import Platform, Timings
 from flintlm.server import build_app
 from tests.conftest import HANG_TIMEOUT_S, READY_TIMEOUT_S
+from tests.platform.served import PlatformServer, platform_servers
 
 from .fakes import FakeEngine
 
 FAKE_KEY = "fake-key"
+# A day: no rate window refills while the requests of a test run, however slow the machine.
+WINDOW_S = 86_400
 
 
 def free_port() -> int:
@@ -84,3 +88,14 @@ def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer
     yield FakeServer(engine, admission, app.state.serving, f"http://127.0.0.1:{port}")
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="package")
+def platform_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformServer]:
+    """A real `flintlm serve` on the platform (SQLite store, admin key, a day's rate window),
+    shared by the modules of tests/api that need no flags of their own: a server start costs
+    more than most of their tests. Each test issues its own keys and reads only their rows."""
+    folder = tmp_path_factory.mktemp("platform-server")
+    store_url = f"sqlite+pysqlite:///{folder / 'flintlm.db'}"
+    with platform_servers(folder, store_url, "--rate-window-s", str(WINDOW_S)) as [server]:
+        yield server

@@ -43,10 +43,8 @@ CLASSIFIER = "flintlm-moderation-profanity-1"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformServer]:
-    log_dir = tmp_path_factory.mktemp("moderations")
-    with platform_servers(log_dir, f"sqlite:///{log_dir / 'store.db'}") as (server,):
-        yield server
+def served(platform_server: PlatformServer) -> PlatformServer:
+    return platform_server
 
 
 @pytest.fixture(scope="module")
