@@ -1,5 +1,7 @@
 """API test fixtures: an in-process server around `FakeEngine` (fast, inspectable), on a real
-platform (SQLite in a temporary folder) with the shared `--api-key` FAKE_KEY."""
+platform (SQLite in a temporary folder) with the shared `--api-key` FAKE_KEY; one real
+platform server for the modules that need no server flags of their own (`platform_server`);
+and one real server of short answers and JSON logs (`short_json_server`)."""
 
 from __future__ import annotations
 
@@ -19,11 +21,14 @@ from flintlm.engine.request import Usage
 from flintlm.platform.ledger import UsageStatus
 from flintlm.platform.service import Platform, Timings
 from flintlm.server import build_app
-from tests.conftest import HANG_TIMEOUT_S, READY_TIMEOUT_S
+from tests.conftest import HANG_TIMEOUT_S, READY_TIMEOUT_S, LiveServer, start_server
+from tests.platform.served import PlatformServer, platform_servers
 
 from .fakes import FakeEngine
 
 FAKE_KEY = "fake-key"
+# A day: no rate window refills while the requests of a test run, however slow the machine.
+WINDOW_S = 86_400
 
 
 def free_port() -> int:
@@ -84,3 +89,26 @@ def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer
     yield FakeServer(engine, admission, app.state.serving, f"http://127.0.0.1:{port}")
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="package")
+def platform_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformServer]:
+    """A real `flintlm serve` on the platform (SQLite store, admin key, a day's rate window),
+    shared by the modules of tests/api that need no flags of their own: a server start costs
+    more than most of their tests. Each test issues its own keys and reads only their rows."""
+    folder = tmp_path_factory.mktemp("platform-server")
+    store_url = f"sqlite+pysqlite:///{folder / 'flintlm.db'}"
+    with platform_servers(folder, store_url, "--rate-window-s", str(WINDOW_S)) as [server]:
+        yield server
+
+
+@pytest.fixture(scope="package")
+def short_json_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A real `flintlm serve` (the shared `--api-key`) whose requests decode 2 tokens unless they
+    ask, 8 at most (asking more is a 400), and whose log is JSON. test_schemathesis fuzzes it:
+    a generated request that leaves max_tokens out or asks for much would otherwise decode to
+    the context's end. test_safe_logs reads its log: every line must be a JSON object."""
+    live = start_server(tmp_path_factory.mktemp("short-json"), "--default-max-tokens", "2",
+                        "--max-request-completion-tokens", "8", "--log-format", "json")
+    yield live
+    live.stop()

@@ -33,6 +33,7 @@ from flintlm.safety.moderation import CATEGORIES, ModerationResult, Moderator
 from flintlm.server import build_app
 from tests.conftest import HANG_TIMEOUT_S, READY_TIMEOUT_S
 from tests.platform.served import IssuedKey, PlatformServer, platform_servers
+from tests.reference import REFERENCE_PATHS
 
 from .conftest import FAKE_KEY, RecordingAdmission, free_port
 from .fakes import FakeEngine
@@ -43,10 +44,8 @@ CLASSIFIER = "flintlm-moderation-profanity-1"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformServer]:
-    log_dir = tmp_path_factory.mktemp("moderations")
-    with platform_servers(log_dir, f"sqlite:///{log_dir / 'store.db'}") as (server,):
-        yield server
+def served(platform_server: PlatformServer) -> PlatformServer:
+    return platform_server
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +213,10 @@ def in_process_client(app: InProcess) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def forced_guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
-    """The guard on flintlm's engine, its answer forced to "unsafe\\nS1,S10" by the grammar."""
-    config = FlintConfig(model=ModelConfig(dtype="float32", device="cpu"),
+    """The guard on flintlm's engine, its answer forced to "unsafe\\nS1,S10" by the grammar.
+    On the reference paths: nothing is left to measure (a kernel calibration would cost more
+    than the module; tests/kernels covers it)."""
+    config = FlintConfig(model=ModelConfig(dtype="float32", device="cpu", **REFERENCE_PATHS),
                          cache=CacheConfig(kv_cache_memory=64 << 20),
                          moderation=ModerationConfig("guard", resolve_model_path("default")))
     moderator = GuardModerator.from_config(config, output_regex="unsafe\nS1,S10")

@@ -8,17 +8,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import openai
 import pytest
-import sqlalchemy as sa
 
 from tests.conftest import HANG_TIMEOUT_S
-from tests.platform.served import IssuedKey, PlatformServer, platform_servers
+from tests.platform.served import IssuedKey, PlatformServer
 
 QUESTION = "What's the weather in Oslo?"
 INSTRUCTIONS = "You are a helpful assistant. Answer briefly."
@@ -29,17 +27,11 @@ WEATHER_TOOL = {
 }
 # Greedy and short; ends by itself well within the limit (the model stops after ~25 tokens).
 GREEDY: dict[str, Any] = {"model": "default", "temperature": 0, "max_output_tokens": 64}
-# A day: no rate window refills while this module runs, however slow the machine.
-WINDOW_S = 86_400
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformServer]:
-    path: Path = tmp_path_factory.mktemp("store") / "flintlm.db"
-    url = sa.URL.create("sqlite+pysqlite", database=str(path)).render_as_string()
-    with platform_servers(tmp_path_factory.mktemp("served"), url,
-                          "--rate-window-s", str(WINDOW_S)) as [server]:
-        yield server
+def served(platform_server: PlatformServer) -> PlatformServer:
+    return platform_server
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import HANG_TIMEOUT_S, LiveServer, start_server
+from tests.conftest import HANG_TIMEOUT_S, LiveServer
 
 FIELD = "foo\r\nFORGED from a field name"
 USER = "u\r\nFORGED from user\x1b[2J\u2028FORGED again\x85FORGED at last"
@@ -43,10 +42,8 @@ def _assert_no_forged_line(log: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def json_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = start_server(tmp_path_factory.mktemp("json-logs"), "--log-format", "json")
-    yield live
-    live.stop()
+def json_server(short_json_server: LiveServer) -> LiveServer:
+    return short_json_server
 
 
 def test_text_logs_escape_client_values(server: LiveServer) -> None:

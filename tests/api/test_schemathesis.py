@@ -14,12 +14,11 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import HANG_TIMEOUT_S, LiveServer, start_server
+from tests.conftest import HANG_TIMEOUT_S, LiveServer
 
 # The published spec lies beside the checkout (../shared/specs), or where FLINTLM_OPENAI_SPEC says.
 OPENAI_SPEC = Path(os.environ.get("FLINTLM_OPENAI_SPEC") or Path(__file__).resolve().parents[3]
@@ -33,13 +32,9 @@ SEED = "20261203"
 
 
 @pytest.fixture(scope="module")
-def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    # Generated requests that leave max_tokens out, or ask for much, would each decode to the
-    # context's end: the server's own bounds keep every case short (asking more is a 400).
-    live = start_server(tmp_path_factory.mktemp("schemathesis"), "--default-max-tokens", "2",
-                        "--max-request-completion-tokens", "8")
-    yield live
-    live.stop()
+def fuzzed_server(short_json_server: LiveServer) -> LiveServer:
+    """The server's own bounds keep every generated case short (see `short_json_server`)."""
+    return short_json_server
 
 
 def schemathesis(location: str, *args: str) -> subprocess.CompletedProcess[str]:

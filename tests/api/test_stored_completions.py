@@ -6,15 +6,13 @@ assembled), list filters and pages, retrieve, messages, update, delete; another 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 import sqlalchemy as sa
 
-from tests.platform.served import IssuedKey, PlatformServer, platform_servers
+from tests.platform.served import IssuedKey, PlatformServer
 
 MESSAGES = [{"role": "system", "content": "You are brief."},
             {"role": "user", "content": "Say hi."}]
@@ -23,12 +21,8 @@ GREEDY: dict[str, Any] = {"model": "default", "messages": MESSAGES, "temperature
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformServer]:
-    path: Path = tmp_path_factory.mktemp("store") / "flintlm.db"
-    url = sa.URL.create("sqlite+pysqlite", database=str(path)).render_as_string()
-    with platform_servers(tmp_path_factory.mktemp("served"), url,
-                          "--rate-window-s", "86400") as [server]:
-        yield server
+def served(platform_server: PlatformServer) -> PlatformServer:
+    return platform_server
 
 
 @pytest.fixture(scope="module")

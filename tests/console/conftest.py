@@ -1,6 +1,10 @@
-"""Fixtures of the web console's tests: one real `flintlm serve` per module (embedded model,
-SQLite store, an admin key), and a real headless Chromium (Debian's /usr/bin/chromium) driven
-by Playwright. Nothing is downloaded: Playwright only launches the system browser.
+"""Fixtures of the web console's tests: one real `flintlm serve` for tests/console and its
+subfolders (embedded model, SQLite store, an admin key), and a real headless Chromium (Debian's
+/usr/bin/chromium) driven by Playwright. Nothing is downloaded: Playwright only launches the
+system browser.
+
+The server is shared (a start costs more than most of these tests): each test issues keys of
+its own and reads only their data, or compares what two views show at the same moment.
 
 Browser tests skip, with the reason, when Playwright or Chromium is missing; with
 FLINTLM_REQUIRE_BROWSER=1 (CI) they fail instead.
@@ -53,14 +57,14 @@ class ConsoleServer:
 
 
 def start_console_server(log_dir: Path, *extra: str) -> Iterator[ConsoleServer]:
-    """A platform server for one module; small answers keep the browser tests short."""
+    """A platform server with the console on; small answers keep the browser tests short."""
     store = sa.URL.create("sqlite+pysqlite", database=str(log_dir / "flintlm.db"))
     with platform_servers(log_dir, store.render_as_string(), "--default-max-tokens", "16",
                           *extra) as [server]:
         yield ConsoleServer(server)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:
     yield from start_console_server(tmp_path_factory.mktemp("console"))
 

@@ -13,6 +13,7 @@ import pytest
 from flintlm import LLM, SamplingParams
 from flintlm.api.tool_calls import parse_all, structural_tag
 from flintlm.engine.request import InvalidRequestError
+from tests.reference import REFERENCE_PATHS
 
 PERSON = {"type": "object", "required": ["name", "age"],
           "properties": {"name": {"type": "string", "maxLength": 12},
@@ -32,7 +33,11 @@ DIGIT = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0,
 
 @pytest.fixture(scope="module")
 def llm() -> LLM:
-    return LLM("default", dtype="float32", kv_cache_memory="64MiB", max_num_seqs=16)
+    # The reference paths: nothing left to measure (a kernel calibration would cost more than
+    # this module; tests/kernels covers it), and the same paths at every step size, so a free
+    # request's tokens can change only through its constrained neighbours.
+    return LLM("default", dtype="float32", kv_cache_memory="64MiB", max_num_seqs=16,
+               **REFERENCE_PATHS)
 
 
 def _check(text: str, params: SamplingParams) -> None:

@@ -3,6 +3,9 @@ ends it, and token sums equal to the `usage` clients were sent; SIGTERM loses no
 
 Streams are counted in tokens, not chunks: completions streams carry `logprobs`, one entry per
 token, so a client that walks away mid-stream knows exactly how many tokens it was sent.
+
+One server per store for the module; the tests run in file order and the last one (SIGTERM)
+stops it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -36,10 +38,12 @@ WINDOW_S = 86_400
 
 
 @pytest.fixture(scope="module")
-def served(store_url: str, tmp_path_factory: pytest.TempPathFactory
+def served(store_url: str, chat_seconds: float, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[PlatformServer]:
+    drain_s = DRAIN_CHATS * chat_seconds
     with platform_servers(tmp_path_factory.mktemp("served"), store_url,
-                          "--rate-window-s", str(WINDOW_S)) as [server]:
+                          "--rate-window-s", str(WINDOW_S),
+                          "--drain-timeout-s", f"{drain_s:.3f}") as [server]:
         yield server
 
 
@@ -217,40 +221,37 @@ def _stream_until_cut(server: PlatformServer, key: IssuedKey, max_tokens: int,
 
 
 def test_sigterm_with_requests_in_flight_leaves_a_complete_ledger(
-    store_url: str, tmp_path: Path, chat_seconds: float
-) -> None:
+        served: PlatformServer) -> None:
     """Short requests finish within the drain; long ones are cut off when it times out."""
-    drain_s = DRAIN_CHATS * chat_seconds
-    with platform_servers(tmp_path, store_url, "--drain-timeout-s", f"{drain_s:.3f}") as [server]:
-        keys = [server.create_key("sigterm-a"), server.create_key("sigterm-b")]
-        seen: dict[str, list[Outcome]] = {key.id: [] for key in keys}
-        started = []
-        threads = []
-        for i in range(8):
-            key = keys[i % 2]
-            event = threading.Event()
-            tokens = SHORT_TOKENS if i < 4 else LONG_TOKENS
-            threads.append(threading.Thread(target=_stream_until_cut,
-                                            args=(server, key, tokens, event, seen[key.id])))
-            started.append(event)
-            threads[-1].start()
-        # Every request is in the engine and streaming: the drain starts with all 8 in flight.
-        assert all(event.wait(HANG_TIMEOUT_S) for event in started)
-        server.live.process.send_signal(signal.SIGTERM)
-        exit_code = server.live.process.wait(HANG_TIMEOUT_S)
-        for thread in threads:
-            thread.join(HANG_TIMEOUT_S)
-        assert exit_code == 0, server.live.log()
-        for key in keys:
-            outcomes = seen[key.id]
-            assert Counter(o.kind for o in outcomes) == {"finished": 2, "left": 2}
-            rows = {row["request_id"]: row for row in server.ledger(key.id)}
-            assert len(rows) == 4  # flushed before the process exited
-            for outcome in outcomes:
-                row = rows[outcome.request_id]
-                if outcome.kind == "finished":
-                    assert row["status"] == "finished"
-                    assert row["completion_tokens"] == outcome.completion_tokens == SHORT_TOKENS
-                else:
-                    assert row["status"] == "aborted" and row["error_code"] == "server_draining"
-                    assert outcome.completion_tokens <= row["completion_tokens"] < LONG_TOKENS
+    keys = [served.create_key("sigterm-a"), served.create_key("sigterm-b")]
+    seen: dict[str, list[Outcome]] = {key.id: [] for key in keys}
+    started = []
+    threads = []
+    for i in range(8):
+        key = keys[i % 2]
+        event = threading.Event()
+        tokens = SHORT_TOKENS if i < 4 else LONG_TOKENS
+        threads.append(threading.Thread(target=_stream_until_cut,
+                                        args=(served, key, tokens, event, seen[key.id])))
+        started.append(event)
+        threads[-1].start()
+    # Every request is in the engine and streaming: the drain starts with all 8 in flight.
+    assert all(event.wait(HANG_TIMEOUT_S) for event in started)
+    served.live.process.send_signal(signal.SIGTERM)
+    exit_code = served.live.process.wait(HANG_TIMEOUT_S)
+    for thread in threads:
+        thread.join(HANG_TIMEOUT_S)
+    assert exit_code == 0, served.live.log()
+    for key in keys:
+        outcomes = seen[key.id]
+        assert Counter(o.kind for o in outcomes) == {"finished": 2, "left": 2}
+        rows = {row["request_id"]: row for row in served.ledger(key.id)}
+        assert len(rows) == 4  # flushed before the process exited
+        for outcome in outcomes:
+            row = rows[outcome.request_id]
+            if outcome.kind == "finished":
+                assert row["status"] == "finished"
+                assert row["completion_tokens"] == outcome.completion_tokens == SHORT_TOKENS
+            else:
+                assert row["status"] == "aborted" and row["error_code"] == "server_draining"
+                assert outcome.completion_tokens <= row["completion_tokens"] < LONG_TOKENS

@@ -23,6 +23,7 @@ from flintlm.safety.llama_guard import (
     verdict_result,
 )
 from flintlm.safety.moderation import CATEGORIES
+from tests.reference import REFERENCE_PATHS
 
 
 def test_prompt_is_llama_guard_3s() -> None:
@@ -80,8 +81,10 @@ def test_category_mapping() -> None:
 
 @pytest.fixture(scope="module")
 def guard_config() -> FlintConfig:
+    """The guard on the reference paths: nothing left to measure (a kernel calibration would
+    cost more than these tests; tests/kernels covers it)."""
     return FlintConfig(
-        model=ModelConfig(dtype="float32", device="cpu"),
+        model=ModelConfig(dtype="float32", device="cpu", **REFERENCE_PATHS),
         cache=CacheConfig(kv_cache_memory=64 << 20),
         moderation=ModerationConfig("guard", resolve_model_path("default")))
 

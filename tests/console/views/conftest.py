@@ -1,16 +1,14 @@
-"""One console server for every browser test of the usage, live, request-log and data pages
-(package scope: a server start costs more than these tests), and what they share."""
+"""What the browser tests of the usage, live, request-log and data pages share; they run on
+tests/console's one server (`console_server`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import pytest
 
 from tests.conftest import HANG_TIMEOUT_S
-from tests.console.conftest import ConsoleServer, start_console_server
+from tests.console.conftest import ConsoleServer
 from tests.platform.served import IssuedKey
 
 if TYPE_CHECKING:
@@ -19,11 +17,6 @@ if TYPE_CHECKING:
 # A short greedy answer: the page tests wait on the browser, not on the model.
 CHAT: dict[str, Any] = {"model": "default", "max_tokens": 4, "temperature": 0,
                         "extra_body": {"ignore_eos": True}}
-
-
-@pytest.fixture(scope="package")
-def views_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:
-    yield from start_console_server(tmp_path_factory.mktemp("console-views"))
 
 
 def chat(server: ConsoleServer, key: IssuedKey, text: str = "Say hi.", **body: Any) -> Any:

@@ -16,15 +16,15 @@ ATTACK = ('<script>window.pwned = "script"</script>'
 
 
 def test_a_stored_completion_is_listed_rated_and_exported_as_text(
-        views_server: ConsoleServer, page: Page, page_events: PageEvents) -> None:
-    key = views_server.create_key("data-key")
+        console_server: ConsoleServer, page: Page, page_events: PageEvents) -> None:
+    key = console_server.create_key("data-key")
     # Only finished answers are exported: stop greedy decoding at a text it is known to write.
-    text = chat(views_server, key, ATTACK).choices[0].message.content
+    text = chat(console_server, key, ATTACK).choices[0].message.content
     assert text and text.strip()
-    stored = chat(views_server, key, ATTACK, store=True, stop=[text.strip()[-1]],
+    stored = chat(console_server, key, ATTACK, store=True, stop=[text.strip()[-1]],
                   metadata={"note": ATTACK})
     assert stored.choices[0].finish_reason == "stop"
-    sign_in(page, views_server.base_url, key.secret)
+    sign_in(page, console_server.base_url, key.secret)
     goto(page, "data")
     card = page.locator(f'[data-testid=completion][data-id="{stored.id}"]')
     expect(card.get_by_test_id("answer")).to_have_text(stored.choices[0].message.content or "")
@@ -37,7 +37,7 @@ def test_a_stored_completion_is_listed_rated_and_exported_as_text(
     card.get_by_test_id("rate-up").click()
     expect(page.locator(f'[data-testid=completion][data-id="{stored.id}"]')
            .get_by_test_id("rating")).to_have_text("rated 1")
-    kept = api_get(views_server, key.secret, f"/v1/chat/completions/{stored.id}")
+    kept = api_get(console_server, key.secret, f"/v1/chat/completions/{stored.id}")
     assert kept["metadata"] == {"note": ATTACK, "rating": "1"}
     shot(page, "data")
 
@@ -52,7 +52,7 @@ def test_a_stored_completion_is_listed_rated_and_exported_as_text(
     assert page_events.page_errors == [] and page_events.dialogs == []
 
 
-def test_the_admin_has_no_data_page(views_server: ConsoleServer, page: Page) -> None:
-    sign_in(page, views_server.base_url, views_server.admin_key)
+def test_the_admin_has_no_data_page(console_server: ConsoleServer, page: Page) -> None:
+    sign_in(page, console_server.base_url, console_server.admin_key)
     expect(page.get_by_test_id("nav-usage")).to_be_visible()
     assert page.get_by_test_id("nav-data").count() == 0

@@ -19,18 +19,18 @@ def live_requests(events: PageEvents) -> int:
     return sum(url.endswith("/console/api/live") for url in events.request_urls)
 
 
-def test_the_live_page_refreshes_and_shows_the_metrics(views_server: ConsoleServer, page: Page,
+def test_the_live_page_refreshes_and_shows_the_metrics(console_server: ConsoleServer, page: Page,
                                                        page_events: PageEvents) -> None:
-    key = views_server.create_key("live-key")
-    sign_in(page, views_server.base_url, views_server.admin_key)
+    key = console_server.create_key("live-key")
+    sign_in(page, console_server.base_url, console_server.admin_key)
     goto(page, "live")
     expect(page.get_by_test_id("live-updated")).to_have_attribute("data-polls", "1")
-    snapshot = api_get(views_server, views_server.admin_key, "/console/api/live")
+    snapshot = api_get(console_server, console_server.admin_key, "/console/api/live")
     expect(page.get_by_test_id("live-kv")).to_contain_text(
         f"/{snapshot['kv_blocks_total']:,} blocks")
     expect(page.get_by_test_id("live-running")).to_have_text("0")
 
-    chat(views_server, key)  # within the page's windows: counted by the next poll
+    chat(console_server, key)  # within the page's windows: counted by the next poll
     expect(page.get_by_test_id("latency-TTFT").locator("td").last).not_to_have_text("0")
     assert "ms" in (page.get_by_test_id("latency-TTFT").locator("td").first.text_content() or "")
     assert polls(page) >= 2  # the page refreshed on its own: one point a poll on the chart
@@ -46,8 +46,8 @@ def test_the_live_page_refreshes_and_shows_the_metrics(views_server: ConsoleServ
     assert not [error for error in page_events.console_errors if "Refused" in error]  # CSP
 
 
-def test_a_key_has_no_live_page(views_server: ConsoleServer, page: Page) -> None:
-    key = views_server.create_key("live-no")
-    sign_in(page, views_server.base_url, key.secret)
+def test_a_key_has_no_live_page(console_server: ConsoleServer, page: Page) -> None:
+    key = console_server.create_key("live-no")
+    sign_in(page, console_server.base_url, key.secret)
     expect(page.get_by_test_id("nav-usage")).to_be_visible()
     assert page.get_by_test_id("nav-live").count() == 0

@@ -10,17 +10,17 @@ from tests.console.conftest import ConsoleServer, shot, sign_in
 from tests.console.views.conftest import api_get, chat, goto
 
 
-def test_a_key_sees_its_request_just_made_first(views_server: ConsoleServer,
+def test_a_key_sees_its_request_just_made_first(console_server: ConsoleServer,
                                                 page: Page) -> None:
-    key, other = views_server.create_key("log-key"), views_server.create_key("log-other")
-    chat(views_server, other)
-    made = [chat(views_server, key).id for _ in range(2)]
-    sign_in(page, views_server.base_url, key.secret)
+    key, other = console_server.create_key("log-key"), console_server.create_key("log-other")
+    chat(console_server, other)
+    made = [chat(console_server, key).id for _ in range(2)]
+    sign_in(page, console_server.base_url, key.secret)
     goto(page, "requests")
     rows = page.get_by_test_id("request-row")
     expect(rows).to_have_count(2)  # not the other key's
     assert [rows.nth(i).get_attribute("data-id") for i in range(2)] == made[::-1]
-    entry = api_get(views_server, key.secret, "/v1/usage/requests", limit=1)["data"][0]
+    entry = api_get(console_server, key.secret, "/v1/usage/requests", limit=1)["data"][0]
     cells = rows.first.locator("td")
     assert cells.nth(1).text_content() == made[-1]
     assert cells.nth(3).text_content() == entry["model"]
@@ -30,10 +30,10 @@ def test_a_key_sees_its_request_just_made_first(views_server: ConsoleServer,
     shot(page, "requests-key")
 
 
-def test_the_admin_filters_by_key_and_status(views_server: ConsoleServer, page: Page) -> None:
-    key = views_server.create_key("log-admin-sees")
-    made = chat(views_server, key).id
-    sign_in(page, views_server.base_url, views_server.admin_key)
+def test_the_admin_filters_by_key_and_status(console_server: ConsoleServer, page: Page) -> None:
+    key = console_server.create_key("log-admin-sees")
+    made = chat(console_server, key).id
+    sign_in(page, console_server.base_url, console_server.admin_key)
     goto(page, "requests")
     expect(page.get_by_test_id("request-row").first).to_have_attribute("data-id", made)
     page.get_by_test_id("log-key").fill(key.id)

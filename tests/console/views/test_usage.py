@@ -39,18 +39,18 @@ def drawn(page: Page) -> dict[str, float]:
             "cost": svg_total(page, "chart-cost")}
 
 
-def test_a_keys_usage_page_shows_its_own_request_just_made(views_server: ConsoleServer,
+def test_a_keys_usage_page_shows_its_own_request_just_made(console_server: ConsoleServer,
                                                            page: Page) -> None:
-    key = views_server.create_key("usage-key")
-    chat(views_server, key)
-    sign_in(page, views_server.base_url, key.secret)
+    key = console_server.create_key("usage-key")
+    chat(console_server, key)
+    sign_in(page, console_server.base_url, key.secret)
     goto(page, "usage")
     expect(page.get_by_test_id("chart-requests")).to_have_attribute("data-total", "1")
-    report = api_get(views_server, key.secret, "/v1/usage", group_by="day", **page_range(page))
+    report = api_get(console_server, key.secret, "/v1/usage", group_by="day", **page_range(page))
     assert drawn(page) == totals(report)
     assert totals(report)["requests"] == 1 and totals(report)["output"] == 4
 
-    chat(views_server, key)  # a second one appears on the next look
+    chat(console_server, key)  # a second one appears on the next look
     page.get_by_test_id("usage-refresh").click()
     expect(page.get_by_test_id("chart-requests")).to_have_attribute("data-total", "2")
     page.get_by_test_id("usage-group").select_option("model")
@@ -60,22 +60,22 @@ def test_a_keys_usage_page_shows_its_own_request_just_made(views_server: Console
         page.get_by_test_id("usage-csv").click()
     rows = list(csv.DictReader(io.StringIO(download.value.path().read_text())))
     assert [row["group"] for row in rows] == ["default"]
-    report = api_get(views_server, key.secret, "/v1/usage", group_by="model", **page_range(page))
+    report = api_get(console_server, key.secret, "/v1/usage", group_by="model", **page_range(page))
     assert int(rows[0]["requests"]) == 2 == report["data"][0]["num_requests"]
     assert int(rows[0]["total_tokens"]) == report["data"][0]["total_tokens"]
     assert rows[0]["cost_usd"] == report["data"][0]["cost_usd"]
     shot(page, "usage-key")
 
 
-def test_the_admins_charts_total_what_admin_usage_answers(views_server: ConsoleServer,
+def test_the_admins_charts_total_what_admin_usage_answers(console_server: ConsoleServer,
                                                           page: Page) -> None:
-    key = views_server.create_key("usage-admin-sees")
-    chat(views_server, key)
-    sign_in(page, views_server.base_url, views_server.admin_key)
+    key = console_server.create_key("usage-admin-sees")
+    chat(console_server, key)
+    sign_in(page, console_server.base_url, console_server.admin_key)
     goto(page, "usage")
     page.get_by_test_id("usage-group").select_option("key")
     expect(page.get_by_test_id("usage-table")).to_contain_text(key.id)
-    report = api_get(views_server, views_server.admin_key, "/admin/usage", group_by="key",
+    report = api_get(console_server, console_server.admin_key, "/admin/usage", group_by="key",
                      **page_range(page))
     assert drawn(page) == totals(report)
     assert totals(report)["requests"] >= 1
@@ -83,7 +83,7 @@ def test_the_admins_charts_total_what_admin_usage_answers(views_server: ConsoleS
     assert bar.count() == 1
     page.get_by_test_id("usage-group").select_option("day")
     expect(page.get_by_test_id("chart-tokens")).to_be_visible()
-    report = api_get(views_server, views_server.admin_key, "/admin/usage", group_by="day",
+    report = api_get(console_server, console_server.admin_key, "/admin/usage", group_by="day",
                      **page_range(page))
     assert drawn(page) == totals(report)
     shot(page, "usage-admin")
