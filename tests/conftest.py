@@ -45,6 +45,10 @@ SERVER_ARGS = ("--model", "default", "--dtype", "float32", "--device", "cpu",
                "--kv-cache-memory", "96MiB", "--max-model-len", "2048",
                "--quantized-max-tokens", "64", "--quantized-activations", "exact")
 
+# FLINTLM_* variables a test server keeps from the suite's environment: they describe the machine
+# (a forced CPU tier, and which torch caps flintlm itself set for it), not a test's settings.
+MACHINE_VARIABLES = frozenset({"FLINTLM_CPU_ISA", "FLINTLM_TORCH_CAPS_APPLIED"})
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -93,8 +97,9 @@ def launch_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_
     """Start `python -m flintlm serve` without waiting for it (see `wait_until_ready`).
 
     Its platform store is SQLite in `log_dir` unless `extra_args` name one. The caller's FLINTLM_*
-    variables are dropped; `env` adds variables of the test's own (FLINTLM_FAULT_INJECT,
-    FLINTLM_TEST_HOLD_LOADING_UNTIL).
+    variables are dropped, except the forced CPU tier (a suite run with FLINTLM_CPU_ISA=avx2
+    stands in for an AVX2 machine, servers included); `env` adds variables of the test's own
+    (FLINTLM_FAULT_INJECT, FLINTLM_TEST_HOLD_LOADING_UNTIL).
     """
     port = free_port()
     args = [sys.executable, "-m", "flintlm", "serve", *SERVER_ARGS, "--port", str(port),
@@ -104,7 +109,8 @@ def launch_server(log_dir: Path, *extra_args: str, api_key: str | None = SERVER_
     if "--data-dir" not in extra_args and "--database-url" not in extra_args:
         args += ["--data-dir", str(log_dir / f"data-{port}")]
     log_path = log_dir / f"server-{port}.log"
-    process_env = {k: v for k, v in os.environ.items() if not k.startswith("FLINTLM_")}
+    process_env = {k: v for k, v in os.environ.items()
+                   if not k.startswith("FLINTLM_") or k in MACHINE_VARIABLES}
     process_env.update(env or {})
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=process_env)
