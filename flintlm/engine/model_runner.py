@@ -82,6 +82,12 @@ class KVCacheLayout:
 # the table replaced, from 2026-12-03's measurements on AVX-512.
 DEFAULT_QUANTIZED_MAX_TOKENS = 64
 
+# Serving runs a step on one thread only if its measured matmuls take less than this: the
+# embedded model's 1-4 token steps (4-7 ms; one thread served 1.25-1.6x the tokens/s), not the
+# 1B shape's (21-29 ms on AVX2; two threads served a single stream at 33-41 ms a token, one
+# thread at 44).
+SHORT_STEP_MS = 10.0
+
 
 class ModelRunner:
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
@@ -166,10 +172,16 @@ class ModelRunner:
         return mode == "int8"
 
     def limit_threads_for_small_steps(self, max_tokens: int) -> None:
-        """Run steps of at most `max_tokens` tokens on one thread (0: never). For serving, where
-        the event loop shares the cores: a small step's many short parallel regions stall on
-        every barrier whose other thread the OS has just given to the event loop."""
-        self.single_thread_max_tokens = max_tokens if self.device.type == "cpu" else 0
+        """Run steps of at most `max_tokens` tokens on one thread (0: never), and, where the
+        dispatch table has timed them, only those measured shorter than SHORT_STEP_MS. For
+        serving, where the event loop and the clients share the cores: a short step's many
+        short parallel regions stall on every barrier whose other thread the OS has just given
+        to them. A longer step loses less to that than one thread loses to two."""
+        if self.device.type != "cpu":
+            max_tokens = 0
+        elif self.dispatch is not None:
+            max_tokens = min(max_tokens, self.dispatch.short_steps_max_tokens(SHORT_STEP_MS))
+        self.single_thread_max_tokens = max_tokens
 
     def _load_kernels(self, mode: str) -> CpuKernels | None:
         arch = self.arch

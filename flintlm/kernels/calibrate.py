@@ -109,6 +109,16 @@ class DispatchTable:
     def is_quantized(self, num_tokens: int) -> bool:
         return self.choice_for(num_tokens).path in QUANTIZED_PATHS
 
+    def short_steps_max_tokens(self, max_ms: float) -> int:
+        """The largest step size up to which every choice was measured under `max_ms` (0:
+        none was)."""
+        largest = 0
+        for choice in self.choices:
+            if choice.ms >= max_ms:
+                break
+            largest = choice.step_size
+        return largest
+
     @property
     def quantized_max_tokens(self) -> int:
         """The largest step size that chose a quantized path (0: none did)."""

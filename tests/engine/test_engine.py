@@ -211,6 +211,7 @@ def test_serving_runs_small_steps_on_one_thread(llm, monkeypatch):
 
     monkeypatch.setattr(runner, "_execute", recording)
     monkeypatch.setattr(runner, "single_thread_max_tokens", 0)
+    monkeypatch.setattr(runner, "dispatch", None)  # no measured step times: the limit as given
     runner.limit_threads_for_small_steps(4)
     params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
     try:
@@ -221,3 +222,22 @@ def test_serving_runs_small_steps_on_one_thread(llm, monkeypatch):
     assert any(tokens > 4 for tokens, _ in seen) and any(tokens <= 4 for tokens, _ in seen)
     for tokens, used in seen:
         assert used == (1 if tokens <= 4 else threads), (tokens, used)
+
+
+def test_serving_keeps_every_thread_for_steps_measured_long(llm, monkeypatch):
+    """With a dispatch table, only the step sizes it measured under SHORT_STEP_MS run on one
+    thread while serving (a 1B model's single-token step is not one of them)."""
+    from flintlm.engine.model_runner import SHORT_STEP_MS
+    from flintlm.kernels.calibrate import DispatchTable, StepChoice
+
+    runner = llm.engine.runner
+    table = DispatchTable("avx2", "float32", (StepChoice(1, "int8", 2, SHORT_STEP_MS / 2),
+                                              StepChoice(2, "int8", 2, SHORT_STEP_MS * 2),
+                                              StepChoice(64, "int8", 2, SHORT_STEP_MS * 9)))
+    monkeypatch.setattr(runner, "dispatch", table)
+    monkeypatch.setattr(runner, "single_thread_max_tokens", 0)
+    runner.limit_threads_for_small_steps(4)
+    assert runner.single_thread_max_tokens == 1
+    assert runner.threads_for(1) == 1 and runner.threads_for(2) is None
+    runner.limit_threads_for_small_steps(0)
+    assert runner.threads_for(1) is None

@@ -84,6 +84,16 @@ def test_auto_settings_are_folded_in_and_explicit_ones_kept():
         ("bfloat16", 8, "exact")
 
 
+def test_short_steps_end_at_the_first_step_size_measured_too_long():
+    table = DispatchTable("avx2", "float32", (StepChoice(1, "int8", 2, 5.0),
+                                              StepChoice(2, "int8", 2, 9.9),
+                                              StepChoice(4, "int8", 2, 21.0),
+                                              StepChoice(8, "int8", 2, 9.0)))
+    assert table.short_steps_max_tokens(10.0) == 2  # 8's 9 ms does not count past 4's 21
+    assert table.short_steps_max_tokens(30.0) == 8
+    assert table.short_steps_max_tokens(5.0) == 0
+
+
 def test_dense_matrices_are_read_only_where_a_step_can_use_them():
     """The loader skips the dense copies only where every step up to the scheduler's budget
     takes a quantized path (by the measured table, or explicit settings without one)."""
