@@ -155,6 +155,9 @@ def offline(
     max_num_batched_tokens: Annotated[
         int | None, typer.Option(help="flintlm: tokens per step")
     ] = None,
+    kv_cache_memory: Annotated[str | None, typer.Option(
+        help="flintlm: KV-cache budget, e.g. 2GiB (default: the engine's, at most 512 MiB; "
+             "a batch that does not fit is preempted and recomputed)")] = None,
     hf_batch_size: Annotated[
         list[str] | None, typer.Option(help="HF batch sizes [1,16,32]")
     ] = None,
@@ -189,7 +192,7 @@ def offline(
         for name in dtypes:
             records.append(_run_offline_system(
                 functools.partial(FlintlmOffline, model, name, max_num_seqs,
-                                  max_num_batched_tokens, n_threads),
+                                  max_num_batched_tokens, n_threads, kv_cache_memory),
                 f"flintlm/{name}", prompts(num_prompts), runs, params,
             ))  # fmt: skip
             if single_stream_prompts:

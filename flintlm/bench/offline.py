@@ -115,6 +115,7 @@ class _EngineArgs(TypedDict, total=False):
     dtype: str
     max_num_seqs: int
     max_num_batched_tokens: int
+    kv_cache_memory: str
 
 
 class FlintlmOffline:
@@ -127,6 +128,7 @@ class FlintlmOffline:
         max_num_seqs: int | None = None,
         max_num_batched_tokens: int | None = None,
         threads: int | None = None,
+        kv_cache_memory: str | None = None,
     ) -> None:
         from flintlm import LLM  # the engine is heavy; import only when asked for
 
@@ -139,6 +141,8 @@ class FlintlmOffline:
             engine_args["max_num_seqs"] = max_num_seqs
         if max_num_batched_tokens is not None:
             engine_args["max_num_batched_tokens"] = max_num_batched_tokens
+        if kv_cache_memory is not None:
+            engine_args["kv_cache_memory"] = kv_cache_memory
         self.name = f"flintlm/{dtype}"
         load_start = time.perf_counter()
         self._llm = LLM(**engine_args)
