@@ -11,7 +11,6 @@ are accepted, ignored and logged, as on chat.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -23,11 +22,10 @@ from flintlm.api.protocol import (
     FunctionDefinition,
     ToolCall,
     ToolDefinition,
+    check_extra_fields,
     invalid,
 )
 from flintlm.engine.request import InvalidRequestError, SamplingParams, Usage
-
-logger = logging.getLogger("flintlm.api")
 
 TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 # Anthropic fields not honoured here -> the values that mean "not used" (accepted as no-ops).
@@ -172,12 +170,7 @@ class MessagesRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check_fields(self) -> MessagesRequest:
-        for name, value in (self.model_extra or {}).items():
-            if name in self.unsupported and value not in self.unsupported[name]:
-                raise invalid(name, f"{name!r} is not supported by this server")
-        ignored = sorted(set(self.model_extra or {}) - set(self.unsupported))
-        if ignored:
-            logger.info("ignoring unknown request fields: %s", ", ".join(ignored))
+        check_extra_fields(self.model_extra, self.unsupported)
         for i, message in enumerate(self.messages):
             _check_blocks(i, message)
         last = len(self.messages) - 1

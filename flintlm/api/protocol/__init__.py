@@ -35,6 +35,7 @@ from flintlm.api.protocol.common import (
     ErrorResponse,
     PromptTokensDetails,
     UsageInfo,
+    check_extra_fields,
     invalid,
     usage_info,
 )
@@ -75,7 +76,8 @@ from flintlm.api.protocol.tokenize import (
 
 __all__ = [
     # common
-    "invalid", "usage_info", "PromptTokensDetails", "UsageInfo", "ErrorInfo", "ErrorResponse",
+    "invalid", "check_extra_fields", "usage_info", "PromptTokensDetails", "UsageInfo",
+    "ErrorInfo", "ErrorResponse",
     # generation_request
     "UNSUPPORTED_COMMON", "StreamOptions", "JsonSchemaSpec", "ResponseFormat",
     "StructuredOutputs",

@@ -8,16 +8,13 @@ run it off the event loop.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from flintlm.api import constraints
-from flintlm.api.protocol.common import invalid
+from flintlm.api.protocol.common import check_extra_fields, invalid
 from flintlm.engine.request import InvalidRequestError, SamplingParams
-
-logger = logging.getLogger("flintlm.api")
 
 # OpenAI fields we do not honour yet -> the values that mean "not used" (accepted as no-ops).
 UNSUPPORTED_COMMON: dict[str, tuple[Any, ...]] = {
@@ -101,12 +98,7 @@ class _GenerationRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check_fields(self) -> _GenerationRequest:
-        for name, value in (self.model_extra or {}).items():
-            if name in self.unsupported and value not in self.unsupported[name]:
-                raise invalid(name, f"{name!r} is not supported by this server")
-        ignored = sorted(set(self.model_extra or {}) - set(self.unsupported))
-        if ignored:
-            logger.info("ignoring unknown request fields: %s", ", ".join(ignored))
+        check_extra_fields(self.model_extra, self.unsupported)
         for token_id in self.logit_bias or {}:
             if not token_id.lstrip("-").isdigit():
                 raise invalid("logit_bias", f"logit_bias keys must be token ids, got {token_id!r}")
