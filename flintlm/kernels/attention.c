@@ -75,55 +75,29 @@ static inline void reset_running(int group, int head_dim, float acc[][MAX_HEAD_D
     }
 }
 
-/* Online softmax over one block's scores s[g][0..count) (already scaled): rescales the running
- * sums and accumulators of each query and leaves the block's probabilities in s. */
-static inline void softmax_block(float scores[][MAX_BLOCK], int group, int count,
-                                 float *running_max, float *running_sum, float *correction) {
-    for (int g = 0; g < group; g++) {
-        float block_max = running_max[g];
-        for (int j = 0; j < count; j++) block_max = scores[g][j] > block_max ? scores[g][j] : block_max;
-        correction[g] = expf(running_max[g] - block_max);
-        float sum = 0.0f;
-        for (int j = 0; j < count; j++) {
-            scores[g][j] = expf(scores[g][j] - block_max);
-            sum += scores[g][j];
-        }
-        running_sum[g] = running_sum[g] * correction[g] + sum;
-        running_max[g] = block_max;
-    }
-}
-
-/* One query row's `group` heads over one kv head's cache slabs (float32 layout, P = 1). */
+/* One query row's `group` heads over one kv head's cache slabs (float32 layout, P = 1), with
+ * the tier's loops for the scores, the online softmax and p.v (tier.h). */
 static void attend_f32(const float *query, const float *k_cache, const float *v_cache,
                        const int32_t *table, int context, int group, int head_dim,
                        int block_size, int64_t slab_stride, int64_t head_offset, float scale,
                        float acc[][MAX_HEAD_DIM], float *running_sum) {
+    float q_rows[MAX_GROUP][MAX_HEAD_DIM];
     float scores[MAX_GROUP][MAX_BLOCK];
     float running_max[MAX_GROUP], correction[MAX_GROUP];
+    for (int g = 0; g < group; g++)
+        for (int d = 0; d < head_dim; d++) q_rows[g][d] = query[g * head_dim + d];
     reset_running(group, head_dim, acc, running_max, running_sum);
     for (int start = 0; start < context; start += block_size) {
         const int64_t block = table[start / block_size];
         const int count = context - start < block_size ? context - start : block_size;
         const float *keys = k_cache + block * slab_stride + head_offset;    /* [D][bs] */
         const float *values = v_cache + block * slab_stride + head_offset;  /* [bs][D] */
-        for (int g = 0; g < group; g++) {
-            for (int j = 0; j < block_size; j++) scores[g][j] = 0.0f;
-            for (int d = 0; d < head_dim; d++) {
-                const float qd = query[g * head_dim + d];
-                const float *key_row = keys + (int64_t)d * block_size;
-                for (int j = 0; j < block_size; j++) scores[g][j] += qd * key_row[j];
-            }
-            for (int j = 0; j < count; j++) scores[g][j] *= scale;
-        }
-        softmax_block(scores, group, count, running_max, running_sum, correction);
-        for (int g = 0; g < group; g++) {
-            for (int d = 0; d < head_dim; d++) acc[g][d] *= correction[g];
-            for (int j = 0; j < count; j++) {
-                const float p = scores[g][j];
-                const float *value = values + (int64_t)j * head_dim;
-                for (int d = 0; d < head_dim; d++) acc[g][d] += p * value[d];
-            }
-        }
+        tier_f32_scores((const float(*)[MAX_HEAD_DIM])q_rows, group, keys, block_size, head_dim,
+                        count, scale, scores);
+        for (int g = 0; g < group; g++)
+            tier_softmax_row(scores[g], count, &running_max[g], &running_sum[g], &correction[g]);
+        tier_f32_values((const float(*)[MAX_BLOCK])scores, group, values, head_dim, count,
+                        correction, acc);
     }
 }
 

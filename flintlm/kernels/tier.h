@@ -70,6 +70,14 @@
  *       values [block_size / 2][head_dim][2]; acc[g][d] = acc[g][d] * correction[g]
  *       + sum_{j < count} scores[g][j] value_j[d] (scores[g][count] is 0 when count is odd,
  *       so whole pairs may be read).
+ *
+ *   float32 paged attention, the same contracts over float32 slabs:
+ *   void tier_f32_scores(query, group, const float *keys, block_size, head_dim, count, scale,
+ *                        scores)      keys [head_dim][block_size]
+ *   void tier_f32_values(scores, group, const float *values, head_dim, count, correction,
+ *                        acc)         values [block_size][head_dim]; rows j < count are read
+ *   A tier header that defines TIER_F32_ATTENTION implements them; the others take the portable
+ *   loops at the end of this file.
  */
 #ifndef FLINTLM_KERNELS_TIER_H
 #define FLINTLM_KERNELS_TIER_H
@@ -129,6 +137,37 @@ static inline float offset_dot(const uint16_t *m, const float *sums, int64_t nb)
 #include "tier_neon.h"
 #else
 #include "tier_generic.h"
+#endif
+
+#ifndef TIER_F32_ATTENTION /* portable loops the compiler vectorises */
+static inline void tier_f32_scores(const float query[][MAX_HEAD_DIM], int group, const float *keys,
+                                   int block_size, int head_dim, int count, float scale,
+                                   float scores[][MAX_BLOCK]) {
+    for (int g = 0; g < group; g++) {
+        float *s = scores[g];
+        for (int j = 0; j < count; j++) s[j] = 0.0f;
+        for (int d = 0; d < head_dim; d++) {
+            const float qd = query[g][d];
+            const float *key_row = keys + (int64_t)d * block_size;
+            for (int j = 0; j < count; j++) s[j] += qd * key_row[j];
+        }
+        for (int j = 0; j < count; j++) s[j] *= scale;
+    }
+}
+
+static inline void tier_f32_values(const float scores[][MAX_BLOCK], int group,
+                                   const float *values, int head_dim, int count,
+                                   const float *correction, float acc[][MAX_HEAD_DIM]) {
+    for (int g = 0; g < group; g++) {
+        float *out = acc[g];
+        for (int d = 0; d < head_dim; d++) out[d] *= correction[g];
+        for (int j = 0; j < count; j++) {
+            const float p = scores[g][j];
+            const float *value = values + (int64_t)j * head_dim;
+            for (int d = 0; d < head_dim; d++) out[d] += p * value[d];
+        }
+    }
+}
 #endif
 
 #endif

@@ -617,6 +617,123 @@ static inline void tier_bf16_values(const float scores[][MAX_BLOCK], int group,
     }
 }
 
+/* ---- float32 attention: the same tiles over float32 slabs (keys [D][bs], values [bs][D]), one
+ * vector of 8 tokens or 8 dims a load. (The portable loops kept their sums in memory, a
+ * store-to-load chain per dim: ~1.8x slower than these, 64 rows over 192 tokens of the 1B
+ * shape.) */
+#define TIER_F32_ATTENTION 1
+
+#define DEFINE_SCORES_F32_8(G, CHAINS)                                                            \
+static inline void scores_f32_8_g##G(const float query[][MAX_HEAD_DIM], const float *keys,       \
+                                     int block_size, int head_dim, int count, float scale,        \
+                                     float scores[][MAX_BLOCK]) {                                 \
+    for (int chunk = 0; chunk < count; chunk += 16) {                                             \
+        __m256 s[G][2][CHAINS];                                                                   \
+        for (int g = 0; g < G; g++)                                                               \
+            for (int v = 0; v < 2; v++)                                                           \
+                for (int c = 0; c < CHAINS; c++) s[g][v][c] = _mm256_setzero_ps();                \
+        for (int d = 0; d < head_dim; d += CHAINS) {                                              \
+            for (int c = 0; c < CHAINS; c++) {                                                    \
+                const float *row = keys + (int64_t)(d + c) * block_size + chunk;                  \
+                for (int v = 0; v < 2; v++) {                                                     \
+                    const __m256 key = _mm256_loadu_ps(row + 8 * v);                              \
+                    for (int g = 0; g < G; g++)                                                   \
+                        s[g][v][c] = _mm256_fmadd_ps(_mm256_set1_ps(query[g][d + c]), key,        \
+                                                     s[g][v][c]);                                 \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        for (int g = 0; g < G; g++)                                                               \
+            for (int v = 0; v < 2; v++) {                                                         \
+                __m256 total = s[g][v][0];                                                        \
+                for (int c = 1; c < CHAINS; c++) total = _mm256_add_ps(total, s[g][v][c]);        \
+                _mm256_storeu_ps(scores[g] + chunk + 8 * v,                                       \
+                                 _mm256_mul_ps(total, _mm256_set1_ps(scale)));                    \
+            }                                                                                     \
+    }                                                                                             \
+}
+
+/* acc[g][dc .. dc + 8 W) = acc * correction + p.v over the block's first `count` tokens. */
+#define DEFINE_VALUES_F32_8(G, W)                                                                 \
+static inline void values_f32_8_g##G##_w##W(const float scores[][MAX_BLOCK], const float *values,\
+                                            int head_dim, int count, int dc,                      \
+                                            const float *correction,                              \
+                                            float acc[][MAX_HEAD_DIM]) {                          \
+    __m256 a[G][W];                                                                               \
+    for (int g = 0; g < G; g++)                                                                   \
+        for (int v = 0; v < W; v++)                                                               \
+            a[g][v] = _mm256_mul_ps(_mm256_loadu_ps(acc[g] + dc + 8 * v),                         \
+                                    _mm256_set1_ps(correction[g]));                               \
+    for (int j = 0; j < count; j++) {                                                             \
+        const float *row = values + (int64_t)j * head_dim + dc;                                   \
+        for (int v = 0; v < W; v++) {                                                             \
+            const __m256 value = _mm256_loadu_ps(row + 8 * v);                                    \
+            for (int g = 0; g < G; g++)                                                           \
+                a[g][v] = _mm256_fmadd_ps(_mm256_set1_ps(scores[g][j]), value, a[g][v]);          \
+        }                                                                                         \
+    }                                                                                             \
+    for (int g = 0; g < G; g++)                                                                   \
+        for (int v = 0; v < W; v++) _mm256_storeu_ps(acc[g] + dc + 8 * v, a[g][v]);               \
+}
+
+#define DEFINE_VALUES_ROW_F32_8(G, W)                                                             \
+static inline void values_f32_8_g##G(const float scores[][MAX_BLOCK], const float *values,       \
+                                     int head_dim, int count, const float *correction,            \
+                                     float acc[][MAX_HEAD_DIM]) {                                 \
+    int dc = 0;                                                                                   \
+    for (; dc + 8 * (W) <= head_dim; dc += 8 * (W))                                               \
+        values_f32_8_g##G##_w##W(scores, values, head_dim, count, dc, correction, acc);           \
+    for (; dc < head_dim; dc += 16) /* head_dim is a multiple of 16 */                           \
+        values_f32_8_g##G##_w2(scores, values, head_dim, count, dc, correction, acc);             \
+}
+
+DEFINE_SCORES_F32_8(1, 4)
+DEFINE_SCORES_F32_8(2, 2)
+DEFINE_SCORES_F32_8(3, 1)
+DEFINE_SCORES_F32_8(4, 1)
+DEFINE_VALUES_F32_8(1, 8)
+DEFINE_VALUES_F32_8(1, 2)
+DEFINE_VALUES_F32_8(2, 4)
+DEFINE_VALUES_F32_8(2, 2)
+DEFINE_VALUES_F32_8(3, 4)
+DEFINE_VALUES_F32_8(3, 2)
+DEFINE_VALUES_F32_8(4, 2)
+DEFINE_VALUES_ROW_F32_8(1, 8)
+DEFINE_VALUES_ROW_F32_8(2, 4)
+DEFINE_VALUES_ROW_F32_8(3, 4)
+DEFINE_VALUES_ROW_F32_8(4, 2)
+
+static inline void tier_f32_scores(const float query[][MAX_HEAD_DIM], int group,
+                                   const float *keys, int block_size, int head_dim, int count,
+                                   float scale, float scores[][MAX_BLOCK]) {
+    for (int g0 = 0; g0 < group; g0 += 4) {
+        const float (*q)[MAX_HEAD_DIM] = query + g0;
+        float (*s)[MAX_BLOCK] = scores + g0;
+        switch (group - g0 < 4 ? group - g0 : 4) {
+            case 1: scores_f32_8_g1(q, keys, block_size, head_dim, count, scale, s); break;
+            case 2: scores_f32_8_g2(q, keys, block_size, head_dim, count, scale, s); break;
+            case 3: scores_f32_8_g3(q, keys, block_size, head_dim, count, scale, s); break;
+            default: scores_f32_8_g4(q, keys, block_size, head_dim, count, scale, s); break;
+        }
+    }
+}
+
+static inline void tier_f32_values(const float scores[][MAX_BLOCK], int group,
+                                   const float *values, int head_dim, int count,
+                                   const float *correction, float acc[][MAX_HEAD_DIM]) {
+    for (int g0 = 0; g0 < group; g0 += 4) {
+        const float (*s)[MAX_BLOCK] = scores + g0;
+        const float *c = correction + g0;
+        float (*out)[MAX_HEAD_DIM] = acc + g0;
+        switch (group - g0 < 4 ? group - g0 : 4) {
+            case 1: values_f32_8_g1(s, values, head_dim, count, c, out); break;
+            case 2: values_f32_8_g2(s, values, head_dim, count, c, out); break;
+            case 3: values_f32_8_g3(s, values, head_dim, count, c, out); break;
+            default: values_f32_8_g4(s, values, head_dim, count, c, out); break;
+        }
+    }
+}
+
 static inline void tier_softmax_row(float *scores, int count, float *running_max,
                                     float *running_sum, float *correction) {
     const int whole = count / 8 * 8;
