@@ -8,6 +8,7 @@ with `dataclasses.replace`; nothing here is ever mutated after construction.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -312,6 +313,7 @@ class FlintConfig:
         return dataclasses.replace(self, **sections)
 
 
+@functools.cache  # the CLI asks once per option: parsing the class's source each time cost ~2 s
 def field_docs(config_class: type) -> dict[str, str]:
     """Attribute docstrings of a config dataclass, used as `--help` text by the CLI (a docstring
     wrapped over several lines reads as one)."""

@@ -10,6 +10,10 @@ recall, and where it errs: sexual slang and profanity also score high as "harass
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
+from typing import Any
+
 from flintlm.safety.moderation import DEFAULT_THRESHOLD, ModerationResult, Moderator
 
 MODEL_NAME = "flintlm-moderation-profanity-1"
@@ -21,17 +25,25 @@ class ProfanityModerator(Moderator):
 
     def __init__(self, threshold: float = DEFAULT_THRESHOLD) -> None:
         super().__init__()
-        # NOTE: the package loads its model at import; importing here fails at start-up, not
-        # on the first request, when it is missing.
-        from profanity_check import predict_prob
-
-        self._predict_prob = predict_prob
+        # A missing package fails start-up, not the first request.
+        if importlib.util.find_spec("profanity_check") is None:
+            raise ModuleNotFoundError("the moderation classifier needs alt-profanity-check")
+        # NOTE: the package unpickles its scikit-learn model at import (~1.5 s, as long as the
+        # rest of a server's start): imported on the moderation thread, queued ahead of every
+        # request's work there, so start-up does not wait for it and the first request does.
+        self._predict_prob = self._executor.submit(_load_predict_prob)
         self.threshold = threshold
 
     def classify_blocking(self, texts: list[str]) -> list[ModerationResult]:
         if not texts:
             return []
-        scores = self._predict_prob(texts)
+        scores = self._predict_prob.result()(texts)
         return [ModerationResult.from_scores({"harassment": float(score)},
                                              self.judged_categories, threshold=self.threshold)
                 for score in scores]
+
+
+def _load_predict_prob() -> Callable[[list[str]], Any]:
+    from profanity_check import predict_prob
+
+    return predict_prob
