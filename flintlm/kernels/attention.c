@@ -75,6 +75,13 @@ static inline void reset_running(int group, int head_dim, float acc[][MAX_HEAD_D
     }
 }
 
+/* Starts loading one (block, kv head) slab of `bytes`. A sequence's blocks are scattered over
+ * the cache and the hardware prefetchers stop at page boundaries, so each next slab is fetched
+ * while the current one is computed. */
+static inline void prefetch_slab(const void *slab, int64_t bytes) {
+    for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch((const char *)slab + line);
+}
+
 /* One query row's `group` heads over one kv head's cache slabs (float32 layout, P = 1), with
  * the tier's loops for the scores, the online softmax and p.v (tier.h). */
 static void attend_f32(const float *query, const float *k_cache, const float *v_cache,
@@ -92,6 +99,11 @@ static void attend_f32(const float *query, const float *k_cache, const float *v_
         const int count = context - start < block_size ? context - start : block_size;
         const float *keys = k_cache + block * slab_stride + head_offset;    /* [D][bs] */
         const float *values = v_cache + block * slab_stride + head_offset;  /* [bs][D] */
+        if (start + block_size < context) {
+            const int64_t next = table[start / block_size + 1] * slab_stride + head_offset;
+            prefetch_slab(k_cache + next, (int64_t)head_dim * block_size * sizeof(float));
+            prefetch_slab(v_cache + next, (int64_t)head_dim * block_size * sizeof(float));
+        }
         tier_f32_scores((const float(*)[MAX_HEAD_DIM])q_rows, group, keys, block_size, head_dim,
                         count, scale, scores);
         for (int g = 0; g < group; g++)
@@ -118,6 +130,11 @@ static void attend_bf16(const bf16 *query, const bf16 *k_cache, const bf16 *v_ca
         const int count = context - start < block_size ? context - start : block_size;
         const bf16 *keys = k_cache + block * slab_stride + head_offset;   /* [D/2][bs][2] */
         const bf16 *values = v_cache + block * slab_stride + head_offset; /* [bs/2][D][2] */
+        if (start + block_size < context) {
+            const int64_t next = table[start / block_size + 1] * slab_stride + head_offset;
+            prefetch_slab(k_cache + next, (int64_t)head_dim * block_size * sizeof(bf16));
+            prefetch_slab(v_cache + next, (int64_t)head_dim * block_size * sizeof(bf16));
+        }
         tier_bf16_scores((const float(*)[MAX_HEAD_DIM])q_float, group, keys, block_size,
                          head_dim, count, scale, scores);
         for (int g = 0; g < group; g++)
