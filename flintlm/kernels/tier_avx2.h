@@ -586,36 +586,40 @@ DEFINE_VALUES_ROW_BF16_8(2, 4)
 DEFINE_VALUES_ROW_BF16_8(3, 4)
 DEFINE_VALUES_ROW_BF16_8(4, 2)
 
-static inline void tier_bf16_scores(const float query[][MAX_HEAD_DIM], int group,
-                                    const bf16 *keys, int block_size, int head_dim, int count,
-                                    float scale, float scores[][MAX_BLOCK]) {
-    for (int g0 = 0; g0 < group; g0 += 4) {
-        const float (*q)[MAX_HEAD_DIM] = query + g0;
-        float (*s)[MAX_BLOCK] = scores + g0;
-        switch (group - g0 < 4 ? group - g0 : 4) {
-            case 1: scores_bf16_8_g1(q, keys, block_size, head_dim, count, scale, s); break;
-            case 2: scores_bf16_8_g2(q, keys, block_size, head_dim, count, scale, s); break;
-            case 3: scores_bf16_8_g3(q, keys, block_size, head_dim, count, scale, s); break;
-            default: scores_bf16_8_g4(q, keys, block_size, head_dim, count, scale, s); break;
-        }
-    }
+/* tier_<KIND>_scores and tier_<KIND>_values (tier.h) over the G-specialised tiles: groups of
+ * up to 4 query heads a call, larger groups as several. */
+#define DEFINE_ATTENTION_ENTRIES(KIND, T)                                                        \
+static inline void tier_##KIND##_scores(const float query[][MAX_HEAD_DIM], int group,          \
+                                        const T *keys, int block_size, int head_dim, int count, \
+                                        float scale, float scores[][MAX_BLOCK]) {               \
+    for (int g0 = 0; g0 < group; g0 += 4) {                                                     \
+        const float (*q)[MAX_HEAD_DIM] = query + g0;                                            \
+        float (*s)[MAX_BLOCK] = scores + g0;                                                    \
+        switch (group - g0 < 4 ? group - g0 : 4) {                                              \
+            case 1: scores_##KIND##_8_g1(q, keys, block_size, head_dim, count, scale, s); break;\
+            case 2: scores_##KIND##_8_g2(q, keys, block_size, head_dim, count, scale, s); break;\
+            case 3: scores_##KIND##_8_g3(q, keys, block_size, head_dim, count, scale, s); break;\
+            default: scores_##KIND##_8_g4(q, keys, block_size, head_dim, count, scale, s);     \
+        }                                                                                       \
+    }                                                                                           \
+}                                                                                               \
+static inline void tier_##KIND##_values(const float scores[][MAX_BLOCK], int group,            \
+                                        const T *values, int head_dim, int count,               \
+                                        const float *correction, float acc[][MAX_HEAD_DIM]) {   \
+    for (int g0 = 0; g0 < group; g0 += 4) {                                                     \
+        const float (*s)[MAX_BLOCK] = scores + g0;                                              \
+        const float *c = correction + g0;                                                       \
+        float (*out)[MAX_HEAD_DIM] = acc + g0;                                                  \
+        switch (group - g0 < 4 ? group - g0 : 4) {                                              \
+            case 1: values_##KIND##_8_g1(s, values, head_dim, count, c, out); break;            \
+            case 2: values_##KIND##_8_g2(s, values, head_dim, count, c, out); break;            \
+            case 3: values_##KIND##_8_g3(s, values, head_dim, count, c, out); break;            \
+            default: values_##KIND##_8_g4(s, values, head_dim, count, c, out);                  \
+        }                                                                                       \
+    }                                                                                           \
 }
 
-static inline void tier_bf16_values(const float scores[][MAX_BLOCK], int group,
-                                    const bf16 *values, int head_dim, int count,
-                                    const float *correction, float acc[][MAX_HEAD_DIM]) {
-    for (int g0 = 0; g0 < group; g0 += 4) {
-        const float (*s)[MAX_BLOCK] = scores + g0;
-        const float *c = correction + g0;
-        float (*out)[MAX_HEAD_DIM] = acc + g0;
-        switch (group - g0 < 4 ? group - g0 : 4) {
-            case 1: values_bf16_8_g1(s, values, head_dim, count, c, out); break;
-            case 2: values_bf16_8_g2(s, values, head_dim, count, c, out); break;
-            case 3: values_bf16_8_g3(s, values, head_dim, count, c, out); break;
-            default: values_bf16_8_g4(s, values, head_dim, count, c, out); break;
-        }
-    }
-}
+DEFINE_ATTENTION_ENTRIES(bf16, bf16)
 
 /* ---- float32 attention: the same tiles over float32 slabs (keys [D][bs], values [bs][D]), one
  * vector of 8 tokens or 8 dims a load. (The portable loops kept their sums in memory, a
@@ -703,36 +707,7 @@ DEFINE_VALUES_ROW_F32_8(2, 4)
 DEFINE_VALUES_ROW_F32_8(3, 4)
 DEFINE_VALUES_ROW_F32_8(4, 2)
 
-static inline void tier_f32_scores(const float query[][MAX_HEAD_DIM], int group,
-                                   const float *keys, int block_size, int head_dim, int count,
-                                   float scale, float scores[][MAX_BLOCK]) {
-    for (int g0 = 0; g0 < group; g0 += 4) {
-        const float (*q)[MAX_HEAD_DIM] = query + g0;
-        float (*s)[MAX_BLOCK] = scores + g0;
-        switch (group - g0 < 4 ? group - g0 : 4) {
-            case 1: scores_f32_8_g1(q, keys, block_size, head_dim, count, scale, s); break;
-            case 2: scores_f32_8_g2(q, keys, block_size, head_dim, count, scale, s); break;
-            case 3: scores_f32_8_g3(q, keys, block_size, head_dim, count, scale, s); break;
-            default: scores_f32_8_g4(q, keys, block_size, head_dim, count, scale, s); break;
-        }
-    }
-}
-
-static inline void tier_f32_values(const float scores[][MAX_BLOCK], int group,
-                                   const float *values, int head_dim, int count,
-                                   const float *correction, float acc[][MAX_HEAD_DIM]) {
-    for (int g0 = 0; g0 < group; g0 += 4) {
-        const float (*s)[MAX_BLOCK] = scores + g0;
-        const float *c = correction + g0;
-        float (*out)[MAX_HEAD_DIM] = acc + g0;
-        switch (group - g0 < 4 ? group - g0 : 4) {
-            case 1: values_f32_8_g1(s, values, head_dim, count, c, out); break;
-            case 2: values_f32_8_g2(s, values, head_dim, count, c, out); break;
-            case 3: values_f32_8_g3(s, values, head_dim, count, c, out); break;
-            default: values_f32_8_g4(s, values, head_dim, count, c, out); break;
-        }
-    }
-}
+DEFINE_ATTENTION_ENTRIES(f32, float)
 
 static inline void tier_softmax_row(float *scores, int count, float *running_max,
                                     float *running_sum, float *correction) {
