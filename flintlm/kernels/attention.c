@@ -82,67 +82,43 @@ static inline void prefetch_slab(const void *slab, int64_t bytes) {
     for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch((const char *)slab + line);
 }
 
-/* One query row's `group` heads over one kv head's cache slabs (float32 layout, P = 1), with
- * the tier's loops for the scores, the online softmax and p.v (tier.h). */
-static void attend_f32(const float *query, const float *k_cache, const float *v_cache,
-                       const int32_t *table, int context, int group, int head_dim,
-                       int block_size, int64_t slab_stride, int64_t head_offset, float scale,
-                       float acc[][MAX_HEAD_DIM], float *running_sum) {
-    float q_rows[MAX_GROUP][MAX_HEAD_DIM];
-    float scores[MAX_GROUP][MAX_BLOCK];
-    float running_max[MAX_GROUP], correction[MAX_GROUP];
-    for (int g = 0; g < group; g++)
-        for (int d = 0; d < head_dim; d++) q_rows[g][d] = query[g * head_dim + d];
-    reset_running(group, head_dim, acc, running_max, running_sum);
-    for (int start = 0; start < context; start += block_size) {
-        const int64_t block = table[start / block_size];
-        const int count = context - start < block_size ? context - start : block_size;
-        const float *keys = k_cache + block * slab_stride + head_offset;    /* [D][bs] */
-        const float *values = v_cache + block * slab_stride + head_offset;  /* [bs][D] */
-        if (start + block_size < context) {
-            const int64_t next = table[start / block_size + 1] * slab_stride + head_offset;
-            prefetch_slab(k_cache + next, (int64_t)head_dim * block_size * sizeof(float));
-            prefetch_slab(v_cache + next, (int64_t)head_dim * block_size * sizeof(float));
-        }
-        tier_f32_scores((const float(*)[MAX_HEAD_DIM])q_rows, group, keys, block_size, head_dim,
-                        count, scale, scores);
-        for (int g = 0; g < group; g++)
-            tier_softmax_row(scores[g], count, &running_max[g], &running_sum[g], &correction[g]);
-        tier_f32_values((const float(*)[MAX_BLOCK])scores, group, values, head_dim, count,
-                        correction, acc);
-    }
+#define DEFINE_ATTEND(SUFFIX, T, LOAD)                                                            \
+/* One query row's `group` heads over one kv head's cache slabs (layout P, see the top), in     \
+ * float32 (the query converted once), with the tier's loops for the scores, the online        \
+ * softmax and p.v (tier.h). */                                                                 \
+static void attend_##SUFFIX(const T *query, const T *k_cache, const T *v_cache,                \
+                            const int32_t *table, int context, int group, int head_dim,         \
+                            int block_size, int64_t slab_stride, int64_t head_offset,           \
+                            float scale, float acc[][MAX_HEAD_DIM], float *running_sum) {       \
+    const int64_t slab_bytes = (int64_t)head_dim * block_size * sizeof(T);                      \
+    float q_float[MAX_GROUP][MAX_HEAD_DIM];                                                     \
+    float scores[MAX_GROUP][MAX_BLOCK];                                                         \
+    float running_max[MAX_GROUP], correction[MAX_GROUP];                                        \
+    for (int g = 0; g < group; g++)                                                             \
+        for (int d = 0; d < head_dim; d++) q_float[g][d] = LOAD(query[g * head_dim + d]);       \
+    reset_running(group, head_dim, acc, running_max, running_sum);                              \
+    for (int start = 0; start < context; start += block_size) {                                 \
+        const int64_t block = table[start / block_size];                                        \
+        const int count = context - start < block_size ? context - start : block_size;         \
+        const T *keys = k_cache + block * slab_stride + head_offset;                            \
+        const T *values = v_cache + block * slab_stride + head_offset;                          \
+        if (start + block_size < context) {                                                     \
+            const int64_t next = table[start / block_size + 1] * slab_stride + head_offset;     \
+            prefetch_slab(k_cache + next, slab_bytes);                                          \
+            prefetch_slab(v_cache + next, slab_bytes);                                          \
+        }                                                                                       \
+        tier_##SUFFIX##_scores((const float(*)[MAX_HEAD_DIM])q_float, group, keys, block_size,  \
+                               head_dim, count, scale, scores);                                 \
+        for (int g = 0; g < group; g++)                                                         \
+            tier_softmax_row(scores[g], count, &running_max[g], &running_sum[g],                \
+                             &correction[g]);                                                   \
+        tier_##SUFFIX##_values((const float(*)[MAX_BLOCK])scores, group, values, head_dim,      \
+                               count, correction, acc);                                         \
+    }                                                                                           \
 }
 
-/* The same for bfloat16 slabs (P = 2), in float32 (the query converted once), with the
- * tier's loops for the scores, the online softmax and p.v (tier.h). */
-static void attend_bf16(const bf16 *query, const bf16 *k_cache, const bf16 *v_cache,
-                        const int32_t *table, int context, int group, int head_dim,
-                        int block_size, int64_t slab_stride, int64_t head_offset, float scale,
-                        float acc[][MAX_HEAD_DIM], float *running_sum) {
-    float q_float[MAX_GROUP][MAX_HEAD_DIM];
-    float scores[MAX_GROUP][MAX_BLOCK];
-    float running_max[MAX_GROUP], correction[MAX_GROUP];
-    for (int g = 0; g < group; g++)
-        for (int d = 0; d < head_dim; d++) q_float[g][d] = bf16_load(query[g * head_dim + d]);
-    reset_running(group, head_dim, acc, running_max, running_sum);
-    for (int start = 0; start < context; start += block_size) {
-        const int64_t block = table[start / block_size];
-        const int count = context - start < block_size ? context - start : block_size;
-        const bf16 *keys = k_cache + block * slab_stride + head_offset;   /* [D/2][bs][2] */
-        const bf16 *values = v_cache + block * slab_stride + head_offset; /* [bs/2][D][2] */
-        if (start + block_size < context) {
-            const int64_t next = table[start / block_size + 1] * slab_stride + head_offset;
-            prefetch_slab(k_cache + next, (int64_t)head_dim * block_size * sizeof(bf16));
-            prefetch_slab(v_cache + next, (int64_t)head_dim * block_size * sizeof(bf16));
-        }
-        tier_bf16_scores((const float(*)[MAX_HEAD_DIM])q_float, group, keys, block_size,
-                         head_dim, count, scale, scores);
-        for (int g = 0; g < group; g++)
-            tier_softmax_row(scores[g], count, &running_max[g], &running_sum[g], &correction[g]);
-        tier_bf16_values((const float(*)[MAX_BLOCK])scores, group, values, head_dim, count,
-                         correction, acc);
-    }
-}
+DEFINE_ATTEND(f32, float, f32_load)
+DEFINE_ATTEND(bf16, bf16, bf16_load)
 
 #define DEFINE_PAGED_ATTENTION(SUFFIX, T, LOAD, STORE, ATTEND)                                   \
 /* Attention of query rows over the paged cache. Row r reads block-table row row_seq[r] and   \
