@@ -13,13 +13,15 @@
 #   KV_CACHE=2GiB: flintlm's KV-cache budget, sized like llama.cpp's -c so the whole batch fits
 #     (the engine's default stops at 512 MiB: 8192 tokens of the 1B shape in float32, where
 #     64 x 256 need 1 GiB, and the rest would be preempted and recomputed)
+#   KV_DTYPE=bfloat16: flintlm's KV-cache element type (--kv-cache-dtype), 16 bits as
+#     llama.cpp's default float16 cache; auto keeps the model's dtype (float32 on AVX2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TIER=$1 MODEL=$2 BIN=$3
 OUT=${4:-bench/results/tiers-$(date +%F)}
 NUM_PROMPTS=${NUM_PROMPTS:-64} INPUT_LEN=${INPUT_LEN:-128} OUTPUT_LEN=${OUTPUT_LEN:-128}
 CONCURRENCY=${CONCURRENCY:-32} SINGLE_PROMPTS=${SINGLE_PROMPTS:-4} RUNS=${RUNS:-3}
-KV_CACHE=${KV_CACHE:-2GiB}
+KV_CACHE=${KV_CACHE:-2GiB} KV_DTYPE=${KV_DTYPE:-bfloat16}
 PY=.venv/bin/python
 TAG="$TIER-$MODEL"
 mkdir -p "$OUT"
@@ -34,7 +36,8 @@ $PY -m flintlm info --model "$GGUF" --json > "$OUT/$TAG-info.json"
 # 1. Offline batch + single stream (flintlm's LLM API, 2 threads).
 $PY -m flintlm.bench offline --model "$MODEL" --num-prompts "$NUM_PROMPTS" \
   --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" --single-stream-prompts "$SINGLE_PROMPTS" \
-  --runs "$RUNS" --threads 2 --kv-cache-memory "$KV_CACHE" --out "$OUT" --tag "$TAG-offline"
+  --runs "$RUNS" --threads 2 --kv-cache-memory "$KV_CACHE" --kv-cache-dtype "$KV_DTYPE" \
+  --out "$OUT" --tag "$TAG-offline"
 
 # 2. llama.cpp: llama-bench (pp512, tg128) and llama-batched-bench, each RUNS times.
 for run in $(seq "$RUNS"); do
@@ -46,7 +49,8 @@ for run in $(seq "$RUNS"); do
 done
 
 # 3. Serving: this checkout's server and llama-server, driven alike.
-$PY -m flintlm.bench serve --launch --model "$MODEL" --serve-args "--kv-cache-memory $KV_CACHE" \
+$PY -m flintlm.bench serve --launch --model "$MODEL" \
+  --serve-args "--kv-cache-memory $KV_CACHE --kv-cache-dtype $KV_DTYPE" \
   --peer llama-cpp \
   --llama-server "$BIN/llama-server" --concurrency "$CONCURRENCY" --num-prompts $((2 * CONCURRENCY)) \
   --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" --runs "$RUNS" --threads 2 \

@@ -128,6 +128,7 @@ def serve(
     kv_cache_fraction: Annotated[float | None, _opt("kv_cache_fraction")] = None,
     max_kv_cache_memory: Annotated[str | None, _opt("max_kv_cache_memory")] = None,
     enable_prefix_caching: Annotated[bool | None, _opt("enable_prefix_caching")] = None,
+    kv_cache_dtype: Annotated[str | None, _opt("kv_cache_dtype")] = None,
     max_num_seqs: Annotated[int | None, _opt("max_num_seqs")] = None,
     max_num_batched_tokens: Annotated[int | None, _opt("max_num_batched_tokens")] = None,
     max_waiting: Annotated[int | None, _opt("max_waiting")] = None,

@@ -95,6 +95,10 @@ class CacheConfig:
     uses (512 MiB holds ~11k float32 tokens of the default model)."""
     enable_prefix_caching: bool = True
     """Reuse full KV blocks across requests that share a prompt prefix (and cache salt)."""
+    kv_cache_dtype: str = "auto"
+    """Element type of the KV cache: auto (the model's dtype), float32 or bfloat16. bfloat16
+    under a float32 model halves the bytes attention reads each step and the cache's memory
+    (llama.cpp keeps float16 by default), at bfloat16's precision for the cached keys/values."""
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -102,6 +106,9 @@ class CacheConfig:
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
             raise ValueError(f"kv_cache_memory={self.kv_cache_memory} must be a positive byte "
                              "count")
+        if self.kv_cache_dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not one of auto, "
+                             "float32, bfloat16")
         if not 0.0 < self.kv_cache_fraction <= 0.95:
             raise ValueError(f"kv_cache_fraction={self.kv_cache_fraction} must be in (0, 0.95]")
 

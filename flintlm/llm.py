@@ -53,6 +53,7 @@ class LLM:
                  max_model_len: int | None = None, kv_cache_memory: str | int | None = None,
                  max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
                  enable_prefix_caching: bool = True, block_size: int = 16, seed: int = 0,
+                 kv_cache_dtype: str = "auto",
                  quantized_max_tokens: int | None = None, quantized_activations: str = "auto",
                  config: FlintConfig | None = None):
         if config is None:
@@ -64,7 +65,8 @@ class LLM:
                 cache=CacheConfig(block_size=block_size,
                                   kv_cache_memory=None if kv_cache_memory is None
                                   else parse_size(kv_cache_memory),
-                                  enable_prefix_caching=enable_prefix_caching),
+                                  enable_prefix_caching=enable_prefix_caching,
+                                  kv_cache_dtype=kv_cache_dtype),
                 scheduler=SchedulerConfig(max_num_seqs=max_num_seqs,
                                           max_num_batched_tokens=max_num_batched_tokens))
         self.config = config

@@ -158,6 +158,9 @@ def offline(
     kv_cache_memory: Annotated[str | None, typer.Option(
         help="flintlm: KV-cache budget, e.g. 2GiB (default: the engine's, at most 512 MiB; "
              "a batch that does not fit is preempted and recomputed)")] = None,
+    kv_cache_dtype: Annotated[str | None, typer.Option(
+        help="flintlm: KV-cache element type, auto | float32 | bfloat16 (llama.cpp keeps "
+             "float16)")] = None,
     hf_batch_size: Annotated[
         list[str] | None, typer.Option(help="HF batch sizes [1,16,32]")
     ] = None,
@@ -192,12 +195,14 @@ def offline(
         for name in dtypes:
             records.append(_run_offline_system(
                 functools.partial(FlintlmOffline, model, name, max_num_seqs,
-                                  max_num_batched_tokens, n_threads, kv_cache_memory),
+                                  max_num_batched_tokens, n_threads, kv_cache_memory,
+                                  kv_cache_dtype),
                 f"flintlm/{name}", prompts(num_prompts), runs, params,
             ))  # fmt: skip
             if single_stream_prompts:
                 records.append(_run_offline_system(
-                    functools.partial(FlintlmSingleStream, model, name, n_threads),
+                    functools.partial(FlintlmSingleStream, model, name, n_threads,
+                                      kv_cache_dtype),
                     f"flintlm/{name}/single-stream", prompts(single_stream_prompts), runs,
                     {**params, "num_prompts": single_stream_prompts},
                 ))  # fmt: skip

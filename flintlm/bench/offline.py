@@ -116,6 +116,7 @@ class _EngineArgs(TypedDict, total=False):
     max_num_seqs: int
     max_num_batched_tokens: int
     kv_cache_memory: str
+    kv_cache_dtype: str
 
 
 class FlintlmOffline:
@@ -129,6 +130,7 @@ class FlintlmOffline:
         max_num_batched_tokens: int | None = None,
         threads: int | None = None,
         kv_cache_memory: str | None = None,
+        kv_cache_dtype: str | None = None,
     ) -> None:
         from flintlm import LLM  # the engine is heavy; import only when asked for
 
@@ -143,6 +145,8 @@ class FlintlmOffline:
             engine_args["max_num_batched_tokens"] = max_num_batched_tokens
         if kv_cache_memory is not None:
             engine_args["kv_cache_memory"] = kv_cache_memory
+        if kv_cache_dtype is not None:
+            engine_args["kv_cache_dtype"] = kv_cache_dtype
         self.name = f"flintlm/{dtype}"
         load_start = time.perf_counter()
         self._llm = LLM(**engine_args)
@@ -182,8 +186,9 @@ class FlintlmSingleStream(FlintlmOffline):
     """flintlm one prompt at a time (batch size 1), as `LlamaCppSingleStream` runs llama.cpp:
     the time to the first token is the prefill, the rest the decode."""
 
-    def __init__(self, model: str, dtype: str, threads: int | None = None) -> None:
-        super().__init__(model, dtype, threads=threads)
+    def __init__(self, model: str, dtype: str, threads: int | None = None,
+                 kv_cache_dtype: str | None = None) -> None:
+        super().__init__(model, dtype, threads=threads, kv_cache_dtype=kv_cache_dtype)
         self.name = f"flintlm/{dtype}/single-stream"
 
     def run(self, prompts: list[Prompt]) -> OfflineResult:

@@ -122,7 +122,7 @@ class Engine:
         self._token_text: dict[int, str] = {}
         logger.info("KV cache: %d blocks of %d tokens = %d tokens (%.1f MiB), %s on %s",
                     layout.num_blocks, layout.block_size, layout.num_tokens,
-                    layout.num_blocks * layout.bytes_per_block / 2**20, self.runner.dtype,
+                    layout.num_blocks * layout.bytes_per_block / 2**20, self.runner.kv_dtype,
                     self.runner.device)
 
     @classmethod

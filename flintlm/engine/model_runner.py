@@ -130,6 +130,8 @@ class ModelRunner:
             logger.info("packed %d linear layers%s for oneDNN", num_packed,
                         " and the output projection" if packs_logits else "")
         self.model = model.to(device=self.device).eval()
+        self.kv_dtype = (self.dtype if cache_config.kv_cache_dtype == "auto"
+                         else resolve_dtype(cache_config.kv_cache_dtype, self.device))
         self.kv_layout = self._plan_kv_cache(cache_config)
         self.kv_caches = self._allocate_kv_cache(self.kv_layout.num_blocks)
         self.fast_decode = FastDecode.build(self.model, self.kv_caches, self.kernels, steps)
@@ -199,7 +201,7 @@ class ModelRunner:
 
     def _plan_kv_cache(self, config: CacheConfig) -> KVCacheLayout:
         arch = self.arch
-        elem = torch.finfo(self.dtype).bits // 8
+        elem = torch.finfo(self.kv_dtype).bits // 8
         bytes_per_block = 2 * arch.num_layers * config.block_size * arch.kv_size * elem
         budget = config.kv_cache_memory
         if budget is None:
@@ -215,7 +217,7 @@ class ModelRunner:
         arch = self.arch
         return self.model.attention.allocate_kv_cache(
             arch.num_layers, num_blocks, self.block_size, arch.num_kv_heads, arch.head_dim,
-            self.dtype, self.device)
+            self.kv_dtype, self.device)
 
     # -- the step --------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import ctypes
 import enum
 from dataclasses import dataclass
 
-ABI_VERSION = 8
+ABI_VERSION = 9
 
 LIMITS = {  # name: (value, what it bounds)
     "MAX_GROUP": (16, "query heads per KV head"),
@@ -38,6 +38,14 @@ class WeightKind(enum.IntEnum):
     Q4_0 = 2  # two 4-bit values a byte; m = -8 d
 
 
+class KVKind(enum.IntEnum):
+    """The KV cache's element type, passed to the attention kernels as `kv_kind` (C:
+    KV_<name>); independent of the compute type (a float32 model may keep a bfloat16 cache)."""
+
+    F32 = 0
+    BF16 = 1
+
+
 _SCALARS = {"int": ctypes.c_int, "int64_t": ctypes.c_int64, "float": ctypes.c_float}
 
 
@@ -60,7 +68,7 @@ _STRUCT_FIELDS: dict[str, list[tuple[str, str]]] = {  # C name: [(C type, field)
     "decode_batch": [("int64_t", "num_rows"), ("int", "hidden"), ("int", "num_heads"),
                      ("int", "num_kv_heads"), ("int", "head_dim"), ("int", "intermediate"),
                      ("int", "block_size"), ("int", "max_blocks"), ("float", "eps"),
-                     ("float", "scale"), ("int", "use_int8"),
+                     ("float", "scale"), ("int", "use_int8"), ("int", "kv_kind"),
                      ("const int64_t *", "positions"), ("const int64_t *", "slots"),
                      ("const float *", "cos_table"), ("const float *", "sin_table"),
                      ("const int32_t *", "block_tables"), ("const int32_t *", "row_seq"),
@@ -100,8 +108,8 @@ class Kernel:
 
 KERNELS = (
     Kernel("paged_attention", (
-        ("const T *", "q"), ("const T *", "k_cache"), ("const T *", "v_cache"),
-        ("const int32_t *", "block_tables"), ("const int32_t *", "row_seq"),
+        ("const T *", "q"), ("const void *", "k_cache"), ("const void *", "v_cache"),
+        ("int", "kv_kind"), ("const int32_t *", "block_tables"), ("const int32_t *", "row_seq"),
         ("const int32_t *", "row_ctx"), ("T *", "out"), ("int64_t", "num_rows"),
         ("int", "num_heads"), ("int", "num_kv_heads"), ("int", "head_dim"),
         ("int", "block_size"), ("int", "max_blocks"), ("float", "scale"))),
@@ -109,7 +117,8 @@ KERNELS = (
         ("const T *", "q"), ("const T *", "k"), ("const T *", "v"), ("int64_t", "row_stride"),
         ("const int64_t *", "positions"), ("const float *", "cos_table"),
         ("const float *", "sin_table"), ("const int64_t *", "slots"), ("T *", "q_out"),
-        ("T *", "k_out"), ("T *", "k_cache"), ("T *", "v_cache"), ("int64_t", "num_tokens"),
+        ("T *", "k_out"), ("void *", "k_cache"), ("void *", "v_cache"), ("int", "kv_kind"),
+        ("int64_t", "num_tokens"),
         ("int", "num_heads"), ("int", "num_kv_heads"), ("int", "head_dim"),
         ("int", "block_size"))),
     Kernel("add_rms_norm", (
@@ -134,7 +143,8 @@ KERNELS = (
 def layout() -> list[int]:
     """What the library must report: the ABI version, each limit, each weight kind's value,
     then per structure its size and each field's offset, in declaration order."""
-    values = [ABI_VERSION, *(value for value, _ in LIMITS.values()), *map(int, WeightKind)]
+    values = [ABI_VERSION, *(value for value, _ in LIMITS.values()), *map(int, WeightKind),
+              *map(int, KVKind)]
     for name, fields in _STRUCT_FIELDS.items():
         struct = STRUCTS[name]
         values += [ctypes.sizeof(struct), *(getattr(struct, f).offset for _, f in fields)]
@@ -148,6 +158,7 @@ def header() -> str:
              "#include <stdint.h>", "", f"#define FLINTLM_ABI_VERSION {ABI_VERSION}"]
     lines += [f"#define {name} {value}  /* {why} */" for name, (value, why) in LIMITS.items()]
     lines += [f"#define WEIGHT_{kind.name} {int(kind)}" for kind in WeightKind]
+    lines += [f"#define KV_{kind.name} {int(kind)}" for kind in KVKind]
     for name, fields in _STRUCT_FIELDS.items():
         lines += ["", "typedef struct {"]
         lines += [f"    {c_type}{'' if c_type.endswith('*') else ' '}{field};"
@@ -161,7 +172,8 @@ def header() -> str:
         result = "int" if kernel.returns_status else "void"
         lines.append(f"    {result} {kernel.name}_##SUFFIX({params}); \\")
     lines.append("")
-    entries = ["FLINTLM_ABI_VERSION", *LIMITS, *(f"WEIGHT_{kind.name}" for kind in WeightKind)]
+    entries = ["FLINTLM_ABI_VERSION", *LIMITS, *(f"WEIGHT_{kind.name}" for kind in WeightKind),
+               *(f"KV_{kind.name}" for kind in KVKind)]
     for name, fields in _STRUCT_FIELDS.items():
         entries += [f"sizeof({name})", *(f"offsetof({name}, {f})" for _, f in fields)]
     lines += ["/* The library reports this at load (abi.py `layout()`), as compiled */",

@@ -44,9 +44,9 @@ int decode_step_##SUFFIX(const decode_layer *layers, int num_layers, const decod
         MATMUL(SUFFIX, normed, b->hidden, layer->qkv, qkv, qkv_size);                           \
         rope_write_kv_##SUFFIX(qkv, qkv + q_size, qkv + q_size + kv_size, qkv_size,             \
                                b->positions, b->cos_table, b->sin_table, b->slots, q_rot,       \
-                               k_rot, (T *)layer->k_cache, (T *)layer->v_cache, rows,           \
+                               k_rot, layer->k_cache, layer->v_cache, b->kv_kind, rows,         \
                                b->num_heads, b->num_kv_heads, b->head_dim, b->block_size);      \
-        paged_attention_##SUFFIX(q_rot, (const T *)layer->k_cache, (const T *)layer->v_cache,   \
+        paged_attention_##SUFFIX(q_rot, layer->k_cache, layer->v_cache, b->kv_kind,             \
                                  b->block_tables, b->row_seq, b->row_ctx, attn, rows,           \
                                  b->num_heads, b->num_kv_heads, b->head_dim, b->block_size,     \
                                  b->max_blocks, b->scale);                                      \

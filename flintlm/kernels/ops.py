@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from flintlm.kernels import native
-from flintlm.kernels.abi import WeightKind, limit
+from flintlm.kernels.abi import KVKind, WeightKind, limit
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ KERNEL_MODES = ("auto", "native", "torch")
 _QBLOCK = limit("QBLOCK")
 _MAX_K = limit("QBLOCK") * limit("MAX_QBLOCKS")  # K a quantized matmul takes
 _FIXED_OFFSET = {WeightKind.Q8_0: -128.0, WeightKind.Q4_0: -8.0}  # m / d where m is not stored
+KV_KINDS = {torch.float32: KVKind.F32, torch.bfloat16: KVKind.BF16}  # cache dtypes the kernels read
 
 
 @dataclass(frozen=True)
@@ -119,27 +120,32 @@ class CpuKernels:
 
     # -- the KV cache in the kernels' layout (attention.c) ---------------------------------------
 
-    @property
-    def pair(self) -> int:
+    @staticmethod
+    def pair(kv_dtype: torch.dtype) -> int:
         """Elements per pair in the cache layout: 2 for bfloat16 (pairs of a 32-bit lane)."""
-        return 2 if self.dtype == torch.bfloat16 else 1
+        return 2 if kv_dtype == torch.bfloat16 else 1
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int, num_kv_heads: int,
-                          head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+                          head_dim: int, kv_dtype: torch.dtype | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """Zeroed K [blocks, kv heads, head_dim / P, block_size, P] and V [blocks, kv heads,
-        block_size / P, head_dim, P]."""
-        pair = self.pair
+        block_size / P, head_dim, P] of `kv_dtype` (float32 or bfloat16, whatever the kernels'
+        dtype; default: theirs)."""
+        kv_dtype = kv_dtype or self.dtype
+        if kv_dtype not in KV_KINDS:
+            raise ValueError(f"the CPU kernels keep a float32 or bfloat16 KV cache, not {kv_dtype}")
+        pair = self.pair(kv_dtype)
         keys = lazy_zeros((num_blocks, num_kv_heads, head_dim // pair, block_size, pair),
-                          self.dtype)
+                          kv_dtype)
         values = lazy_zeros((num_blocks, num_kv_heads, block_size // pair, head_dim, pair),
-                            self.dtype)
+                            kv_dtype)
         return keys, values
 
     def from_token_major(self, k_cache: torch.Tensor, v_cache: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """[blocks, block_size, kv heads, head_dim] caches (the torch backend's layout) -> this
-        layout; for tests and tools."""
-        return kv_cache_from_token_major(k_cache, v_cache, self.pair)
+        layout, of the given caches' dtype; for tests and tools."""
+        return kv_cache_from_token_major(k_cache, v_cache, self.pair(k_cache.dtype))
 
     # -- layers ----------------------------------------------------------------------------------
 
@@ -167,7 +173,7 @@ class CpuKernels:
                       num_heads: int, num_kv_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate q [T, H*D] and k [T, KVH*D] (row-strided views of one tensor, as the fused
         qkv projection gives them), write rotated k and v into the cache slots (caches from
-        `allocate_kv_cache`).
+        `allocate_kv_cache`, of either cache dtype).
 
         Returns q [T, H, D] and k [T, KVH, D] rotated, contiguous.
         """
@@ -184,7 +190,8 @@ class CpuKernels:
         self._rope_write_kv(q.data_ptr(), k.data_ptr(), v.data_ptr(), row_stride,
                             positions.data_ptr(), cos.data_ptr(), sin.data_ptr(),
                             slot_mapping.data_ptr(), q_out.data_ptr(), k_out.data_ptr(),
-                            k_cache.data_ptr(), v_cache.data_ptr(), num_tokens, num_heads,
+                            k_cache.data_ptr(), v_cache.data_ptr(), _kv_kind(k_cache, v_cache),
+                            num_tokens, num_heads,
                             num_kv_heads, head_dim, block_size)
         return q_out, k_out
 
@@ -198,9 +205,10 @@ class CpuKernels:
         _num_blocks, num_kv_heads, _, block_size, _ = k_cache.shape
         out = torch.empty_like(q)
         self._paged_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                              block_tables.data_ptr(), row_seq.data_ptr(), row_ctx.data_ptr(),
-                              out.data_ptr(), num_rows, num_heads, num_kv_heads, head_dim,
-                              block_size, block_tables.shape[1], scale)
+                              _kv_kind(k_cache, v_cache), block_tables.data_ptr(),
+                              row_seq.data_ptr(), row_ctx.data_ptr(), out.data_ptr(), num_rows,
+                              num_heads, num_kv_heads, head_dim, block_size,
+                              block_tables.shape[1], scale)
         return out
 
 
@@ -265,6 +273,15 @@ def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     itemsize = torch.empty((), dtype=dtype).element_size()
     raw = np.zeros(int(np.prod(shape)) * itemsize, dtype=np.uint8)
     return torch.from_numpy(raw).view(dtype).view(shape)
+
+
+def _kv_kind(k_cache: torch.Tensor, v_cache: torch.Tensor) -> int:
+    """The kernels' `kv_kind` of a cache pair (`allocate_kv_cache`'s)."""
+    kind = KV_KINDS.get(k_cache.dtype)
+    if kind is None or v_cache.dtype != k_cache.dtype:
+        raise ValueError(f"KV caches of {k_cache.dtype}/{v_cache.dtype}: the CPU kernels read "
+                         "float32 or bfloat16 pairs")
+    return int(kind)
 
 
 def _raise_if_unallocated(status: int, kernel: str) -> None:

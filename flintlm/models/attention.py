@@ -12,7 +12,9 @@ Backends (chosen by `attention_backend`):
   attention that reads each cached K/V row once, in place (no gather copy), from a cache laid
   out for it (keys transposed per block; see kernels/attention.c).
 Chunks that start a sequence use SDPA (flash on CPU and CUDA) in both. Each backend allocates
-the KV cache in its own layout; nothing outside the backend looks inside it.
+the KV cache in its own layout, of the dtype asked for (`kv_cache_dtype`: the model's, or
+bfloat16 under a float32 model, as llama.cpp keeps float16); nothing outside the backend looks
+inside it.
 """
 
 from __future__ import annotations
@@ -145,9 +147,16 @@ def _fresh_spans(layout: BatchLayout) -> list[FreshSpan]:
     return spans
 
 
+def _as_cached(x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """x as the cache holds it: rounded to the cache's dtype where that is narrower, so a
+    prompt's own rows see the same K/V values as every later row that reads them back."""
+    return x if cache.dtype == x.dtype else x.to(cache.dtype).to(x.dtype)
+
+
 def _fresh_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: FreshSpan,
                      scale: float) -> torch.Tensor:
-    """Causal SDPA over the span's chunks; q [T, H, D], k/v [T, KVH, D] -> [rows, H, D]."""
+    """Causal SDPA over the span's chunks; q [T, H, D], k/v [T, KVH, D] (as cached:
+    `_as_cached`) -> [rows, H, D]."""
     group = q.shape[1] // k.shape[1]
     rows = slice(span.start, span.end)
     shape = (span.num_seqs, span.length)
@@ -220,18 +229,23 @@ class TorchAttention:
         k = k.reshape(num_tokens, num_kv_heads, head_dim)  # [T, KVH, D]
         v = v.reshape(num_tokens, num_kv_heads, head_dim)
         q, k = rotary(positions, q, k)
-        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
-        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping,
+                                                             k.to(k_cache.dtype))
+        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping,
+                                                             v.to(v_cache.dtype))
         out = torch.empty_like(q)
         num_decodes = meta.num_decode_tokens
         if num_decodes:
             out[:num_decodes] = self._decode(q[:num_decodes], k_cache, v_cache, meta, scale)
         for start, end, block_ids, mask in meta.continuing:
-            keys = k_cache[block_ids].view(-1, num_kv_heads, head_dim)[:mask.shape[1]]
-            values = v_cache[block_ids].view(-1, num_kv_heads, head_dim)[:mask.shape[1]]
+            keys = k_cache[block_ids].view(-1, num_kv_heads, head_dim)[:mask.shape[1]].to(q.dtype)
+            values = (v_cache[block_ids].view(-1, num_kv_heads, head_dim)[:mask.shape[1]]
+                      .to(q.dtype))
             out[start:end] = F.scaled_dot_product_attention(
                 q[start:end].transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
                 attn_mask=mask, scale=scale, enable_gqa=True).transpose(0, 1)
+        if meta.fresh:
+            k, v = _as_cached(k, k_cache), _as_cached(v, v_cache)
         for span in meta.fresh:
             out[span.start:span.end] = _fresh_attention(q, k, v, span, scale)
         return out
@@ -245,8 +259,8 @@ class TorchAttention:
         tables, mask = meta.decode_block_tables, meta.decode_mask
         assert tables is not None and mask is not None  # built whenever there are decode rows
         # [B, max_blocks, block_size, KVH, D] -> [B, KVH, L, D]
-        keys = k_cache[tables].flatten(1, 2).transpose(1, 2)
-        values = v_cache[tables].flatten(1, 2).transpose(1, 2)
+        keys = k_cache[tables].flatten(1, 2).transpose(1, 2).to(q.dtype)
+        values = v_cache[tables].flatten(1, 2).transpose(1, 2).to(q.dtype)
         q = q.view(num_decodes, num_kv_heads, group, head_dim)  # [B, KVH, G, D]
         scores = torch.matmul(q, keys.transpose(-1, -2)).float() * scale  # [B, KVH, G, L]
         scores.masked_fill_(~mask, float("-inf"))
@@ -275,8 +289,8 @@ class CpuNativeAttention:
                           num_kv_heads: int, head_dim: int, dtype: torch.dtype,
                           device: torch.device) -> list[KVCache]:
         """The kernels' layout (`CpuKernels.allocate_kv_cache`), zeroed, per layer."""
-        return [self.kernels.allocate_kv_cache(num_blocks, block_size, num_kv_heads, head_dim)
-                for _ in range(num_layers)]
+        return [self.kernels.allocate_kv_cache(num_blocks, block_size, num_kv_heads, head_dim,
+                                               dtype) for _ in range(num_layers)]
 
     def metadata(self, layout: BatchLayout, device: torch.device) -> NativeAttentionMetadata:
         paged = [s for s in layout.sequences if s.start_position > 0]
@@ -305,7 +319,8 @@ class CpuNativeAttention:
             out[:num_paged] = self.kernels.paged_attention(
                 q[:num_paged], k_cache, v_cache, meta.block_tables, meta.row_seq,
                 meta.row_ctx, scale)
-        v = v.reshape(q.shape[0], num_kv_heads, head_dim)
+        k = _as_cached(k, k_cache)
+        v = _as_cached(v.reshape(q.shape[0], num_kv_heads, head_dim), v_cache)
         for span in meta.fresh:
             out[span.start:span.end] = _fresh_attention(q, k, v, span, scale)
         return out

@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from flintlm.kernels import abi
-from flintlm.kernels.ops import kv_cache_from_token_major
+from flintlm.kernels.ops import KV_KINDS, CpuKernels, kv_cache_from_token_major
 from flintlm.models.layers import RMSNorm, RotaryEmbedding
 from tests.kernels.arm.emulation import (
     DEBIAN_PACKAGES,
@@ -32,6 +32,7 @@ ARM_BUILDS = [
     ArmBuild("neon-dotprod", "neon", "armv8.2-a+dotprod", has_int8_dot=True),
 ]
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the driver's `dtype` argument
+PAIRS = {dtype: CpuKernels.pair(dtype) for dtype in DTYPES}  # the cache layout's pair size
 
 
 @pytest.fixture(scope="module", params=ARM_BUILDS, ids=lambda build: build.name)
@@ -103,17 +104,18 @@ def test_quant_matmul_multiplies_the_stored_weights(emulator, type_name):
         close(y[:, col0:], reference, dtype)
 
 
+@pytest.mark.parametrize("kv_dtype", DTYPES, ids=["kv_f32", "kv_bf16"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
-def test_paged_attention_matches_the_reference(emulator, dtype):
+def test_paged_attention_matches_the_reference(emulator, dtype, kv_dtype):
     """Scattered blocks, partial last blocks, rows of one sequence seeing growing prefixes;
-    groups of 3, 1, 4 and 16 query heads per KV head."""
+    groups of 3, 1, 4 and 16 query heads per KV head; either cache dtype."""
     torch.manual_seed(1)
     block_size, num_blocks = 16, 12
     lengths_and_contexts = [(1, [1]), (17, [17]), (40, [30, 40])]
     cases, references = [], []
     for num_heads, num_kv_heads, head_dim in [(9, 3, 64), (8, 8, 32), (4, 1, 128), (16, 1, 32)]:
-        k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim).to(dtype)
-        v_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim).to(dtype)
+        k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim).to(kv_dtype)
+        v_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim).to(kv_dtype)
         free = torch.randperm(num_blocks).tolist()
         tables = [[free.pop() for _ in range(-(-length // block_size))]
                   for length, _ in lengths_and_contexts]
@@ -123,11 +125,11 @@ def test_paged_attention_matches_the_reference(emulator, dtype):
         row_ctx = [c for _, contexts in lengths_and_contexts for c in contexts]
         q = torch.randn(len(row_seq), num_heads, head_dim).to(dtype)
         scale = head_dim ** -0.5
-        pair = 2 if dtype == torch.bfloat16 else 1
-        native_k, native_v = kv_cache_from_token_major(k_cache, v_cache, pair)
-        scalars = dict(dtype=DTYPES[dtype], num_rows=len(row_seq), num_heads=num_heads,
-                       num_kv_heads=num_kv_heads, head_dim=head_dim, block_size=block_size,
-                       max_blocks=max_blocks, scale=scale)
+        native_k, native_v = kv_cache_from_token_major(k_cache, v_cache, PAIRS[kv_dtype])
+        scalars = dict(dtype=DTYPES[dtype], kv_kind=int(KV_KINDS[kv_dtype]),
+                       num_rows=len(row_seq), num_heads=num_heads, num_kv_heads=num_kv_heads,
+                       head_dim=head_dim, block_size=block_size, max_blocks=max_blocks,
+                       scale=scale)
         inputs = dict(q=q, k_cache=native_k, v_cache=native_v, block_tables=padded,
                       row_seq=torch.tensor(row_seq, dtype=torch.int32),
                       row_ctx=torch.tensor(row_ctx, dtype=torch.int32))
@@ -139,8 +141,9 @@ def test_paged_attention_matches_the_reference(emulator, dtype):
         close(from_bytes(outputs["out"], dtype, tuple(reference.shape)), reference, dtype)
 
 
+@pytest.mark.parametrize("kv_dtype", DTYPES, ids=["kv_f32", "kv_bf16"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
-def test_rope_write_kv_rotates_and_fills_the_slots(emulator, dtype):
+def test_rope_write_kv_rotates_and_fills_the_slots(emulator, dtype, kv_dtype):
     torch.manual_seed(2)
     num_heads, num_kv_heads, head_dim, num_tokens, block_size = 9, 3, 64, 7, 16
     rotary = RotaryEmbedding(head_dim, 256, 10000.0, None)
@@ -148,7 +151,8 @@ def test_rope_write_kv_rotates_and_fills_the_slots(emulator, dtype):
     qkv = torch.randn(num_tokens, width).to(dtype)
     positions = torch.tensor([0, 1, 5, 17, 100, 200, 255])
     slots = torch.tensor([3, 4, 9, 31, 0, 12, 20])
-    scalars = dict(dtype=DTYPES[dtype], num_tokens=num_tokens, row_stride=width,
+    scalars = dict(dtype=DTYPES[dtype], kv_kind=int(KV_KINDS[kv_dtype]), num_tokens=num_tokens,
+                   row_stride=width,
                    num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                    block_size=block_size, num_blocks=2)
     inputs = dict(qkv=qkv, positions=positions, slots=slots, cos=rotary.cos, sin=rotary.sin)
@@ -161,15 +165,15 @@ def test_rope_write_kv_rotates_and_fills_the_slots(emulator, dtype):
     close(from_bytes(outputs["q_out"], dtype, tuple(q_ref.shape)), q_ref, dtype)
     k_rot = from_bytes(outputs["k_out"], dtype, tuple(k_ref.shape))
     close(k_rot, k_ref, dtype)
-    expected_k = torch.zeros(2, block_size, num_kv_heads, head_dim, dtype=dtype)
+    expected_k = torch.zeros(2, block_size, num_kv_heads, head_dim, dtype=kv_dtype)
     expected_v = torch.zeros_like(expected_k)
-    expected_k.view(-1, num_kv_heads, head_dim)[slots] = k_rot
-    expected_v.view(-1, num_kv_heads, head_dim)[slots] = v.reshape(num_tokens, num_kv_heads,
-                                                                   head_dim)
-    pair = 2 if dtype == torch.bfloat16 else 1
+    expected_k.view(-1, num_kv_heads, head_dim)[slots] = k_rot.to(kv_dtype)
+    expected_v.view(-1, num_kv_heads, head_dim)[slots] = v.reshape(
+        num_tokens, num_kv_heads, head_dim).to(kv_dtype)
     for name, cache in zip(("k_cache", "v_cache"),
-                           kv_cache_from_token_major(expected_k, expected_v, pair), strict=True):
-        assert torch.equal(from_bytes(outputs[name], dtype, tuple(cache.shape)), cache)
+                           kv_cache_from_token_major(expected_k, expected_v, PAIRS[kv_dtype]),
+                           strict=True):
+        assert torch.equal(from_bytes(outputs[name], kv_dtype, tuple(cache.shape)), cache)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])

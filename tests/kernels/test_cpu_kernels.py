@@ -73,14 +73,18 @@ def reference_attention(q, k_cache, v_cache, block_ids, context, scale):
     return torch.einsum("hl,lhd->hd", scores.softmax(-1), values)
 
 
+@pytest.mark.parametrize("kv_dtype", DTYPES.values(), ids=[f"kv_{n}" for n in DTYPES])
 @pytest.mark.parametrize("num_heads,num_kv_heads,head_dim",
                          [(9, 3, 64), (8, 8, 32), (4, 1, 128), (16, 1, 64), (12, 2, 96)])
-def test_paged_attention_matches_the_reference(kernels, num_heads, num_kv_heads, head_dim):
+def test_paged_attention_matches_the_reference(kernels, num_heads, num_kv_heads, head_dim,
+                                               kv_dtype):
+    """Either cache dtype under either compute dtype: a bfloat16 cache under float32 compute
+    matches the reference over the same (rounded) cache to float32's tolerance."""
     dtype = kernels.dtype
     rng = random.Random(0)
     block_size, num_blocks = 16, 40
-    k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim).to(dtype)
-    v_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim).to(dtype)
+    k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim).to(kv_dtype)
+    v_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim).to(kv_dtype)
     free = list(range(num_blocks))
     rng.shuffle(free)
     sequences = []  # (blocks scattered over the cache, context lengths of its query rows)
@@ -105,7 +109,9 @@ def test_paged_attention_matches_the_reference(kernels, num_heads, num_kv_heads,
         close(out[row], expected, dtype)
 
 
-def test_rope_write_kv_rotates_and_fills_the_slots(kernels):
+@pytest.mark.parametrize("kv_dtype", DTYPES.values(), ids=[f"kv_{n}" for n in DTYPES])
+def test_rope_write_kv_rotates_and_fills_the_slots(kernels, kv_dtype):
+    """The cache holds k and v rounded to its own dtype (to nearest even, as torch's .to)."""
     dtype = kernels.dtype
     num_heads, num_kv_heads, head_dim, num_tokens = 9, 3, 64, 7
     rotary = RotaryEmbedding(head_dim, 256, 10000.0, None)
@@ -115,7 +121,7 @@ def test_rope_write_kv_rotates_and_fills_the_slots(kernels):
                          num_kv_heads * head_dim], dim=-1)
     positions = torch.tensor([0, 1, 5, 17, 100, 200, 255])
     slots = torch.tensor([3, 4, 9, 31, 0, 12, 20])
-    k_cache, v_cache = kernels.allocate_kv_cache(2, 16, num_kv_heads, head_dim)
+    k_cache, v_cache = kernels.allocate_kv_cache(2, 16, num_kv_heads, head_dim, kv_dtype)
 
     q_rot, k_rot = kernels.rope_write_kv(q, k, v, positions, rotary.cos, rotary.sin, slots,
                                          k_cache, v_cache, num_heads, num_kv_heads)
@@ -125,11 +131,11 @@ def test_rope_write_kv_rotates_and_fills_the_slots(kernels):
     close(q_rot, q_ref, dtype)
     close(k_rot, k_ref, dtype)
     # The same writes into a token-major cache, converted, must give the kernel's cache.
-    expected_k = torch.zeros(2, 16, num_kv_heads, head_dim, dtype=dtype)
+    expected_k = torch.zeros(2, 16, num_kv_heads, head_dim, dtype=kv_dtype)
     expected_v = torch.zeros_like(expected_k)
-    expected_k.view(-1, num_kv_heads, head_dim)[slots] = k_rot
-    expected_v.view(-1, num_kv_heads, head_dim)[slots] = v.reshape(num_tokens, num_kv_heads,
-                                                                   head_dim)
+    expected_k.view(-1, num_kv_heads, head_dim)[slots] = k_rot.to(kv_dtype)
+    expected_v.view(-1, num_kv_heads, head_dim)[slots] = v.reshape(
+        num_tokens, num_kv_heads, head_dim).to(kv_dtype)
     native_k, native_v = kernels.from_token_major(expected_k, expected_v)
     assert torch.equal(k_cache, native_k)
     assert torch.equal(v_cache, native_v)

@@ -127,14 +127,17 @@ static void run_paged_attention(const test_case *c) {
     const void *q = input(c, "q"), *k_cache = input(c, "k_cache"), *v_cache = input(c, "v_cache");
     const int32_t *tables = input(c, "block_tables"), *row_seq = input(c, "row_seq");
     const int32_t *row_ctx = input(c, "row_ctx");
+    const int kv_kind = (int)integer(c, "kv_kind");
     const size_t bytes = (size_t)(num_rows * num_heads * head_dim) * element_size(c);
     void *out = output_buffer(c, bytes);
     if (integer(c, "dtype"))
-        paged_attention_bf16(q, k_cache, v_cache, tables, row_seq, row_ctx, out, num_rows,
-                             num_heads, num_kv_heads, head_dim, block_size, max_blocks, scale);
+        paged_attention_bf16(q, k_cache, v_cache, kv_kind, tables, row_seq, row_ctx, out,
+                             num_rows, num_heads, num_kv_heads, head_dim, block_size, max_blocks,
+                             scale);
     else
-        paged_attention_f32(q, k_cache, v_cache, tables, row_seq, row_ctx, out, num_rows,
-                            num_heads, num_kv_heads, head_dim, block_size, max_blocks, scale);
+        paged_attention_f32(q, k_cache, v_cache, kv_kind, tables, row_seq, row_ctx, out,
+                            num_rows, num_heads, num_kv_heads, head_dim, block_size, max_blocks,
+                            scale);
     output(c, "out", out, bytes);
 }
 
@@ -152,17 +155,19 @@ static void run_rope_write_kv(const test_case *c) {
     const float *cos_table = input(c, "cos"), *sin_table = input(c, "sin");
     const size_t q_bytes = (size_t)(num_tokens * num_heads * head_dim) * size;
     const size_t k_bytes = (size_t)(num_tokens * num_kv_heads * head_dim) * size;
-    const size_t cache_bytes = (size_t)(num_blocks * num_kv_heads * block_size * head_dim) * size;
+    const int kv_kind = (int)integer(c, "kv_kind");
+    const size_t cache_bytes = (size_t)(num_blocks * num_kv_heads * block_size * head_dim)
+                               * (kv_kind == KV_BF16 ? sizeof(bf16) : sizeof(float));
     void *q_out = output_buffer(c, q_bytes), *k_out = output_buffer(c, k_bytes);
     void *k_cache = output_buffer(c, cache_bytes), *v_cache = output_buffer(c, cache_bytes);
     if (integer(c, "dtype"))
         rope_write_kv_bf16((const bf16 *)qkv, (const bf16 *)k, (const bf16 *)v, row_stride,
                            positions, cos_table, sin_table, slots, q_out, k_out, k_cache, v_cache,
-                           num_tokens, num_heads, num_kv_heads, head_dim, block_size);
+                           kv_kind, num_tokens, num_heads, num_kv_heads, head_dim, block_size);
     else
         rope_write_kv_f32((const float *)qkv, (const float *)k, (const float *)v, row_stride,
                           positions, cos_table, sin_table, slots, q_out, k_out, k_cache, v_cache,
-                          num_tokens, num_heads, num_kv_heads, head_dim, block_size);
+                          kv_kind, num_tokens, num_heads, num_kv_heads, head_dim, block_size);
     output(c, "q_out", q_out, q_bytes);
     output(c, "k_out", k_out, k_bytes);
     output(c, "k_cache", k_cache, cache_bytes);
