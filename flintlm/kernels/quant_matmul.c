@@ -38,16 +38,19 @@ static void qdot_exact(const qweights *w, int64_t first, int count, const qactiv
     }
 }
 
-/* Room for every field of `a`, with xf unset: the caller fills it, then calls block_stats. */
-static int alloc_activations(qactivations *a, int64_t rows, int64_t k) {
-    const int64_t nb = k / QBLOCK;
-    a->xf = malloc(sizeof(float) * (size_t)(rows * k + 3 * rows * nb) + (size_t)(rows * k));
-    if (a->xf == 0) return 0;
-    a->xsum = a->xf + rows * k;
+/* Room for every field of `a`: xf is `in_place` where the activations are float32 already
+ * (read where they lie), else room the caller fills before calling block_stats. Returns the
+ * buffer to free, or 0 where it could not be allocated. */
+static void *alloc_activations(qactivations *a, int64_t rows, int64_t k, const float *in_place) {
+    const int64_t nb = k / QBLOCK, copy = in_place ? 0 : rows * k;
+    float *buffer = malloc(sizeof(float) * (size_t)(copy + 3 * rows * nb) + (size_t)(rows * k));
+    if (buffer == 0) return 0;
+    a->xf = in_place ? in_place : buffer;
+    a->xsum = buffer + copy;
     a->dx = a->xsum + rows * nb;
     a->xqsum = a->dx + rows * nb;
     a->xq = (int8_t *)(a->xqsum + rows * nb);
-    return 1;
+    return buffer;
 }
 
 /* Per block of 32: the int8 form (int8 path) or the sum of x (exact path, which never reads
@@ -86,7 +89,7 @@ static void qdot_group(const qweights *w, int64_t first, int count, const qactiv
 int quant_int8_available(void) { return 1; }
 int quant_int8_has_dot(void) { return TIER_HAS_INT8_DOT; }
 
-#define DEFINE_QMATMUL(SUFFIX, T, LOAD, STORE)                                                   \
+#define DEFINE_QMATMUL(SUFFIX, T, LOAD, STORE, IS_FLOAT)                                         \
 /* x [rows, k] (T); weights as documented above, n rows; writes y[r, col0 + j] (row stride     \
  * y_stride) for j < n. k a multiple of 32; the interleaved layout                          \
  * (n a multiple of 16) needs use_int8. The row layout is read MAX_QROWS rows at a time.       \
@@ -105,8 +108,10 @@ int quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,
         return 0;                                                                               \
     }                                                                                           \
     qactivations a;                                                                             \
-    if (!alloc_activations(&a, rows, k)) return 1;                                              \
-    for (int64_t i = 0; i < rows * k; i++) a.xf[i] = LOAD(x[i]);                                \
+    void *buffer = alloc_activations(&a, rows, k, IS_FLOAT ? (const float *)x : 0);            \
+    if (buffer == 0) return 1;                                                                  \
+    if (!IS_FLOAT) /* xf is the start of the buffer */                                         \
+        for (int64_t i = 0; i < rows * k; i++) ((float *)buffer)[i] = LOAD(x[i]);               \
     block_stats(&a, rows, k, use_int8);                                                         \
     const qweights w = {q, d, m, is_q4 ? k / 2 : k, k / QBLOCK, weight_kind};                   \
     if (is_interleaved) {                                                                       \
@@ -122,7 +127,7 @@ int quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,
                     y[r * y_stride + col0 + first + i] = STORE(dots[i * rows + r]);             \
         }                                                                                       \
     }                                                                                           \
-    free(a.xf);                                                                                 \
+    free(buffer);                                                                               \
     return 0;                                                                                   \
 }
 
@@ -144,6 +149,6 @@ int quant_matmul_##SUFFIX(const T *x, int64_t rows, int64_t k, const uint8_t *q,
         }                                                                                       \
     }
 
-DEFINE_QMATMUL(f32, float, f32_load, f32_store)
-DEFINE_QMATMUL(bf16, bf16, bf16_load, bf16_store)
+DEFINE_QMATMUL(f32, float, f32_load, f32_store, 1) /* float32 activations read in place */
+DEFINE_QMATMUL(bf16, bf16, bf16_load, bf16_store, 0)
 

@@ -105,7 +105,7 @@ static inline float kind_centre(int kind) { return kind == WEIGHT_Q4_0 ? 8.0f : 
 
 /* Prepared activations: float copy, per-block sums (exact path), and the int8 form. */
 typedef struct {
-    float *xf;     /* [rows, k] */
+    const float *xf; /* [rows, k] */
     float *xsum;   /* [rows, nb] sum of the block's x */
     int8_t *xq;    /* [rows, k] */
     float *dx;     /* [rows, nb] */
