@@ -14,6 +14,22 @@ from tests.reference import REFERENCE_PATHS
 
 torch.set_num_threads(1)  # the suite shares two cores
 
+# Real text, teacher-forced (prompt logprobs of one-token requests), for the closeness tests.
+TEXTS = ["The quick brown fox jumps over the lazy dog. It was a sunny day and the children "
+         "played in the park.",
+         "def add(a, b):\n    return a + b\n\nprint(add(2, 3))  # prints 5",
+         "Paris is the capital of France. Berlin is the capital of Germany. Madrid is the "
+         "capital of"]
+
+
+def teacher_forced(llm: LLM) -> list[tuple[float, int]]:
+    """(logprob of the actual next token, top-1 token) at every position of TEXTS, one prompt a
+    step (so each step is small enough for the quantized path)."""
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
+    return [(entry.chosen.logprob, entry.top[0].token_id)
+            for text in TEXTS for entry in llm.generate([text], params)[0].prompt_logprobs
+            if entry is not None]
+
 
 @pytest.fixture(params=isa.supported_tiers())
 def tier(request, monkeypatch):
@@ -48,12 +64,6 @@ def test_bfloat16_quantized_steps_stay_as_close_to_float32_as_bfloat16_is(tier):
     agreement 95.5% vs 94.0%."""
     from flintlm.config import CacheConfig, FlintConfig, ModelConfig
 
-    texts = ["The quick brown fox jumps over the lazy dog. It was a sunny day and the children "
-             "played in the park.",
-             "def add(a, b):\n    return a + b\n\nprint(add(2, 3))  # prints 5",
-             "Paris is the capital of France. Berlin is the capital of Germany. Madrid is the "
-             "capital of"]
-    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
 
     def prompt_logprobs(dtype: str, quantized_max_tokens: int) -> list[tuple[float, int]]:
         llm = LLM(config=FlintConfig(
@@ -64,11 +74,8 @@ def test_bfloat16_quantized_steps_stay_as_close_to_float32_as_bfloat16_is(tier):
             assert llm.engine.runner.fast_decode is not None
             assert llm.engine.runner.kernels.tier == tier
             assert all(llm.engine.runner.fast_decode.can_run(len(llm.tokenizer.encode(t)))
-                       for t in texts)
-        # one prompt a step, so each step is small enough for the quantized path
-        return [(entry.chosen.logprob, entry.top[0].token_id)
-                for text in texts for entry in llm.generate([text], params)[0].prompt_logprobs
-                if entry is not None]
+                       for t in TEXTS)
+        return teacher_forced(llm)
 
     reference = prompt_logprobs("float32", 0)
     quantized = prompt_logprobs("bfloat16", 64)
@@ -86,12 +93,6 @@ def test_a_bfloat16_kv_cache_under_float32_stays_close_to_the_float32_cache():
     keeps float16): the one-call step reads every prompt row's context from the cache, so
     teacher-forced logprobs show the cache's rounding alone. Measured on the embedded model:
     mean |d logprob| 0.0040, max 0.034, top-1 agreement 100% (67 positions)."""
-    texts = ["The quick brown fox jumps over the lazy dog. It was a sunny day and the children "
-             "played in the park.",
-             "def add(a, b):\n    return a + b\n\nprint(add(2, 3))  # prints 5",
-             "Paris is the capital of France. Berlin is the capital of Germany. Madrid is the "
-             "capital of"]
-    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
 
     def prompt_logprobs(kv_cache_dtype: str, expected: torch.dtype) -> list[tuple[float, int]]:
         llm = LLM("default", dtype="float32", kv_cache_memory="32MiB", enable_prefix_caching=False,
@@ -99,9 +100,7 @@ def test_a_bfloat16_kv_cache_under_float32_stays_close_to_the_float32_cache():
         runner = llm.engine.runner
         assert runner.fast_decode is not None and runner.kv_dtype == expected
         assert all(cache.dtype == expected for pair in runner.kv_caches for cache in pair)
-        return [(entry.chosen.logprob, entry.top[0].token_id)
-                for text in texts for entry in llm.generate([text], params)[0].prompt_logprobs
-                if entry is not None]
+        return teacher_forced(llm)
 
     reference = prompt_logprobs("auto", torch.float32)
     rounded = prompt_logprobs("bfloat16", torch.bfloat16)
