@@ -43,8 +43,9 @@ async function mount(root, { api }) {
                                 "aria-live": "polite" });
   const input = el("textarea", { "data-testid": "pg-input", rows: 3,
                                  placeholder: "Message (Ctrl+Enter sends)" });
-  const send = el("button", { type: "submit", class: "primary", "data-testid": "pg-send" },
-                  "Send");
+  // Disabled until the model list has arrived: a question sent before it would name no model.
+  const send = el("button", { type: "submit", class: "primary", "data-testid": "pg-send",
+                              disabled: true }, "Send");
   const stop = el("button", { type: "button", "data-testid": "pg-stop", disabled: true,
                               onclick: () => running && running.abort() }, "Stop");
   const reset = el("button", { type: "button", "data-testid": "pg-clear",
@@ -85,6 +86,7 @@ async function mount(root, { api }) {
   ]);
   for (const entry of models.data || []) model.append(el("option", { value: entry.id }, entry.id));
   prices = Object.fromEntries((priceList.data || []).map((p) => [p.model, p]));
+  send.disabled = false;
 
   /** The request the settings describe (throws with a message when a JSON field is bad). */
   function buildRequest(messages) {
@@ -113,7 +115,7 @@ async function mount(root, { api }) {
   }
 
   async function ask() {
-    if (running || !input.value.trim()) return;
+    if (running || send.disabled || !input.value.trim()) return;
     settingsError.textContent = "";
     let body;
     try {
