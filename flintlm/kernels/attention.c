@@ -22,14 +22,14 @@ static inline int64_t value_index(int j, int d, int head_dim, int pair) {
     return ((int64_t)(j / pair) * head_dim + d) * pair + j % pair;
 }
 
-/* One token's k and v rows (float32, already loaded) into slot j of a (block, head) slab pair
- * of element type C (pair P, rounding CSTORE). */
-#define WRITE_SLOT(C, CSTORE, PAIR, k_slab, v_slab, k_row, v_row)                                \
+/* One token's k and v rows (elements read by LOAD) into slot j of a (block, head) slab pair of
+ * element type C, pair P, rounded by CSTORE. */
+#define WRITE_SLOT(C, CSTORE, PAIR, LOAD, k_slab, v_slab, k_row, v_row, j, head_dim, block_size) \
     do {                                                                                         \
         C *ks = (C *)(k_slab), *vs = (C *)(v_slab);                                              \
-        for (int d = 0; d < head_dim; d++) {                                                     \
-            ks[key_index(j, d, block_size, PAIR)] = CSTORE((k_row)[d]);                          \
-            vs[value_index(j, d, head_dim, PAIR)] = CSTORE((v_row)[d]);                          \
+        for (int d = 0; d < (head_dim); d++) {                                                   \
+            ks[key_index(j, d, block_size, PAIR)] = CSTORE(LOAD((k_row)[d]));                    \
+            vs[value_index(j, d, head_dim, PAIR)] = CSTORE(LOAD((v_row)[d]));                    \
         }                                                                                        \
     } while (0)
 
@@ -68,17 +68,12 @@ void rope_write_kv_##SUFFIX(const T *q, const T *k, const T *v, int64_t row_stri
             const int64_t at = (block * num_kv_heads + head) * slab;                            \
             const T *k_row = k_out + t * kv_width + (int64_t)head * head_dim;                   \
             const T *v_row = v + t * row_stride + (int64_t)head * head_dim;                     \
-            float k_float[MAX_HEAD_DIM], v_float[MAX_HEAD_DIM];                                 \
-            for (int d = 0; d < head_dim; d++) {                                                \
-                k_float[d] = LOAD(k_row[d]);                                                    \
-                v_float[d] = LOAD(v_row[d]);                                                    \
-            }                                                                                   \
             if (kv_kind == KV_BF16)                                                             \
-                WRITE_SLOT(bf16, bf16_store, 2, (bf16 *)k_cache + at, (bf16 *)v_cache + at,     \
-                           k_float, v_float);                                                   \
+                WRITE_SLOT(bf16, bf16_store, 2, LOAD, (bf16 *)k_cache + at,                     \
+                           (bf16 *)v_cache + at, k_row, v_row, j, head_dim, block_size);        \
             else                                                                                \
-                WRITE_SLOT(float, f32_store, 1, (float *)k_cache + at, (float *)v_cache + at,   \
-                           k_float, v_float);                                                   \
+                WRITE_SLOT(float, f32_store, 1, LOAD, (float *)k_cache + at,                    \
+                           (float *)v_cache + at, k_row, v_row, j, head_dim, block_size);       \
         }                                                                                       \
     }                                                                                           \
 }

@@ -190,7 +190,7 @@ class CpuKernels:
         self._rope_write_kv(q.data_ptr(), k.data_ptr(), v.data_ptr(), row_stride,
                             positions.data_ptr(), cos.data_ptr(), sin.data_ptr(),
                             slot_mapping.data_ptr(), q_out.data_ptr(), k_out.data_ptr(),
-                            k_cache.data_ptr(), v_cache.data_ptr(), _kv_kind(k_cache, v_cache),
+                            k_cache.data_ptr(), v_cache.data_ptr(), kv_kind(k_cache, v_cache),
                             num_tokens, num_heads,
                             num_kv_heads, head_dim, block_size)
         return q_out, k_out
@@ -205,7 +205,7 @@ class CpuKernels:
         _num_blocks, num_kv_heads, _, block_size, _ = k_cache.shape
         out = torch.empty_like(q)
         self._paged_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                              _kv_kind(k_cache, v_cache), block_tables.data_ptr(),
+                              kv_kind(k_cache, v_cache), block_tables.data_ptr(),
                               row_seq.data_ptr(), row_ctx.data_ptr(), out.data_ptr(), num_rows,
                               num_heads, num_kv_heads, head_dim, block_size,
                               block_tables.shape[1], scale)
@@ -275,8 +275,9 @@ def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(raw).view(dtype).view(shape)
 
 
-def _kv_kind(k_cache: torch.Tensor, v_cache: torch.Tensor) -> int:
-    """The kernels' `kv_kind` of a cache pair (`allocate_kv_cache`'s)."""
+def kv_kind(k_cache: torch.Tensor, v_cache: torch.Tensor) -> int:
+    """The kernels' `kv_kind` of a cache pair (`allocate_kv_cache`'s); raises ValueError for
+    dtypes they do not read."""
     kind = KV_KINDS.get(k_cache.dtype)
     if kind is None or v_cache.dtype != k_cache.dtype:
         raise ValueError(f"KV caches of {k_cache.dtype}/{v_cache.dtype}: the CPU kernels read "

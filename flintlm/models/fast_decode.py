@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from flintlm.kernels.abi import DecodeBatch, DecodeLayer, DecodeMatrix
-from flintlm.kernels.ops import KV_KINDS
+from flintlm.kernels.ops import kv_kind
 from flintlm.models.attention import paged_row_tables
 from flintlm.models.llama import DecoderLayer
 from flintlm.models.quant import QuantizedSteps, SmallBatchQuantLinear
@@ -40,14 +40,14 @@ class FastDecode:
     # them only as ctypes.Structure.
     def __init__(self, model: LlamaForCausalLM, layers: ctypes.Array[ctypes.Structure],
                  kernels: CpuKernels, steps: QuantizedSteps, use_int8: bool,
-                 kv_dtype: torch.dtype, keep_alive: list[object]):
+                 cache_kind: int, keep_alive: list[object]):
         self.model = model
         self.kernels = kernels
         self.steps = steps
         max_rows = steps.max_tokens
         self._layers = layers
         self._use_int8 = use_int8
-        self._kv_kind = int(KV_KINDS[kv_dtype])
+        self._kv_kind = cache_kind  # every layer's cache is of one dtype
         self._keep_alive = keep_alive  # the tensors the layer table points into
         arch = model.arch
         # decode_step.c's scratch per row: normed, qkv, q_rot, k_rot, attn, gate_up, act
@@ -84,7 +84,7 @@ class FastDecode:
             entry.post_attention_norm = layer.post_attention_layernorm.weight.data_ptr()
             entry.k_cache, entry.v_cache = k_cache.data_ptr(), v_cache.data_ptr()
             keep_alive += [layer, k_cache, v_cache]
-        return cls(model, layers, kernels, steps, use_int8, kv_caches[0][0].dtype, keep_alive)
+        return cls(model, layers, kernels, steps, use_int8, kv_kind(*kv_caches[0]), keep_alive)
 
     def can_run(self, num_tokens: int) -> bool:
         return self.steps(num_tokens)
