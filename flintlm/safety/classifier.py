@@ -28,16 +28,19 @@ class ProfanityModerator(Moderator):
         # A missing package fails start-up, not the first request.
         if importlib.util.find_spec("profanity_check") is None:
             raise ModuleNotFoundError("the moderation classifier needs alt-profanity-check")
-        # NOTE: the package unpickles its scikit-learn model at import (~1.5 s, as long as the
-        # rest of a server's start): imported on the moderation thread, queued ahead of every
-        # request's work there, so start-up does not wait for it and the first request does.
-        self._predict_prob = self._executor.submit(_load_predict_prob)
+        # NOTE: the package unpickles its scikit-learn model at import (~1.5 s of one core):
+        # done by the first classification, on the moderation thread, so a server that never
+        # moderates never pays it, and neither does its start-up nor its shutdown (a warm-up
+        # queued at start held every stop ~1.6 s, waiting for an import nobody needed).
+        self._predict_prob: Callable[[list[str]], Any] | None = None
         self.threshold = threshold
 
     def classify_blocking(self, texts: list[str]) -> list[ModerationResult]:
         if not texts:
             return []
-        scores = self._predict_prob.result()(texts)
+        if self._predict_prob is None:  # only ever on the one moderation thread
+            self._predict_prob = _load_predict_prob()
+        scores = self._predict_prob(texts)
         return [ModerationResult.from_scores({"harassment": float(score)},
                                              self.judged_categories, threshold=self.threshold)
                 for score in scores]
