@@ -12,6 +12,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from flintlm.api.errors import ContentPolicyViolation, PermissionDenied
+from flintlm.api.prompts import checked_token_ids
 from flintlm.engine.request import FinishReason, RequestOutput
 
 if TYPE_CHECKING:
@@ -84,7 +85,8 @@ async def guard_completion(serving: ServingState, key: KeyRecord, request_id: st
     prompt = body.prompt
     is_one = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], int))
     items: list[Any] = [prompt] if is_one else list(prompt)  # texts or token-id lists
-    texts = [item if isinstance(item, str) else tokenizer.decode(item) for item in items]
+    texts = [item if isinstance(item, str)
+             else tokenizer.decode(checked_token_ids(tokenizer, item)) for item in items]
     screened, guard = await guard_input(serving, key, request_id, texts, stream=body.stream,
                                         param="prompt")
     if screened == texts:

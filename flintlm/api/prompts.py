@@ -152,6 +152,12 @@ def _one_prompt(tokenizer: Tokenizer, item: str | list[int]) -> list[int]:
         if not token_ids:
             raise InvalidParam("prompt must not be empty", param="prompt")
         return token_ids
+    return checked_token_ids(tokenizer, item)
+
+
+def checked_token_ids(tokenizer: Tokenizer, item: list[int]) -> list[int]:
+    """A token-id prompt, once every id is in the vocabulary (a 400 naming the first that is
+    not; the tokenizer itself overflows on ids beyond 32 bits)."""
     vocab_size = tokenizer.vocab_size
     for token_id in item:
         if not 0 <= token_id < vocab_size:

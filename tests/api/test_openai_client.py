@@ -82,6 +82,18 @@ def test_token_id_prompts_and_usage(server: LiveServer) -> None:
     assert result.usage.prompt_tokens == 7 and result.usage.completion_tokens == 8
 
 
+@pytest.mark.parametrize("bad_id", [-5, 2**51 - 1, -(2**40), 10**8])
+def test_token_ids_outside_the_vocabulary_are_a_400_naming_the_id(server: LiveServer,
+                                                                  bad_id: int) -> None:
+    """Also ids no 32-bit integer holds (the tokenizer overflowed on them: a 500, found by
+    schemathesis), alone or among good ones."""
+    for prompt in ([504, bad_id], [[504, 3458], [bad_id]]):
+        with pytest.raises(openai.BadRequestError) as raised:
+            server.openai().completions.create(model="default", prompt=prompt, max_tokens=1)
+        assert raised.value.status_code == 400 and raised.value.param == "prompt"
+        assert str(bad_id) in raised.value.message
+
+
 def test_n_choices_and_seed_reproducibility(server: LiveServer) -> None:
     client = server.openai()
     kwargs = {"model": "default", "messages": MESSAGES, "max_tokens": 8, "n": 3,
