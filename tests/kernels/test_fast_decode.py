@@ -67,7 +67,6 @@ def test_bfloat16_quantized_steps_stay_as_close_to_float32_as_bfloat16_is(tier):
     agreement 95.5% vs 94.0%."""
     from flintlm.config import CacheConfig, FlintConfig, ModelConfig
 
-
     def prompt_logprobs(dtype: str, quantized_max_tokens: int) -> list[tuple[float, int]]:
         llm = LLM(config=FlintConfig(
             model=ModelConfig(dtype=dtype, quantized_max_tokens=quantized_max_tokens,
