@@ -12,9 +12,13 @@ setup:
 serve: setup
 	$(PY) -m flintlm serve $(ARGS)
 
+# The suite runs in TEST_WORKERS pytest-xdist workers, a test module to a worker (module-scoped
+# servers start once): on 2 cores, one worker's Python (client, imports, server start-up) runs
+# while the other's engine computes. TEST_WORKERS=0 runs it in this process (pdb, -s).
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
+TEST_WORKERS ?= 2
 test: setup
-	@$(PY) -m pytest $(ARGS); rc=$$?; \
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	exit $$rc
 

@@ -5,11 +5,16 @@ default model in float32 on CPU so greedy decoding is deterministic.
 must not depend on a fresh server (compare counters before and after, find their own requests by
 id). `start_server()` gives tests that must own their process (signals, restarts, other flags) one
 of their own.
+
+`make test` runs the suite in two pytest-xdist workers, a module to a worker (`--dist
+loadscope`): "session" fixtures then exist once per worker, and two test servers may compute at
+once on a 2-core machine.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,6 +30,11 @@ import pytest
 
 if TYPE_CHECKING:
     import openai
+
+# With two workers, two engines' OpenMP teams share 2 cores: a thread that spins at a barrier
+# while its partner waits for a core only delays that partner, so threads sleep there instead.
+# Set before anything imports torch (its OpenMP reads it once); test servers inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 SERVER_KEY = "test-key"
 # Waits that only guard against a hang: they end as soon as the awaited thing happens, so a long
@@ -50,10 +60,36 @@ SERVER_ARGS = ("--model", "default", "--dtype", "float32", "--device", "cpu",
 MACHINE_VARIABLES = frozenset({"FLINTLM_CPU_ISA", "FLINTLM_TORCH_CAPS_APPLIED"})
 
 
+# Test servers' ports: 1,000 for each pytest-xdist worker, below Linux's ephemeral range (32768
+# up), so between the check in `free_port` and the server's own bind neither the other worker nor
+# an outgoing connection can take the port.
+PORTS_PER_WORKER = 1000
+FIRST_TEST_PORT = 20_000
+_handed_out: set[int] = set()
+
+
+def _worker_index() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # unset without xdist
+    return int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port of this worker's range that nothing listens on and this process has not
+    handed out before (servers launched together have not bound theirs yet)."""
+    first = FIRST_TEST_PORT + (_worker_index() % 12) * PORTS_PER_WORKER
+    candidates = list(range(first, first + PORTS_PER_WORKER))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {first}-{first + PORTS_PER_WORKER - 1}")
 
 
 @dataclass

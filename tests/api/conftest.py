@@ -5,7 +5,6 @@ and one real server of short answers and JSON logs (`short_json_server`)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from flintlm.engine.request import Usage
 from flintlm.platform.ledger import UsageStatus
 from flintlm.platform.service import Platform, Timings
 from flintlm.server import build_app
-from tests.conftest import HANG_TIMEOUT_S, READY_TIMEOUT_S, LiveServer, start_server
+from tests.conftest import HANG_TIMEOUT_S, READY_TIMEOUT_S, LiveServer, free_port, start_server
 from tests.platform.served import PlatformServer, platform_servers
 
 from .fakes import FakeEngine
@@ -29,12 +28,6 @@ from .fakes import FakeEngine
 FAKE_KEY = "fake-key"
 # A day: no rate window refills while the requests of a test run, however slow the machine.
 WINDOW_S = 86_400
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RecordingAdmission(Admission):
