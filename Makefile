@@ -17,13 +17,14 @@ serve: setup
 # while the other's engine computes. TEST_WORKERS=0 runs it in this process (pdb, -s).
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
 TEST_WORKERS ?= 2
+
 test: setup
 	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	exit $$rc
 
 test-api: setup
-	@$(PY) -m pytest tests/api $(ARGS)
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope tests/api $(ARGS)
 
 # ruff and mypy, as CI runs them (scripts/lint.sh).
 lint: setup
