@@ -65,18 +65,20 @@ MACHINE_VARIABLES = frozenset({"FLINTLM_CPU_ISA", "FLINTLM_TORCH_CAPS_APPLIED"})
 # an outgoing connection can take the port.
 PORTS_PER_WORKER = 1000
 FIRST_TEST_PORT = 20_000
+FIRST_EPHEMERAL_PORT = 32_768
+WORKER_RANGES = (FIRST_EPHEMERAL_PORT - FIRST_TEST_PORT) // PORTS_PER_WORKER
 _handed_out: set[int] = set()
 
 
 def _worker_index() -> int:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # unset without xdist
-    return int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
+    number = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")  # unset: no xdist
+    return int(number) if number.isdigit() else 0
 
 
 def free_port() -> int:
     """A loopback port of this worker's range that nothing listens on and this process has not
     handed out before (servers launched together have not bound theirs yet)."""
-    first = FIRST_TEST_PORT + (_worker_index() % 12) * PORTS_PER_WORKER
+    first = FIRST_TEST_PORT + (_worker_index() % WORKER_RANGES) * PORTS_PER_WORKER
     candidates = list(range(first, first + PORTS_PER_WORKER))
     random.shuffle(candidates)
     for port in candidates:
