@@ -8,6 +8,7 @@ pass through untouched.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
@@ -23,38 +24,43 @@ if TYPE_CHECKING:
     from flintlm.platform.keys import KeyRecord
     from flintlm.safety.pipeline import RequestGuard, StreamScreen
 
-async def guard_input(serving: ServingState, key: KeyRecord, request_id: str,
-                      texts: list[str], *, stream: bool, param: str
-                      ) -> tuple[list[str], RequestGuard | None]:
-    """pre_call on `texts` under the key's policy: the (masked) texts and the request's guard.
+async def request_guard(serving: ServingState, key: KeyRecord, request_id: str, *,
+                        stream: bool) -> RequestGuard | None:
+    """The request's guard under the key's policy; None when the key has none.
 
     Raises:
-        ContentPolicyViolation: a rule blocks the input (400, `param` named).
         PermissionDenied: the key names a policy this server does not define (403).
     """
     try:
-        guard = serving.guardrails.guard(key.guardrail, stream=stream)
+        return serving.guardrails.guard(key.guardrail, stream=stream)
     except KeyError:
         await serving.admission.reject(key, request_id, "unknown_guardrail")
         raise PermissionDenied(f"The key {key.id} is assigned the guardrail policy "
                                f"{key.guardrail!r}, which this server does not define; ask "
                                "the operator to fix the key or the guardrails file.",
                                code="unknown_guardrail") from None
-    if guard is None:
-        return texts, None
+
+
+async def screen_input(serving: ServingState, key: KeyRecord, request_id: str,
+                       guard: RequestGuard, texts: list[str], *, param: str) -> list[str]:
+    """pre_call on `texts` under `guard`: the texts, masked where a rule masks.
+
+    Raises:
+        ContentPolicyViolation: a rule blocks the input (400, `param` named).
+    """
     verdict = await guard.screen_input(texts)
     if verdict.blocked is not None:
         await serving.admission.reject(key, request_id, "content_policy_violation",
                                        guardrail=guard.decisions)
         raise ContentPolicyViolation(f"The input was blocked by {verdict.blocked.describe()}.",
                                      param=param)
-    return verdict.texts, guard
+    return verdict.texts
 
 
 async def guard_chat(serving: ServingState, key: KeyRecord, request_id: str,
                      body: ChatCompletionRequest, *, param: str = "messages"
                      ) -> tuple[ChatCompletionRequest, RequestGuard | None]:
-    """`guard_input` on each message's text: the request with masked messages (their content
+    """`screen_input` on each message's text: the request with masked messages (their content
     becomes the masked text) and its guard. `param` names the input in a 400."""
     messages, guard = await guard_messages(serving, key, request_id, body.messages,
                                            stream=body.stream, param=param)
@@ -66,11 +72,13 @@ async def guard_chat(serving: ServingState, key: KeyRecord, request_id: str,
 async def guard_messages(serving: ServingState, key: KeyRecord, request_id: str,
                          messages: list[ChatMessage], *, stream: bool, param: str
                          ) -> tuple[list[ChatMessage], RequestGuard | None]:
-    """`guard_input` on each message's text; the same list when nothing was masked, else one
+    """`screen_input` on each message's text; the same list when nothing was masked, else one
     whose masked messages hold the masked text as their content."""
+    guard = await request_guard(serving, key, request_id, stream=stream)
+    if guard is None:
+        return messages, None
     texts = [message.text() for message in messages]
-    screened, guard = await guard_input(serving, key, request_id, texts, stream=stream,
-                                        param=param)
+    screened = await screen_input(serving, key, request_id, guard, texts, param=param)
     if screened == texts:
         return messages, guard
     return [message if new == old else message.model_copy(update={"content": new})
@@ -80,21 +88,29 @@ async def guard_messages(serving: ServingState, key: KeyRecord, request_id: str,
 async def guard_completion(serving: ServingState, key: KeyRecord, request_id: str,
                            body: CompletionRequest, tokenizer: Tokenizer
                            ) -> tuple[CompletionRequest, RequestGuard | None]:
-    """`guard_input` on /v1/completions prompts: the request with masked prompts and its guard.
-    Token-id prompts are checked as their text; a masked one is tokenized again."""
+    """`screen_input` on /v1/completions prompts: the request with masked prompts and its guard.
+    Token-id prompts are checked as their text; a masked one is tokenized again. Under no policy
+    nothing is decoded: the prompts go on to `completion_prompts` untouched."""
+    guard = await request_guard(serving, key, request_id, stream=body.stream)
+    if guard is None:
+        return body, None
     prompt = body.prompt
     is_one = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], int))
     items: list[Any] = [prompt] if is_one else list(prompt)  # texts or token-id lists
-    texts = [item if isinstance(item, str)
-             else tokenizer.decode(checked_token_ids(tokenizer, item)) for item in items]
-    screened, guard = await guard_input(serving, key, request_id, texts, stream=body.stream,
-                                        param="prompt")
+    texts = await asyncio.to_thread(_prompt_texts, tokenizer, items)  # as the route tokenizes
+    screened = await screen_input(serving, key, request_id, guard, texts, param="prompt")
     if screened == texts:
         return body, guard
     masked = [new if isinstance(item, str) else item if new == old
               else tokenizer.encode(new, add_special_tokens=False)
               for item, old, new in zip(items, texts, screened, strict=True)]
     return body.model_copy(update={"prompt": masked}), guard
+
+
+def _prompt_texts(tokenizer: Tokenizer, items: list[Any]) -> list[str]:
+    """Each completion prompt as text; token-id lists are decoded once checked in the vocabulary."""
+    return [item if isinstance(item, str)
+            else tokenizer.decode(checked_token_ids(tokenizer, item)) for item in items]
 
 
 class OutputScreen:

@@ -53,6 +53,14 @@ def routed_request(pending_request: PendingRequest | None) -> RoutedRequest | No
 
 
 class PrefixAffinityRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
+    # A replica that misses the queue-length probe's deadline is passed over for that request,
+    # and with it the prefix it holds. Ray's 0.1 s (doubling to 1 s on retries) is missed by
+    # CPU replicas on a busy or CPU-quota-throttled host (measured: a tenant's requests went to
+    # the replica without its prefix on a 2-core VM capped at one CPU); a cache miss costs a
+    # whole prefill, far more than waiting a second for the replica that holds it.
+    queue_len_response_deadline_s = 1.0
+    max_queue_len_response_deadline_s = 4.0
+
     def initialize_state(self, imbalanced_threshold: int = 4,
                          max_tracked_blocks: int = 200_000, **_: Any) -> None:
         self._imbalanced_threshold = imbalanced_threshold

@@ -185,6 +185,48 @@ def test_masked_input_reaches_the_model_masked(served: PlatformServer,
     assert decisions(served, key, 2) == [mask, mask]
 
 
+def test_token_id_prompts_are_screened_as_their_text(served: PlatformServer,
+                                                     keys: dict[str, IssuedKey]) -> None:
+    """/v1/completions prompts sent as token ids: checked against the vocabulary, then screened
+    as the text they decode to; a masked one reaches the model as the masked text's ids. Under
+    the `open` policy they pass as sent."""
+    key = served.create_key("token-ids")
+    client = served.openai(key)
+
+    def token_ids(text: str) -> list[int]:
+        with served.http(key) as http:
+            response = http.post("/tokenize", json={"prompt": text, "add_special_tokens": False})
+        assert response.status_code == 200, response.text
+        return list(response.json()["tokens"])
+
+    with pytest.raises(openai.BadRequestError) as blocked:
+        client.completions.create(
+            prompt=[token_ids("Hello there."), token_ids("Tell me all about Project Zeus.")],
+            **GREEDY)
+    body = blocked.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == "content_policy_violation" and body["param"] == "prompt"
+    assert "'banned'" in body["message"] and "Zeus" not in blocked.value.response.text
+    with pytest.raises(openai.BadRequestError) as outside:
+        client.completions.create(prompt=[504, 10**8], **GREEDY)
+    assert outside.value.param == "prompt" and str(10**8) in outside.value.message
+    masked_text = "Reply to [EMAIL] about the sea."
+    masked = client.completions.create(
+        prompt=token_ids("Reply to ann.lee@example.com about the sea."), echo=True, **GREEDY)
+    assert masked.choices[0].text.startswith(masked_text)
+    assert masked.usage is not None
+    assert masked.usage.prompt_tokens == len(token_ids(masked_text))
+    sent = token_ids(f"Charge my card {CARD} now.")
+    unguarded = served.openai(keys["open"]).completions.create(prompt=sent, echo=True, **GREEDY)
+    assert unguarded.choices[0].text.startswith(f"Charge my card {CARD} now.")
+    assert unguarded.usage is not None and unguarded.usage.prompt_tokens == len(sent)
+    ledger = rows(served, key, 2)
+    assert [(r["status"], r["error_code"]) for r in ledger] == [
+        ("rejected", "content_policy_violation"), ("finished", None)]
+    assert [[d["action"] for d in json.loads(r["guardrail"])] for r in ledger] == [
+        ["block"], ["mask"]]
+
+
 # --- during_call: streams ------------------------------------------------------------------
 
 
