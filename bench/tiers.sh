@@ -15,6 +15,8 @@
 #     64 x 256 need 1 GiB, and the rest would be preempted and recomputed)
 #   KV_DTYPE=bfloat16: flintlm's KV-cache element type (--kv-cache-dtype), 16 bits as
 #     llama.cpp's default float16 cache; auto keeps the model's dtype (float32 on AVX2)
+#   LLAMA_REPACK=0|1: llama.cpp's weight repacking (its extra buffer types); default off on
+#     AMX CPUs only, where its AMX matmul crashes (as `flintlm bench serve` does for llama-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TIER=$1 MODEL=$2 BIN=$3
@@ -22,13 +24,15 @@ OUT=${4:-bench/results/tiers-$(date +%F)}
 NUM_PROMPTS=${NUM_PROMPTS:-64} INPUT_LEN=${INPUT_LEN:-128} OUTPUT_LEN=${OUTPUT_LEN:-128}
 CONCURRENCY=${CONCURRENCY:-32} SINGLE_PROMPTS=${SINGLE_PROMPTS:-4} RUNS=${RUNS:-3}
 KV_CACHE=${KV_CACHE:-2GiB} KV_DTYPE=${KV_DTYPE:-bfloat16}
+if grep -qw amx_tile /proc/cpuinfo; then LLAMA_REPACK=${LLAMA_REPACK:-0}; else LLAMA_REPACK=${LLAMA_REPACK:-1}; fi
+export LLAMA_ARG_REPACK=$LLAMA_REPACK  # llama-batched-bench's --repack / --no-repack
 PY=.venv/bin/python
 TAG="$TIER-$MODEL"
 mkdir -p "$OUT"
 GGUF=$($PY -c "import sys; from flintlm.bench.model_cache import resolve_bench_model as r; \
 from flintlm.loading.loader import resolve_model_path as p; print(p(r(sys.argv[1], echo=lambda m: None)))" "$MODEL")
 export FLINTLM_CPU_ISA=$TIER
-echo "== $TAG: $GGUF; llama.cpp from $BIN; $(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== $TAG: $GGUF; llama.cpp from $BIN (repack $LLAMA_REPACK); $(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # The dispatch table this tier measured (cached by the first load; shown for the record).
 $PY -m flintlm info --model "$GGUF" --json > "$OUT/$TAG-info.json"
@@ -41,7 +45,7 @@ $PY -m flintlm.bench offline --model "$MODEL" --num-prompts "$NUM_PROMPTS" \
 
 # 2. llama.cpp: llama-bench (pp512, tg128) and llama-batched-bench, each RUNS times.
 for run in $(seq "$RUNS"); do
-  "$BIN/llama-bench" -m "$GGUF" -p 512 -n "$OUTPUT_LEN" -r 1 -t 2 -o jsonl 2>/dev/null \
+  "$BIN/llama-bench" -m "$GGUF" -p 512 -n "$OUTPUT_LEN" -r 1 -t 2 --repack "$LLAMA_REPACK" -o jsonl 2>/dev/null \
     >> "$OUT/$TAG-llama-bench.jsonl"
   "$BIN/llama-batched-bench" -m "$GGUF" -c $((NUM_PROMPTS * (INPUT_LEN + OUTPUT_LEN) + 256)) \
     -b 2048 -ub 512 -npp "$INPUT_LEN" -ntg "$OUTPUT_LEN" -npl "$NUM_PROMPTS" -t 2 \
