@@ -15,8 +15,9 @@
 #     64 x 256 need 1 GiB, and the rest would be preempted and recomputed)
 #   KV_DTYPE=bfloat16: flintlm's KV-cache element type (--kv-cache-dtype), 16 bits as
 #     llama.cpp's default float16 cache; auto keeps the model's dtype (float32 on AVX2)
-#   LLAMA_REPACK=0|1: llama.cpp's weight repacking (its extra buffer types); default off on
-#     AMX CPUs only, where its AMX matmul crashes (as `flintlm bench serve` does for llama-server)
+#   LLAMA_REPACK=0|1: llama-bench's and llama-batched-bench's weight repacking (llama.cpp's
+#     extra buffer types); default `flintlm.bench.peers.DEFAULT_LLAMA_REPACK`, off on AMX CPUs
+#     only, where its AMX matmul crashes; llama-server always gets that default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TIER=$1 MODEL=$2 BIN=$3
@@ -24,9 +25,9 @@ OUT=${4:-bench/results/tiers-$(date +%F)}
 NUM_PROMPTS=${NUM_PROMPTS:-64} INPUT_LEN=${INPUT_LEN:-128} OUTPUT_LEN=${OUTPUT_LEN:-128}
 CONCURRENCY=${CONCURRENCY:-32} SINGLE_PROMPTS=${SINGLE_PROMPTS:-4} RUNS=${RUNS:-3}
 KV_CACHE=${KV_CACHE:-2GiB} KV_DTYPE=${KV_DTYPE:-bfloat16}
-if grep -qw amx_tile /proc/cpuinfo; then LLAMA_REPACK=${LLAMA_REPACK:-0}; else LLAMA_REPACK=${LLAMA_REPACK:-1}; fi
-export LLAMA_ARG_REPACK=$LLAMA_REPACK  # llama-batched-bench's --repack / --no-repack
 PY=.venv/bin/python
+LLAMA_REPACK=${LLAMA_REPACK:-$($PY -c "from flintlm.bench.peers import DEFAULT_LLAMA_REPACK as r; print(int(r))")}
+export LLAMA_ARG_REPACK=$LLAMA_REPACK  # llama-batched-bench's --repack / --no-repack
 TAG="$TIER-$MODEL"
 mkdir -p "$OUT"
 GGUF=$($PY -c "import sys; from flintlm.bench.model_cache import resolve_bench_model as r; \

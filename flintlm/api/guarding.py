@@ -13,7 +13,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from flintlm.api.errors import ContentPolicyViolation, PermissionDenied
-from flintlm.api.prompts import checked_token_ids
+from flintlm.api.prompts import checked_token_ids, prompt_batch
 from flintlm.engine.request import FinishReason, RequestOutput
 
 if TYPE_CHECKING:
@@ -94,9 +94,7 @@ async def guard_completion(serving: ServingState, key: KeyRecord, request_id: st
     guard = await request_guard(serving, key, request_id, stream=body.stream)
     if guard is None:
         return body, None
-    prompt = body.prompt
-    is_one = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], int))
-    items: list[Any] = [prompt] if is_one else list(prompt)  # texts or token-id lists
+    items: list[Any] = list(prompt_batch(body.prompt))  # texts or token-id lists
     texts = await asyncio.to_thread(_prompt_texts, tokenizer, items)  # as the route tokenizes
     screened = await screen_input(serving, key, request_id, guard, texts, param="prompt")
     if screened == texts:

@@ -131,17 +131,22 @@ def render_chat(
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+def prompt_batch(prompt: str | list[str] | list[int] | list[list[int]]
+                 ) -> list[str] | list[list[int]]:
+    """OpenAI's prompt forms (text, texts, token ids, lists of token ids) as a list of prompts,
+    each a text or a token-id list."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and isinstance(prompt[0], int):
+        return [prompt]
+    return prompt  # type: ignore[return-value]
+
+
 def completion_prompts(
     tokenizer: Tokenizer, prompt: str | list[str] | list[int] | list[list[int]]
 ) -> list[list[int]]:
-    """OpenAI's prompt forms (text, texts, token ids, lists of token ids) -> token id lists."""
-    if isinstance(prompt, str):
-        batch: list[str] | list[list[int]] = [prompt]
-    elif prompt and isinstance(prompt[0], int):
-        batch = [prompt]
-    else:
-        batch = prompt  # type: ignore[assignment]
-    return [_one_prompt(tokenizer, item) for item in batch]
+    """OpenAI's prompt forms -> token id lists."""
+    return [_one_prompt(tokenizer, item) for item in prompt_batch(prompt)]
 
 
 def _one_prompt(tokenizer: Tokenizer, item: str | list[int]) -> list[int]:
@@ -169,8 +174,6 @@ def checked_token_ids(tokenizer: Tokenizer, item: list[int]) -> list[int]:
 def prompt_text(tokenizer: Tokenizer, prompt: str | list[str] | list[int] | list[list[int]],
                 index: int, token_ids: list[int]) -> str:
     """The text of prompt `index` as the client sent it (decoded when it came as token ids)."""
-    if isinstance(prompt, str):
-        return prompt
-    item = prompt[index] if prompt and not isinstance(prompt[0], int) else prompt
+    item = prompt_batch(prompt)[index]
     return item if isinstance(item, str) else tokenizer.decode(token_ids,
                                                                skip_special_tokens=False)
